@@ -1,0 +1,177 @@
+"""The command line: `python -m pipeline train | test | devices | compare`."""
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from typer._click.exceptions import ClickException, NoArgsIsHelpError
+
+from pipeline.errors import UserError
+
+app = typer.Typer(
+    help="Train one PyTorch workload on each device, track it in MLflow, "
+    "flag slow or wrong devices.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+# Options every command takes the same way.
+TrackingUri = Annotated[
+    str | None,
+    typer.Option(
+        envvar="MLFLOW_TRACKING_URI",
+        show_envvar=True,
+        help="MLflow tracking URI [default: MLflow's own, sqlite:///mlflow.db in this folder]",
+    ),
+]
+Experiment = Annotated[
+    str, typer.Option(envvar="MLFLOW_EXPERIMENT_NAME", show_envvar=True, help="MLflow experiment")
+]
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps")]
+Host = Annotated[
+    str | None,
+    typer.Option(
+        envvar="PIPELINE_HOST", show_envvar=True, help="Host name to record [default: hostname]"
+    ),
+]
+RunName = Annotated[str | None, typer.Option(help="Run name [default: device-dataset-model-batch]")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or per-epoch lines")]
+DataDir = Annotated[
+    Path, typer.Option(help="Where data sets are stored or downloaded (torchvision layout)")
+]
+
+
+def positive_float(value: float | None) -> float | None:
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"must be greater than 0, not {value}")
+    return value
+
+
+@app.command()
+def train(
+    device: Device = "auto",
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs")] = 10,
+    batch_size: Annotated[int, typer.Option(min=1, help="Batch size")] = 64,
+    lr: Annotated[float, typer.Option(callback=positive_float, help="SGD learning rate")] = 1e-3,
+    seed: Annotated[int, typer.Option(help="Seed for the weights (and the synthetic data)")] = 0,
+    dataset: Annotated[
+        Literal["fashion-mnist", "mnist", "synthetic"], typer.Option(help="Data set")
+    ] = "fashion-mnist",
+    data_dir: DataDir = Path("data"),
+    train_size: Annotated[
+        int | None,
+        typer.Option(min=1, help="Training images [default: all; synthetic: 60000]"),
+    ] = None,
+    test_size: Annotated[
+        int | None, typer.Option(min=1, help="Test images [default: all; synthetic: 10000]")
+    ] = None,
+    loader: Annotated[
+        Literal["tensors", "dataloader"],
+        typer.Option(
+            help="tensors: data held on the device, sliced; dataloader: the quickstart's "
+            "DataLoader + ToTensor",
+        ),
+    ] = "tensors",
+    hidden: Annotated[int, typer.Option(min=1, help="Width of each hidden layer")] = 512,
+    layers: Annotated[int, typer.Option(min=1, help="Number of hidden layers")] = 2,
+    target_accuracy: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0, max=1.0, help="Log time_to_target_s, the training time to this test accuracy"
+        ),
+    ] = None,
+    experiment: Experiment = "device-comparison",
+    run_name: RunName = None,
+    tracking_uri: TrackingUri = None,
+    host: Host = None,
+    quiet: Quiet = False,
+) -> None:
+    """Train on one device, testing after every epoch; log one MLflow run."""
+    from pipeline import data, stages
+
+    cfg = stages.TrainConfig(
+        device=device,
+        data=data.DataSpec(dataset, data_dir, seed, train_size, test_size),
+        hidden=hidden,
+        layers=layers,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        loader=loader,
+        target_accuracy=target_accuracy,
+    )
+    target = stages.Target(experiment, tracking_uri, run_name, host)
+    _run_stage(lambda: stages.train(cfg, target, quiet))
+
+
+@app.command()
+def test(
+    model_uri: Annotated[
+        str, typer.Option(help="A model logged by train, e.g. runs:/<run id>/model")
+    ],
+    device: Device = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, help="Batch size")] = 64,
+    data_dir: DataDir = Path("data"),
+    experiment: Experiment = "device-comparison",
+    run_name: RunName = None,
+    tracking_uri: TrackingUri = None,
+    host: Host = None,
+    quiet: Quiet = False,
+) -> None:
+    """Evaluate a logged model on a device (perhaps not the one it was trained on)."""
+    from pipeline import stages
+
+    target = stages.Target(experiment, tracking_uri, run_name, host)
+    _run_stage(lambda: stages.test(model_uri, device, data_dir, batch_size, target, quiet))
+
+
+def _run_stage(stage) -> None:
+    from pipeline import stages
+
+    try:
+        stage()
+    except stages.Interrupted as e:
+        err.print(f"{e}: run ended as KILLED, metrics logged so far kept")
+        raise typer.Exit(e.code) from None
+    except stages.Diverged as e:
+        err.print(f"error: {e}; run ended as FAILED")
+        raise typer.Exit(1) from None
+
+
+@app.command("devices")
+def list_devices(
+    experiment: Experiment = "device-comparison", tracking_uri: TrackingUri = None
+) -> None:
+    """List this machine's devices and what the installed torch was built with."""
+    from pipeline import devices
+
+    table = Table("device", "name", title="Devices")
+    for device, name in devices.describe():
+        table.add_row(device, name)
+    out.print(table)
+    out.print("  ".join(f"{k}={v}" for k, v in devices.build_info().items()))
+
+
+def main() -> None:
+    """Entry point: usage errors and UserError are one line on stderr and exit code 2."""
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    try:
+        code = app(standalone_mode=False)
+    except NoArgsIsHelpError as e:
+        e.show()
+        code = 0
+    except (ClickException, UserError) as e:
+        message = e.format_message() if isinstance(e, ClickException) else str(e)
+        typer.echo(f"error: {message}", err=True)
+        code = 2
+    except typer.Abort:
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)

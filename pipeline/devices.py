@@ -1,0 +1,97 @@
+"""Everything device-specific lives here: which devices exist, their names, and synchronisation."""
+
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+from pipeline.errors import UserError
+
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N, mps"
+
+
+def available() -> list[str]:
+    """The devices this machine has, as strings torch.device accepts."""
+    found = ["cpu"]
+    if torch.cuda.is_available():
+        found += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if torch.backends.mps.is_available():
+        found.append("mps")
+    return found
+
+
+def resolve(spec: str) -> torch.device:
+    """Turn a user's device string into a device this machine has, or raise UserError."""
+    spec = spec.strip().lower()
+    have = available()
+    listed = ", ".join(have)
+    if spec == "auto":
+        for kind in ("cuda:0", "mps", "cpu"):
+            if kind in have:
+                return torch.device(kind)
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise UserError(
+            f"unknown device '{spec}' (expected {DEVICE_CHOICES}); this machine has: {listed}"
+        ) from None
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda:0")
+    if device.type not in ("cpu", "cuda", "mps") or (device.type == "cpu" and device.index):
+        raise UserError(
+            f"unsupported device '{spec}' (expected {DEVICE_CHOICES}); this machine has: {listed}"
+        )
+    name = "cpu" if device.type == "cpu" else str(device)
+    if name not in have:
+        raise UserError(f"device '{spec}' is not available here; this machine has: {listed}")
+    return torch.device(name)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for all queued work on the device, so that a clock read afterwards is honest."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def name(device: torch.device) -> str:
+    """The GPU, SoC or CPU model behind a device."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_name()
+
+
+def cpu_name() -> str:
+    if platform.system() == "Darwin":  # on Apple silicon this names the SoC, e.g. "Apple M1"
+        try:
+            out = subprocess.run(
+                ["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True
+            )
+            if out.stdout.strip():
+                return out.stdout.strip()
+        except OSError:
+            pass
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def build_info() -> dict[str, str]:
+    """What the installed torch was built with."""
+    return {
+        "torch": torch.__version__,
+        "cuda_built": torch.version.cuda or "no",
+        "cuda_available": str(torch.cuda.is_available()).lower(),
+        "mps_built": str(torch.backends.mps.is_built()).lower(),
+        "mps_available": str(torch.backends.mps.is_available()).lower(),
+    }
+
+
+def describe() -> list[tuple[str, str]]:
+    """(device, name) for every device this machine has."""
+    return [(d, name(torch.device(d))) for d in available()]

@@ -1,0 +1,104 @@
+"""The train and test loops, with honest timers and no host synchronisation per batch."""
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pipeline import devices
+
+
+class LossBuffer:
+    """Per-batch losses kept on the device; read back to the host only when drained."""
+
+    def __init__(self, capacity: int, device: torch.device):
+        self.values = torch.empty(capacity, device=device)
+        self.count = 0
+        self.next_step = 0  # global batch index of the next value drained
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.values[self.count] = loss.detach()  # a device-side copy, no sync
+        self.count += 1
+
+    def drain(self) -> tuple[int, list[float]]:
+        """(global step of the first value, values) since the last drain; one sync."""
+        start, values = self.next_step, self.values[: self.count].tolist()
+        self.next_step += self.count
+        self.count = 0
+        return start, values
+
+
+def train_epoch(
+    model: nn.Module,
+    batches: Iterable,
+    optimizer: torch.optim.Optimizer,
+    losses: LossBuffer,
+    on_batch: Callable[[], None] = lambda: None,
+) -> None:
+    model.train()
+    loss_fn = nn.functional.cross_entropy
+    for x, y in batches:
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.add(loss)
+        on_batch()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable) -> tuple[float, float]:
+    """(mean of the batches' losses, fraction correct), as the quickstart computes them."""
+    model.eval()
+    loss_sum, correct, samples, num_batches = 0.0, 0, 0, 0
+    for x, y in batches:
+        logits = model(x)
+        loss_sum = loss_sum + nn.functional.cross_entropy(logits, y)
+        correct = correct + (logits.argmax(1) == y).sum()
+        samples += len(y)
+        num_batches += 1
+    return float(loss_sum) / num_batches, int(correct) / samples
+
+
+@dataclass
+class Epoch:
+    epoch: int  # from 1
+    train_time_s: float
+    eval_time_s: float
+    test_loss: float
+    test_accuracy: float
+
+    @property
+    def time_s(self) -> float:
+        return self.train_time_s + self.eval_time_s
+
+
+def fit(
+    model: nn.Module,
+    train_batches: Iterable,
+    test_batches: Iterable,
+    epochs: int,
+    lr: float,
+    device: torch.device,
+    losses: LossBuffer,
+    on_batch: Callable[[], None] = lambda: None,
+) -> Iterator[Epoch]:
+    """Train for `epochs`, testing after each; yield each epoch's figures.
+
+    The device is synchronised before every clock read, so times include all queued work.
+    Per-batch losses go into `losses`; the caller drains them (after each epoch, or when
+    interrupted).
+    """
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    for epoch in range(1, epochs + 1):
+        devices.synchronize(device)
+        t0 = time.perf_counter()
+        train_epoch(model, train_batches, optimizer, losses, on_batch)
+        devices.synchronize(device)
+        t1 = time.perf_counter()
+        test_loss, test_accuracy = evaluate(model, test_batches)
+        devices.synchronize(device)
+        t2 = time.perf_counter()
+        yield Epoch(epoch, t1 - t0, t2 - t1, test_loss, test_accuracy)

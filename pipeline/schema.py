@@ -1,0 +1,65 @@
+"""The run schema: every param, tag and metric name the pipeline writes or reads.
+
+Any script that logs runs under these names can be compared by `pipeline compare`.
+The README's "Run schema" section documents each name.
+"""
+
+
+class Params:
+    DEVICE = "device"
+    DATASET = "dataset"
+    MODEL = "model"
+    HIDDEN = "hidden"
+    LAYERS = "layers"
+    EPOCHS = "epochs"
+    BATCH_SIZE = "batch_size"
+    LR = "lr"
+    OPTIMIZER = "optimizer"
+    SEED = "seed"
+    LOADER = "loader"
+    TRAIN_SIZE = "train_size"
+    TEST_SIZE = "test_size"
+    TARGET_ACCURACY = "target_accuracy"
+
+
+# Runs are comparable when all their params except these are equal.
+NOT_GROUPING_PARAMS = frozenset({Params.DEVICE, Params.TARGET_ACCURACY})
+
+
+class Tags:
+    DEVICE_TYPE = "pipeline.device_type"  # cpu, cuda or mps
+    DEVICE_NAME = "pipeline.device_name"  # GPU, SoC or CPU model
+    HOST = "pipeline.host"
+    STAGE = "pipeline.stage"  # train, test, compare
+    TORCH_VERSION = "pipeline.torch_version"
+    TORCH_CUDA = "pipeline.torch_cuda"
+    PYTHON_VERSION = "pipeline.python_version"
+    PLATFORM = "pipeline.platform"
+    MLFLOW_VERSION = "pipeline.mlflow_version"
+    PIPELINE_VERSION = "pipeline.version"
+    GIT_COMMIT = "pipeline.git_commit"
+    SOURCE_RUN_ID = "pipeline.source_run_id"  # test runs: the run that trained the model
+    FAILURE_REASON = "pipeline.failure_reason"
+    FLAGS = "pipeline.flags"  # set by compare: comma-separated finding kinds
+    NOTE = "mlflow.note.content"  # the run's description in the MLflow UI
+
+
+class Stages:
+    TRAIN = "train"
+    TEST = "test"
+    COMPARE = "compare"
+
+
+class Metrics:
+    TRAIN_LOSS = "train_loss"  # every batch, step = global batch index from 0
+    TEST_LOSS = "test_loss"  # every epoch, step = epoch from 1
+    TEST_ACCURACY = "test_accuracy"  # fraction 0..1, step = epoch from 1
+    EPOCH_TIME_S = "epoch_time_s"  # training + test pass of one epoch, step = epoch
+    FIRST_EPOCH_TIME_S = "first_epoch_time_s"
+    TRAIN_TIME_S = "train_time_s"  # total of the training passes
+    EVAL_TIME_S = "eval_time_s"  # total of the test passes
+    WALL_TIME_S = "wall_time_s"  # the whole command: set-up, data loading, training, logging
+    SAMPLES_PER_S = "samples_per_s"  # steady-state training throughput (epochs after the first)
+    TIME_TO_TARGET_S = "time_to_target_s"
+    PARITY_MAX_ABS_LOGIT_DIFF = "parity_max_abs_logit_diff"
+    PARITY_ARGMAX_AGREEMENT = "parity_argmax_agreement"

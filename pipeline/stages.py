@@ -1,0 +1,353 @@
+"""The train and test stages: data + model + loops, each logged as one MLflow run."""
+
+import json
+import math
+import signal
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from pipeline import data, devices, loops, model, tracking
+from pipeline.data import DataSpec
+from pipeline.errors import UserError
+from pipeline.schema import Metrics, Params, Stages, Tags
+
+console = Console(stderr=True, soft_wrap=True)  # progress and per-epoch lines
+results = Console(soft_wrap=True)  # what a run produced
+
+
+@dataclass
+class Target:
+    """Where a run is logged."""
+
+    experiment: str = "device-comparison"
+    tracking_uri: str | None = None
+    run_name: str | None = None
+    host: str | None = None  # None: this machine's host name
+
+
+@dataclass
+class TrainConfig:
+    device: str = "auto"
+    data: DataSpec = field(default_factory=DataSpec)
+    model: str = "mlp"
+    hidden: int = 512
+    layers: int = 2
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+    loader: str = "tensors"
+    target_accuracy: float | None = None
+
+    @property
+    def model_config(self) -> dict:
+        return {"model": self.model, "hidden": self.hidden, "layers": self.layers}
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived; `code` is the exit status to leave with (130 or 143)."""
+
+    def __init__(self, code: int):
+        super().__init__(f"interrupted by {'SIGINT' if code == 130 else 'SIGTERM'}")
+        self.code = code
+
+
+@contextmanager
+def interrupts_raise() -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into Interrupted, so a run can be closed cleanly."""
+
+    def handler(signum, frame):
+        raise Interrupted(130 if signum == signal.SIGINT else 143)
+
+    saved = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)
+
+
+def train_params(cfg: TrainConfig, device: torch.device, train_size: int, test_size: int) -> dict:
+    params = {
+        Params.DEVICE: str(device),
+        Params.DATASET: cfg.data.name,
+        Params.MODEL: model.describe(cfg.model_config),
+        Params.HIDDEN: cfg.hidden,
+        Params.LAYERS: cfg.layers,
+        Params.EPOCHS: cfg.epochs,
+        Params.BATCH_SIZE: cfg.batch_size,
+        Params.LR: cfg.lr,
+        Params.OPTIMIZER: "sgd",
+        Params.SEED: cfg.seed,
+        Params.LOADER: cfg.loader,
+        Params.TRAIN_SIZE: train_size,
+        Params.TEST_SIZE: test_size,
+    }
+    if cfg.target_accuracy is not None:
+        params[Params.TARGET_ACCURACY] = cfg.target_accuracy
+    return params
+
+
+def device_tags(device: torch.device, stage: str, host: str | None) -> dict[str, str]:
+    return {
+        Tags.STAGE: stage,
+        Tags.DEVICE_TYPE: device.type,
+        Tags.DEVICE_NAME: devices.name(device),
+        Tags.HOST: host or socket.gethostname(),
+        **tracking.environment_tags(),
+    }
+
+
+def default_run_name(cfg: TrainConfig, device: torch.device) -> str:
+    return f"{device.type}-{cfg.data.name}-{cfg.model}{cfg.hidden}x{cfg.layers}-bs{cfg.batch_size}"
+
+
+def progress_bar(enabled: bool):
+    if not enabled:
+        return nullcontext(None)
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+def train(cfg: TrainConfig, target: Target, quiet: bool = False) -> str:
+    """Train and test on one device, log one run; return its id.
+
+    Raises UserError before anything is logged when the device, the tracking store or the
+    data is not usable. Once the run exists it always ends FINISHED, FAILED or KILLED.
+    """
+    started = time.perf_counter()
+    device = devices.resolve(cfg.device)
+    client = tracking.connect(target.tracking_uri)
+    experiment_id = tracking.experiment_id(client, target.experiment)
+    train_batches = data.batches(cfg.data, True, cfg.loader, cfg.batch_size, device)
+    test_batches = data.batches(cfg.data, False, cfg.loader, cfg.batch_size, device)
+    net = model.initialised(cfg.model_config, cfg.seed, device)
+    losses = loops.LossBuffer(len(train_batches), device)
+
+    run = tracking.Run.start(
+        client,
+        experiment_id,
+        target.run_name or default_run_name(cfg, device),
+        device_tags(device, Stages.TRAIN, target.host),
+    )
+    try:
+        with interrupts_raise():
+            run.log_params(
+                train_params(cfg, device, train_batches.num_samples, test_batches.num_samples)
+            )
+            summary = _train_loop(cfg, device, net, train_batches, test_batches, losses, run, quiet)
+            _log_model(run, net, cfg, device)
+            summary[Metrics.WALL_TIME_S] = time.perf_counter() - started
+            run.log_metrics(summary)
+            if not quiet:
+                _print_summary(run.run_id, summary)
+    except Diverged as e:
+        run.set_tags({Tags.FAILURE_REASON: str(e)})
+        run.end("FAILED")
+        raise
+    except Interrupted as e:
+        _flush_losses(run, losses)
+        run.set_tags({Tags.FAILURE_REASON: str(e)})
+        run.end("KILLED")
+        raise
+    except BaseException as e:
+        run.set_tags({Tags.FAILURE_REASON: f"{type(e).__name__}: {e}"[:5000]})
+        run.end("FAILED")
+        raise
+    run.end("FINISHED")
+    return run.run_id
+
+
+class Diverged(Exception):
+    """The loss became NaN or infinite; the run is stopped and marked FAILED."""
+
+
+def _flush_losses(run: tracking.Run, losses: loops.LossBuffer) -> list[float]:
+    first_step, values = losses.drain()
+    if values:
+        run.log_series(Metrics.TRAIN_LOSS, first_step, values)
+    return values
+
+
+def _train_loop(cfg, device, net, train_batches, test_batches, losses, run, quiet) -> dict:
+    """Run the epochs, logging each one's figures as soon as it ends; return the totals."""
+    epochs: list[loops.Epoch] = []
+    time_to_target = None
+    with progress_bar(not quiet and console.is_terminal) as bar:
+        on_batch = lambda: None  # noqa: E731
+        if bar is not None:
+            epoch_task = bar.add_task("epochs", total=cfg.epochs)
+            batch_task = bar.add_task("batches", total=len(train_batches))
+            on_batch = lambda: bar.advance(batch_task)  # noqa: E731
+        for ep in loops.fit(
+            net, train_batches, test_batches, cfg.epochs, cfg.lr, device, losses, on_batch
+        ):
+            first_step = losses.next_step
+            values = _flush_losses(run, losses)
+            run.log_metrics(
+                {
+                    Metrics.TEST_LOSS: ep.test_loss,
+                    Metrics.TEST_ACCURACY: ep.test_accuracy,
+                    Metrics.EPOCH_TIME_S: ep.time_s,
+                },
+                step=ep.epoch,
+            )
+            epochs.append(ep)
+            bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
+            if bad:
+                raise Diverged(
+                    f"diverged: train_loss became {values[bad[0]]} at step {first_step + bad[0]}"
+                    f" (epoch {ep.epoch}); try a lower --lr"
+                )
+            if not math.isfinite(ep.test_loss):
+                raise Diverged(f"diverged: test_loss became {ep.test_loss} at epoch {ep.epoch}")
+            if (
+                time_to_target is None
+                and cfg.target_accuracy is not None
+                and ep.test_accuracy >= cfg.target_accuracy
+            ):
+                time_to_target = sum(e.train_time_s for e in epochs)
+            if bar is not None:
+                bar.reset(batch_task)
+                bar.advance(epoch_task)
+            if not quiet:
+                console.print(
+                    f"epoch {ep.epoch}/{cfg.epochs}  train {ep.train_time_s:.2f} s  "
+                    f"test {ep.eval_time_s:.2f} s  test loss {ep.test_loss:.4f}  "
+                    f"accuracy {ep.test_accuracy:.1%}"
+                )
+    return _summary(epochs, train_batches.num_samples, time_to_target)
+
+
+def _summary(epochs: list[loops.Epoch], samples: int, time_to_target: float | None) -> dict:
+    """Run totals. Throughput is steady-state: the epochs after the first, when there are any."""
+    steady = epochs[1:] or epochs
+    summary = {
+        Metrics.TRAIN_TIME_S: sum(e.train_time_s for e in epochs),
+        Metrics.EVAL_TIME_S: sum(e.eval_time_s for e in epochs),
+        Metrics.FIRST_EPOCH_TIME_S: epochs[0].time_s,
+        Metrics.SAMPLES_PER_S: samples * len(steady) / sum(e.train_time_s for e in steady),
+    }
+    if time_to_target is not None:
+        summary[Metrics.TIME_TO_TARGET_S] = time_to_target
+    return summary
+
+
+def _print_summary(run_id: str, summary: dict) -> None:
+    results.print(
+        f"run {run_id}: train {summary[Metrics.TRAIN_TIME_S]:.2f} s, "
+        f"{summary[Metrics.SAMPLES_PER_S]:,.0f} samples/s, "
+        f"wall {summary[Metrics.WALL_TIME_S]:.2f} s"
+    )
+
+
+# --- the model artifact ---------------------------------------------------------------------
+
+MODEL_ARTIFACT = "model"
+
+
+def _log_model(run: tracking.Run, net: torch.nn.Module, cfg: TrainConfig, device) -> None:
+    """The final weights (a state dict, device-independent) and what rebuilds the model."""
+    config = {
+        "run_id": run.run_id,
+        "model": cfg.model_config,
+        "data": {
+            "name": cfg.data.name,
+            "seed": cfg.data.seed,
+            "train_size": cfg.data.train_size,
+            "test_size": cfg.data.test_size,
+        },
+        "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size,
+        "trained_on": str(device),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save({k: v.cpu() for k, v in net.state_dict().items()}, Path(tmp) / "state_dict.pt")
+        (Path(tmp) / "config.json").write_text(json.dumps(config, indent=2))
+        run.log_artifacts(Path(tmp), MODEL_ARTIFACT)
+
+
+def load_model(model_uri: str, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """A model logged by `train` (runs:/<id>/model, or any artifact URI or folder) on a device."""
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+        config = json.loads((local / "config.json").read_text())
+        state = torch.load(local / "state_dict.pt", map_location=device, weights_only=True)
+    except Exception as e:
+        reason = tracking.redact_text(str(e)).splitlines()[0]
+        raise UserError(f"no model logged by `pipeline train` at {model_uri}: {reason}") from None
+    net = model.build(**config["model"]).to(device)
+    net.load_state_dict(state)
+    return net, config
+
+
+def test(
+    model_uri: str,
+    device_spec: str,
+    data_dir: Path,
+    batch_size: int,
+    target: Target,
+    quiet: bool = False,
+) -> str:
+    """Evaluate a logged model on a device; log a run of stage `test` pointing at its source."""
+    started = time.perf_counter()
+    device = devices.resolve(device_spec)
+    client = tracking.connect(target.tracking_uri)
+    experiment_id = tracking.experiment_id(client, target.experiment)
+    net, config = load_model(model_uri, device)
+    spec = data.DataSpec(data_dir=data_dir, **config["data"])
+    test_batches = data.batches(spec, False, "tensors", batch_size, device)
+
+    source_id = config["run_id"]
+    try:
+        params = dict(client.get_run(source_id).data.params)
+    except Exception:
+        params = {}
+    params[Params.DEVICE] = str(device)
+    tags = device_tags(device, Stages.TEST, target.host) | {Tags.SOURCE_RUN_ID: source_id}
+    name = target.run_name or f"test-{device.type}-of-{config['trained_on']}-{source_id[:8]}"
+    run = tracking.Run.start(client, experiment_id, name, tags)
+    try:
+        with interrupts_raise():
+            run.log_params(params)
+            devices.synchronize(device)
+            t0 = time.perf_counter()
+            test_loss, test_accuracy = loops.evaluate(net, test_batches)
+            devices.synchronize(device)
+            eval_time = time.perf_counter() - t0
+            run.log_metrics(
+                {Metrics.TEST_LOSS: test_loss, Metrics.TEST_ACCURACY: test_accuracy},
+                step=int(config["epochs"]),
+            )
+            run.log_metrics(
+                {Metrics.EVAL_TIME_S: eval_time, Metrics.WALL_TIME_S: time.perf_counter() - started}
+            )
+    except Interrupted:
+        run.end("KILLED")
+        raise
+    except BaseException:
+        run.end("FAILED")
+        raise
+    run.end("FINISHED")
+    if not quiet:
+        results.print(
+            f"run {run.run_id}: model of run {source_id} on {device}: "
+            f"test loss {test_loss:.4f}, accuracy {test_accuracy:.1%}"
+        )
+    return run.run_id

@@ -1,0 +1,85 @@
+"""Shared fixtures: a real sqlite tracking store per test, small synthetic data, a CLI runner."""
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+for var in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID", "PIPELINE_HOST"):
+    os.environ.pop(var, None)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# 640 training images at batch 64: 10 batches an epoch; lr 0.05 so that 2 epochs visibly learn.
+SMALL = ["--dataset", "synthetic", "--train-size", "640", "--test-size", "128", "--lr", "0.05"]
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    """One folder of synthetic data for the whole session (written once, as users' is)."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture
+def store(tmp_path) -> str:
+    """A fresh sqlite tracking store."""
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture
+def client(store):
+    from mlflow import MlflowClient
+
+    return MlflowClient(store)
+
+
+@pytest.fixture
+def cli(store, data_dir, capsys, monkeypatch, tmp_path):
+    """Run `python -m pipeline ...` in this process against the test's store."""
+    monkeypatch.chdir(tmp_path)  # artifacts (./mlruns) stay inside the test's folder
+
+    def run(*args: str, data: bool = True) -> Result:
+        from pipeline import cli as cli_module
+
+        argv = ["pipeline", *args, "--tracking-uri", store]
+        if data and args[0] in ("train", "test"):
+            argv += ["--data-dir", str(data_dir)]
+        monkeypatch.setattr(sys, "argv", argv)
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            cli_module.main()
+        out = capsys.readouterr()
+        return Result(exit_info.value.code, out.out, out.err)
+
+    return run
+
+
+def run_process(*args: str, env: dict | None = None, timeout: float = 300, **kw) -> Result:
+    """Run a command in a real child process: exit codes, stderr and signals as users see them."""
+    full_env = {**os.environ, **(env or {})}
+    proc = subprocess.run(
+        list(args), capture_output=True, text=True, env=full_env, timeout=timeout, **kw
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def pipeline_process(*args: str, **kw) -> Result:
+    return run_process(sys.executable, "-m", "pipeline", *args, **kw)
+
+
+def only_run(client, experiment: str = "device-comparison"):
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1, [r.info.run_name for r in runs]
+    return runs[0]

@@ -1,0 +1,55 @@
+"""The MLflow project: MLproject runs here, and conda.yaml pins what pyproject.toml pins."""
+
+import sys
+import tomllib
+
+import yaml
+from conftest import ROOT, run_process
+from mlflow import MlflowClient
+
+from pipeline.schema import Metrics, Params
+
+
+def test_conda_yaml_pins_the_same_versions_as_pyproject():
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    conda = yaml.safe_load((ROOT / "conda.yaml").read_text())["dependencies"]
+    pip = next(d["pip"] for d in conda if isinstance(d, dict))
+    assert sorted(pip) == sorted(pyproject)
+    assert f"python={sys.version_info.major}.{sys.version_info.minor}" in conda
+
+
+def test_mlflow_run_of_the_project(tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_process(
+        "mlflow",
+        "run",
+        str(ROOT),
+        "--env-manager",
+        "local",
+        "--experiment-name",
+        "device-comparison",
+        "-P",
+        "device=cpu",
+        "-P",
+        "dataset=synthetic",
+        "-P",
+        "epochs=1",
+        "-P",
+        "train_size=640",
+        "-P",
+        "test_size=128",
+        "-P",
+        f"data_dir={tmp_path / 'data'}",
+        env={"MLFLOW_TRACKING_URI": store},
+        cwd=tmp_path,
+    )
+    assert result.code == 0, result.stderr[-3000:]
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("device-comparison").experiment_id])
+    assert len(runs) == 1  # the entry point joined the run `mlflow run` created
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.params[Params.DEVICE] == "cpu"
+    assert run.data.params[Params.EPOCHS] == "1"
+    assert len(client.get_metric_history(run.info.run_id, Metrics.TRAIN_LOSS)) == 10
+    assert Metrics.TEST_ACCURACY in run.data.metrics

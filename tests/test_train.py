@@ -1,0 +1,154 @@
+"""The train and test stages, end to end through the CLI, asserting what lands in MLflow."""
+
+import math
+
+import pytest
+import torch
+from conftest import SMALL, only_run
+
+from pipeline import data, devices, loops, model, tracking
+from pipeline.schema import Metrics, Params, Stages, Tags
+
+BATCHES_PER_EPOCH = 10  # 640 images / batch 64
+
+
+def steps(client, run_id, key):
+    return [m.step for m in client.get_metric_history(run_id, key)]
+
+
+def values(client, run_id, key):
+    return [m.value for m in client.get_metric_history(run_id, key)]
+
+
+def test_train_logs_the_run_schema(cli, client):
+    result = cli("train", "--device", "cpu", "--epochs", "2", *SMALL)
+    assert result.code == 0, result.stderr
+    run = only_run(client)
+    assert run.info.status == "FINISHED"
+    assert run.data.params == {
+        Params.DEVICE: "cpu",
+        Params.DATASET: "synthetic",
+        Params.MODEL: "mlp-784-512-512-10",
+        Params.HIDDEN: "512",
+        Params.LAYERS: "2",
+        Params.EPOCHS: "2",
+        Params.BATCH_SIZE: "64",
+        Params.LR: "0.05",
+        Params.OPTIMIZER: "sgd",
+        Params.SEED: "0",
+        Params.LOADER: "tensors",
+        Params.TRAIN_SIZE: "640",
+        Params.TEST_SIZE: "128",
+    }
+    tags = run.data.tags
+    assert tags[Tags.STAGE] == Stages.TRAIN
+    assert tags[Tags.DEVICE_TYPE] == "cpu"
+    assert tags[Tags.DEVICE_NAME] == devices.cpu_name()
+    assert tags[Tags.TORCH_VERSION] == torch.__version__
+    for tag in (Tags.HOST, Tags.PYTHON_VERSION, Tags.PLATFORM, Tags.MLFLOW_VERSION):
+        assert tags[tag]
+    run_id = run.info.run_id
+    assert steps(client, run_id, Metrics.TRAIN_LOSS) == list(range(2 * BATCHES_PER_EPOCH))
+    assert all(math.isfinite(v) for v in values(client, run_id, Metrics.TRAIN_LOSS))
+    for key in (Metrics.TEST_ACCURACY, Metrics.TEST_LOSS, Metrics.EPOCH_TIME_S):
+        assert steps(client, run_id, key) == [1, 2]
+    assert all(0 <= a <= 1 for a in values(client, run_id, Metrics.TEST_ACCURACY))
+    m = run.data.metrics
+    epoch_times = values(client, run_id, Metrics.EPOCH_TIME_S)
+    assert m[Metrics.TRAIN_TIME_S] + m[Metrics.EVAL_TIME_S] == pytest.approx(sum(epoch_times))
+    assert m[Metrics.WALL_TIME_S] > m[Metrics.TRAIN_TIME_S] + m[Metrics.EVAL_TIME_S]
+    assert m[Metrics.FIRST_EPOCH_TIME_S] == pytest.approx(epoch_times[0])
+    assert m[Metrics.SAMPLES_PER_S] > 0
+    artifacts = {a.path for a in client.list_artifacts(run_id, "model")}
+    assert artifacts == {"model/config.json", "model/state_dict.pt"}
+    assert run_id in result.stdout
+
+
+def test_training_learns_on_the_synthetic_data(cli, client):
+    assert cli("train", "--device", "cpu", "--epochs", "5", *SMALL, "--lr", "0.1").code == 0
+    run_id = only_run(client).info.run_id
+    losses = values(client, run_id, Metrics.TEST_LOSS)
+    assert losses[-1] < losses[0] < math.log(10)
+    assert values(client, run_id, Metrics.TEST_ACCURACY)[-1] > 0.5  # chance is 0.1
+
+
+def test_one_seed_gives_identical_weights_batches_and_losses(cli, client):
+    """Every device starts from the same weights and sees the same batches in the same order:
+    here, two runs with one seed, once through each loader, agree loss for loss."""
+    a = model.initialised({"model": "mlp", "hidden": 32, "layers": 2}, 7, torch.device("cpu"))
+    b = model.initialised({"model": "mlp", "hidden": 32, "layers": 2}, 7, torch.device("cpu"))
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert ka == kb and torch.equal(va, vb)
+
+    for loader in ("tensors", "dataloader"):
+        args = ("train", "--device", "cpu", "--epochs", "1", "--loader", loader, *SMALL)
+        assert cli(*args, "--run-name", loader).code == 0
+    runs = {r.info.run_name: r.info.run_id for r in client.search_runs(["1"])}
+    a, b = (values(client, runs[name], Metrics.TRAIN_LOSS) for name in ("tensors", "dataloader"))
+    assert len(a) == BATCHES_PER_EPOCH and a == b
+
+
+def test_per_batch_losses_reach_the_store_in_batches(cli, client, monkeypatch):
+    """No round trip to the tracking store per training batch."""
+    calls = []
+    original = tracking.MlflowClient.log_batch
+
+    def counting(self, run_id, metrics=(), **kw):
+        calls.append(sum(m.key == Metrics.TRAIN_LOSS for m in metrics))
+        return original(self, run_id, metrics=metrics, **kw)
+
+    monkeypatch.setattr(tracking.MlflowClient, "log_batch", counting)
+    assert cli("train", "--device", "cpu", "--epochs", "2", *SMALL).code == 0
+    assert [n for n in calls if n] == [BATCHES_PER_EPOCH, BATCHES_PER_EPOCH]
+
+
+def test_the_training_loop_never_reads_a_value_back_to_the_host(monkeypatch):
+    """No .item(), .tolist() or float() per batch: each would wait for the device."""
+    x, y = torch.rand(256, 1, 28, 28), torch.randint(0, 10, (256,))
+    net = model.build(hidden=16)
+    buffer = loops.LossBuffer(4, torch.device("cpu"))
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("host synchronisation inside the training loop")
+
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__", "cpu", "numpy"):
+        monkeypatch.setattr(torch.Tensor, name, forbidden)
+    loops.train_epoch(net, data.TensorBatches(x, y, 64), optimizer, buffer)
+    monkeypatch.undo()
+    assert buffer.count == 4
+    first_step, losses = buffer.drain()
+    assert first_step == 0 and len(losses) == 4 and buffer.next_step == 4
+
+
+def test_test_stage_evaluates_a_logged_model(cli, client):
+    assert cli("train", "--device", "cpu", "--epochs", "2", *SMALL).code == 0
+    source = only_run(client)
+    result = cli("test", "--model-uri", f"runs:/{source.info.run_id}/model", "--device", "cpu")
+    assert result.code == 0, result.stderr
+    runs = client.search_runs(["1"], filter_string=f"tags.`{Tags.STAGE}` = 'test'")
+    assert len(runs) == 1
+    test_run = runs[0]
+    assert test_run.info.status == "FINISHED"
+    assert test_run.data.tags[Tags.SOURCE_RUN_ID] == source.info.run_id
+    assert test_run.data.params == source.data.params  # same configuration, same device here
+    # The same weights on the same device give the same figures as the train run's last epoch.
+    for key in (Metrics.TEST_ACCURACY, Metrics.TEST_LOSS):
+        assert test_run.data.metrics[key] == pytest.approx(source.data.metrics[key], abs=1e-6)
+    assert steps(client, test_run.info.run_id, Metrics.TEST_ACCURACY) == [2]
+
+
+def test_test_stage_with_a_missing_model_is_a_usage_error(cli, client):
+    result = cli("test", "--model-uri", "runs:/0123456789abcdef/model", "--device", "cpu")
+    assert result.code == 2
+    assert "no model logged" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    exp = client.get_experiment_by_name("device-comparison")
+    assert client.search_runs([exp.experiment_id]) == []
+
+
+def test_devices_lists_this_machine(cli):
+    result = cli("devices")
+    assert result.code == 0
+    assert "cpu" in result.stdout and devices.cpu_name() in result.stdout
+    assert f"torch={torch.__version__}" in result.stdout
+    assert "mps_built=" in result.stdout and "cuda_built=" in result.stdout
