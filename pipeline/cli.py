@@ -146,6 +146,61 @@ def _run_stage(stage) -> None:
         raise typer.Exit(1) from None
 
 
+@app.command("compare")
+def compare_runs(
+    experiment: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MLFLOW_EXPERIMENT_NAME",
+            show_envvar=True,
+            help="MLflow experiment [default: device-comparison, unless --run-id is given]",
+        ),
+    ] = None,
+    run_id: Annotated[
+        list[str] | None, typer.Option(help="Judge only these runs (repeat the option)")
+    ] = None,
+    filter_string: Annotated[
+        str, typer.Option("--filter", help="MLflow search filter, e.g. params.batch_size = '64'")
+    ] = "",
+    latest: Annotated[
+        bool, typer.Option(help="Judge only the latest run of each group, device and host")
+    ] = False,
+    speed_tolerance: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Allowed slowdown, a fraction")
+    ] = 0.10,
+    accuracy_tolerance: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Allowed accuracy difference, absolute")
+    ] = 0.02,
+    history: Annotated[
+        int, typer.Option(min=1, help="Earlier runs that make a run's baseline")
+    ] = 5,
+    output_json: Annotated[Path | None, typer.Option(help="Write the findings as JSON")] = None,
+    output_dir: Annotated[
+        Path | None, typer.Option(help="Also write report.md and the plots here")
+    ] = None,
+    no_fail: Annotated[
+        bool, typer.Option("--no-fail", help="Exit 0 even when something is flagged")
+    ] = False,
+    tracking_uri: TrackingUri = None,
+    host: Host = None,
+) -> None:
+    """Compare finished runs; flag slow devices and wrong accuracies. Exit 1 when flagged."""
+    from pipeline import compare
+
+    opts = compare.CompareOptions(
+        experiment=experiment or (None if run_id else "device-comparison"),
+        run_ids=tuple(run_id or ()),
+        filter_string=filter_string,
+        latest_only=latest,
+        tolerances=compare.Tolerances(speed_tolerance, accuracy_tolerance, history),
+        output_json=output_json,
+        output_dir=output_dir,
+    )
+    findings = compare.run(opts, tracking_uri, host)
+    if findings and not no_fail:
+        raise typer.Exit(1)
+
+
 @app.command("devices")
 def list_devices(
     experiment: Experiment = "device-comparison", tracking_uri: TrackingUri = None

@@ -22,8 +22,11 @@ class Params:
     TARGET_ACCURACY = "target_accuracy"
 
 
-# Runs are comparable when all their params except these are equal.
-NOT_GROUPING_PARAMS = frozenset({Params.DEVICE, Params.TARGET_ACCURACY})
+# Runs are comparable when all their params except these are equal. `mlflow run` also logs its
+# -P values, among them where data and runs go, which say nothing about the workload.
+NOT_GROUPING_PARAMS = frozenset(
+    {Params.DEVICE, Params.TARGET_ACCURACY, "data_dir", "experiment", "model_uri"}
+)
 
 
 class Tags:

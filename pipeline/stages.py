@@ -4,6 +4,7 @@ import json
 import math
 import signal
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -22,7 +23,8 @@ from pipeline.errors import UserError
 from pipeline.schema import Metrics, Params, Stages, Tags
 
 console = Console(stderr=True, soft_wrap=True)  # progress and per-epoch lines
-results = Console(soft_wrap=True)  # what a run produced
+# What a run produced; tables get room when the output is a file or a pipe.
+results = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
 @dataclass
@@ -105,6 +107,8 @@ def device_tags(device: torch.device, stage: str, host: str | None) -> dict[str,
         Tags.DEVICE_NAME: devices.name(device),
         Tags.HOST: host or socket.gethostname(),
         **tracking.environment_tags(),
+        Tags.TORCH_VERSION: torch.__version__,
+        Tags.TORCH_CUDA: torch.version.cuda or "none",
     }
 
 

@@ -1,5 +1,6 @@
 """All MLflow access: connecting, creating runs, batched metric writes, ending runs."""
 
+import importlib.metadata
 import logging
 import os
 import platform
@@ -108,11 +109,8 @@ def experiment_id(client: MlflowClient, name: str, create: bool = True) -> str:
 
 
 def environment_tags() -> dict[str, str]:
-    import torch
-
     tags = {
-        Tags.TORCH_VERSION: torch.__version__,
-        Tags.TORCH_CUDA: torch.version.cuda or "none",
+        Tags.TORCH_VERSION: importlib.metadata.version("torch"),
         Tags.PYTHON_VERSION: platform.python_version(),
         Tags.PLATFORM: platform.platform(),
         Tags.MLFLOW_VERSION: mlflow.__version__,
@@ -160,7 +158,9 @@ class Run:
         return cls(client, created.info.run_id)
 
     def log_params(self, params: Mapping[str, object]) -> None:
-        items = [Param(k, str(v)) for k, v in params.items()]
+        """Log params; those already set (`mlflow run` logs its -P values first) are kept."""
+        existing = self.client.get_run(self.run_id).data.params
+        items = [Param(k, str(v)) for k, v in params.items() if k not in existing]
         for i in range(0, len(items), MAX_PARAMS):
             self.client.log_batch(self.run_id, params=items[i : i + MAX_PARAMS])
 

@@ -1,0 +1,338 @@
+"""compare: scenarios logged straight through the MLflow API, as another script would log them."""
+
+import json
+import math
+import time
+
+import pytest
+from conftest import ROOT, SMALL
+from mlflow.entities import Metric, Param, RunTag
+
+from pipeline.schema import Metrics, Tags
+
+REFERENCE = ROOT.parent / "shared" / "reference" / "m1-quickstart-2022.json"
+EXPERIMENT = "device-comparison"
+QUICKSTART = {
+    "dataset": "fashion-mnist",
+    "model": "mlp-784-512-512-10",
+    "epochs": "10",
+    "batch_size": "64",
+    "lr": "0.001",
+    "optimizer": "sgd",
+    "seed": "0",
+    "loader": "dataloader",
+}
+_clock = [int(time.time() * 1000) - 10_000_000]
+
+
+def log_run(
+    client,
+    device: str,
+    *,
+    host: str = "box",
+    accuracy: list[float] | None = None,
+    test_loss: list[float] | None = None,
+    train_loss: dict[int, float] | None = None,
+    summary: dict[str, float] | None = None,
+    params: dict[str, str] | None = None,
+    status: str = "FINISHED",
+    tags: dict[str, str] | None = None,
+) -> str:
+    """Log one run under the run schema with nothing but MlflowClient; runs get increasing
+    start times in the order they are logged."""
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    exp_id = exp.experiment_id if exp else client.create_experiment(EXPERIMENT)
+    _clock[0] += 60_000
+    run = client.create_run(exp_id, start_time=_clock[0], run_name=f"{device}-{_clock[0]}")
+    run_id = run.info.run_id
+    accuracy = accuracy if accuracy is not None else [0.5, 0.6, 0.7]
+    test_loss = test_loss if test_loss is not None else [1.8, 1.2, 0.8]
+    train_loss = train_loss if train_loss is not None else {0: 2.3, 100: 1.5, 200: 0.9}
+    metrics = [Metric(Metrics.TEST_ACCURACY, a, 0, i + 1) for i, a in enumerate(accuracy)]
+    metrics += [Metric(Metrics.TEST_LOSS, v, 0, i + 1) for i, v in enumerate(test_loss)]
+    metrics += [Metric(Metrics.TRAIN_LOSS, v, 0, step) for step, v in train_loss.items()]
+    metrics += [Metric(k, v, 0, 0) for k, v in (summary or {}).items()]
+    all_params = {**QUICKSTART, "epochs": str(len(accuracy)), **(params or {}), "device": device}
+    all_tags = {
+        Tags.DEVICE_TYPE: device.split(":")[0],
+        Tags.HOST: host,
+        Tags.STAGE: "train",
+        **(tags or {}),
+    }
+    client.log_batch(
+        run_id,
+        metrics=metrics,
+        params=[Param(k, v) for k, v in all_params.items()],
+        tags=[RunTag(k, v) for k, v in all_tags.items()],
+    )
+    if status != "RUNNING":
+        client.set_terminated(run_id, status)
+    return run_id
+
+
+def reference_runs(client) -> dict[str, str]:
+    """The M1 quickstart measurement (../shared/reference), logged as two runs."""
+    ref = json.loads(REFERENCE.read_text())
+    ids = {}
+    for device, run in ref["runs"].items():
+        epochs = run["epochs"]
+        train_loss = {
+            e * 938 + p["batch"]: p["loss"]
+            for e, epoch in enumerate(epochs)
+            for p in epoch["train_loss_every_100_batches"]
+        }
+        ids[device] = log_run(
+            client,
+            device,
+            host="mac-mini-m1",
+            accuracy=[e["test_accuracy"] for e in epochs],
+            test_loss=[e["test_loss"] for e in epochs],
+            train_loss=train_loss,
+            summary={Metrics.WALL_TIME_S: run["process_wall_s"]},
+        )
+    return ids
+
+
+def compare_json(cli, tmp_path, *args):
+    out = tmp_path / "findings.json"
+    result = cli("compare", "--output-json", str(out), *args)
+    return result, (json.loads(out.read_text()) if out.exists() else None)
+
+
+def kinds(report, run_id=None):
+    return sorted(f["kind"] for f in report["findings"] if run_id in (None, f["run_id"]))
+
+
+def test_m1_quickstart_case_is_caught(cli, client, tmp_path):
+    ids = reference_runs(client)
+    result, report = compare_json(cli, tmp_path)
+    assert result.code == 1
+    assert kinds(report, ids["cpu"]) == []
+    mps = {f["kind"]: f for f in report["findings"] if f["run_id"] == ids["mps"]}
+    assert set(mps) == {
+        "accelerator-slower-than-cpu",
+        "accuracy-mismatch",
+        "accuracy-inconsistent-with-loss",
+    }
+    slow = mps["accelerator-slower-than-cpu"]
+    assert slow["category"] == "speed"
+    assert slow["values"]["speed_vs_cpu"] == pytest.approx(30.635 / 43.98)
+    assert "1.44× slower" in slow["message"]
+    mismatch = mps["accuracy-mismatch"]
+    assert mismatch["category"] == "accuracy" and mismatch["severity"] == "error"
+    assert "metric computation on mps is suspect, not the training" in mismatch["message"]
+    assert mismatch["values"]["epochs_apart"] == list(range(1, 11))
+    for f in report["findings"]:
+        assert {"run_id", "category", "kind", "severity", "message"} <= set(f)
+    # The terminal shows the table and the findings; the flagged run is tagged for the UI.
+    assert "accuracy-mismatch" in result.stdout and "mac-mini-m1" in result.stdout
+    assert client.get_run(ids["mps"]).data.tags[Tags.FLAGS] == (
+        "accelerator-slower-than-cpu,accuracy-inconsistent-with-loss,accuracy-mismatch"
+    )
+    assert Tags.FLAGS not in client.get_run(ids["cpu"]).data.tags
+    assert len(report["groups"]) == 1 and len(report["groups"][0]["runs"]) == 2
+
+
+def test_compare_logs_its_own_run_with_report_and_plots(cli, client, tmp_path):
+    reference_runs(client)
+    assert cli("compare").code == 1
+    exp_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    runs = client.search_runs([exp_id], f"tags.`{Tags.STAGE}` = 'compare'")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["findings"] == 3 and run.data.metrics["runs_compared"] == 2
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert artifacts == {"report.md", "findings.json", "group-1.png"}
+    local = client.download_artifacts(run.info.run_id, "report.md", str(tmp_path))
+    with open(local) as f:
+        text = f.read()
+    assert "accelerator-slower-than-cpu" in text and "| mps |" in text
+    png = client.download_artifacts(run.info.run_id, "group-1.png", str(tmp_path))
+    with open(png, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    # A second compare ignores the first compare's run.
+    result, report = compare_json(cli, tmp_path)
+    assert result.code == 1 and len(report["groups"][0]["runs"]) == 2
+
+
+def test_healthy_cpu_and_cuda_pair_raises_nothing(cli, client, tmp_path):
+    log_run(client, "cpu", summary={Metrics.SAMPLES_PER_S: 20_000})
+    log_run(client, "cuda:0", summary={Metrics.SAMPLES_PER_S: 90_000})
+    result, report = compare_json(cli, tmp_path)
+    assert result.code == 0, result.stdout
+    assert report["findings"] == []
+    cuda_row = next(r for r in report["groups"][0]["runs"] if r["device"] == "cuda:0")
+    assert cuda_row["speed_vs_cpu"] == pytest.approx(4.5)
+
+
+@pytest.mark.parametrize(("cuda_speed", "flagged"), [(9_500, False), (8_500, True)])
+def test_speed_tolerance_against_the_cpu(cli, client, tmp_path, cuda_speed, flagged):
+    log_run(client, "cpu", summary={Metrics.SAMPLES_PER_S: 10_000})
+    cuda = log_run(client, "cuda:0", summary={Metrics.SAMPLES_PER_S: cuda_speed})
+    result, report = compare_json(cli, tmp_path)
+    assert kinds(report, cuda) == (["accelerator-slower-than-cpu"] if flagged else [])
+    assert result.code == int(flagged)
+
+
+def test_the_cpu_of_another_host_is_not_a_baseline(cli, client, tmp_path):
+    log_run(client, "cpu", host="fast-box", summary={Metrics.SAMPLES_PER_S: 50_000})
+    log_run(client, "mps", host="mac", summary={Metrics.SAMPLES_PER_S: 10_000})
+    result, report = compare_json(cli, tmp_path)
+    assert report["findings"] == [] and result.code == 0
+
+
+def test_noisy_history_with_one_real_slowdown(cli, client, tmp_path):
+    speeds = [10_000, 10_400, 9_700, 10_200, 9_600, 10_300, 7_000, 10_100, 9_800, 10_450]
+    ids = [log_run(client, "cpu", summary={Metrics.SAMPLES_PER_S: s}) for s in speeds]
+    result, report = compare_json(cli, tmp_path)
+    assert result.code == 1
+    assert [(f["run_id"], f["kind"]) for f in report["findings"]] == [
+        (ids[6], "slower-than-history")
+    ]
+    assert "0.69×" in report["findings"][0]["message"]  # 7,000 / median 10,200
+
+
+def test_a_very_noisy_history_widens_the_threshold(cli, client, tmp_path):
+    speeds = [10_000, 6_000, 14_000, 7_000, 13_000, 7_500]
+    log_runs = [log_run(client, "cpu", summary={Metrics.SAMPLES_PER_S: s}) for s in speeds]
+    result, report = compare_json(cli, tmp_path)
+    assert kinds(report, log_runs[-1]) == [] and result.code == 0
+
+
+def test_nan_loss(cli, client, tmp_path):
+    bad = log_run(
+        client, "cuda:0", train_loss={0: 2.3, 1: math.nan}, test_loss=[1.5, math.nan, math.nan]
+    )
+    result, report = compare_json(cli, tmp_path)
+    assert result.code == 1
+    assert kinds(report, bad) == ["non-finite-loss"]
+    row = report["groups"][0]["runs"][0]
+    assert row["test_loss"] is None  # JSON has no NaN
+    assert "nan" in result.stdout
+
+
+def test_accuracy_inconsistent_with_loss_without_a_cpu_run(cli, client, tmp_path):
+    mps = log_run(client, "mps", accuracy=[0.0, 0.0, 0.0], test_loss=[2.1, 1.4, 0.79])
+    result, report = compare_json(cli, tmp_path)
+    assert result.code == 1
+    assert kinds(report, mps) == ["accuracy-inconsistent-with-loss"]
+
+
+def test_accuracy_mismatch_with_different_losses_blames_training(cli, client, tmp_path):
+    log_run(client, "cpu", accuracy=[0.5, 0.6, 0.7], test_loss=[1.8, 1.2, 0.8])
+    cuda = log_run(client, "cuda:0", accuracy=[0.5, 0.55, 0.6], test_loss=[1.8, 1.4, 1.1])
+    result, report = compare_json(cli, tmp_path)
+    assert result.code == 1
+    (finding,) = [f for f in report["findings"] if f["run_id"] == cuda]
+    assert finding["kind"] == "accuracy-mismatch"
+    assert "test losses differ too" in finding["message"]
+    assert finding["values"]["epochs_apart"] == [2, 3]
+
+
+def test_accuracy_within_tolerance_is_not_flagged(cli, client, tmp_path):
+    log_run(client, "cpu", accuracy=[0.5, 0.6, 0.700])
+    log_run(client, "mps", accuracy=[0.5, 0.6, 0.685])
+    result, report = compare_json(cli, tmp_path)
+    assert report["findings"] == [] and result.code == 0
+
+
+def test_accuracy_below_history(cli, client, tmp_path):
+    for a in (0.70, 0.71, 0.70, 0.69):
+        log_run(client, "cpu", accuracy=[0.5, 0.6, a])
+    worse = log_run(client, "cpu", accuracy=[0.5, 0.6, 0.60])
+    result, report = compare_json(cli, tmp_path)
+    assert kinds(report) == ["accuracy-below-history"] and result.code == 1
+    assert report["findings"][0]["run_id"] == worse
+
+
+def test_training_loss_that_does_not_fall(cli, client, tmp_path):
+    flat = {step: 2.30 + 0.01 * (step % 3) for step in range(0, 300, 10)}
+    stuck = log_run(
+        client, "cpu", train_loss=flat, accuracy=[0.1, 0.1, 0.1], test_loss=[2.3, 2.3, 2.3]
+    )
+    result, report = compare_json(cli, tmp_path)
+    assert kinds(report, stuck) == ["loss-not-falling"] and result.code == 1
+
+
+def test_unfinished_and_failed_runs_are_left_out(cli, client, tmp_path):
+    cpu = log_run(client, "cpu")
+    log_run(client, "mps", status="RUNNING", accuracy=[0.0, 0.0, 0.0])
+    log_run(client, "mps", status="KILLED", accuracy=[0.0, 0.0, 0.0])
+    log_run(client, "mps", status="FAILED", accuracy=[0.0])
+    result, report = compare_json(cli, tmp_path)
+    assert result.code == 0, result.stdout
+    assert [r["run_id"] for g in report["groups"] for r in g["runs"]] == [cpu]
+    assert report["left_out"] == {"FAILED": 1, "KILLED": 1, "RUNNING": 1}
+    assert "1 FAILED, 1 KILLED, 1 RUNNING" in result.stdout
+
+
+def test_a_diverged_run_is_reported(cli, client, tmp_path):
+    log_run(client, "cpu")
+    failed = log_run(
+        client,
+        "cuda:0",
+        status="FAILED",
+        train_loss={0: 2.3, 1: math.inf},
+        tags={Tags.FAILURE_REASON: "diverged: train_loss became inf at step 1 (epoch 1)"},
+    )
+    result, report = compare_json(cli, tmp_path)
+    assert result.code == 1
+    assert kinds(report, failed) == ["diverged"]
+
+
+def test_only_the_given_runs_are_judged(cli, client, tmp_path):
+    log_run(client, "cpu", summary={Metrics.SAMPLES_PER_S: 10_000})
+    slow = log_run(client, "mps", summary={Metrics.SAMPLES_PER_S: 5_000})
+    fast = log_run(client, "mps", host="other", summary={Metrics.SAMPLES_PER_S: 5_000})
+    result, report = compare_json(cli, tmp_path, "--run-id", fast)
+    assert report["findings"] == [] and result.code == 0
+    result, report = compare_json(cli, tmp_path, "--run-id", slow, "--run-id", fast)
+    assert kinds(report) == ["accelerator-slower-than-cpu"] and result.code == 1
+
+
+def test_filter_and_latest(cli, client, tmp_path):
+    log_run(client, "cpu", params={"batch_size": "64"}, summary={Metrics.SAMPLES_PER_S: 10})
+    log_run(client, "mps", params={"batch_size": "64"}, summary={Metrics.SAMPLES_PER_S: 5})
+    log_run(client, "mps", params={"batch_size": "64"}, summary={Metrics.SAMPLES_PER_S: 20})
+    log_run(client, "cpu", params={"batch_size": "1024"}, summary={Metrics.SAMPLES_PER_S: 10})
+    result, report = compare_json(cli, tmp_path, "--filter", "params.batch_size = '64'")
+    assert len(report["groups"]) == 1 and len(report["groups"][0]["runs"]) == 3
+    assert kinds(report) == ["accelerator-slower-than-cpu"]
+    result, report = compare_json(cli, tmp_path, "--latest")
+    assert report["findings"] == [] and result.code == 0
+    assert sum(len(g["runs"]) for g in report["groups"]) == 3
+
+
+def test_no_fail_exits_zero(cli, client, tmp_path):
+    reference_runs(client)
+    result, report = compare_json(cli, tmp_path, "--no-fail")
+    assert result.code == 0 and len(report["findings"]) == 3
+
+
+def test_missing_and_empty_experiments(cli, client):
+    result = cli("compare", "--experiment", "nope")
+    assert result.code == 2 and result.stderr.strip() == "error: experiment 'nope' does not exist"
+    client.create_experiment("empty")
+    result = cli("compare", "--experiment", "empty")
+    assert result.code == 2
+    assert result.stderr.strip() == "error: no finished train runs to compare in experiment 'empty'"
+
+
+def test_bad_filter_is_a_usage_error(cli, client):
+    log_run(client, "cpu")
+    result = cli("compare", "--filter", "params.batch_size >>> 3")
+    assert result.code == 2 and result.stderr.startswith("error: bad --filter")
+
+
+def test_compare_after_train(cli, client, tmp_path):
+    """The whole pipeline: two train runs through the CLI, then compare."""
+    for name in ("first", "second"):
+        assert (
+            cli("train", "--device", "cpu", "--epochs", "2", *SMALL, "--run-name", name).code == 0
+        )
+    result, report = compare_json(cli, tmp_path)
+    assert result.code == 0, result.stdout
+    (group,) = report["groups"]
+    assert [r["run_name"] for r in group["runs"]] == ["first", "second"]
+    assert all(r["samples_per_s"] > 0 and r["test_accuracy"] > 0 for r in group["runs"])
