@@ -1,5 +1,6 @@
 """The train and test loops, with honest timers and no host synchronisation per batch."""
 
+import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -102,3 +103,30 @@ def fit(
         devices.synchronize(device)
         t2 = time.perf_counter()
         yield Epoch(epoch, t1 - t0, t2 - t1, test_loss, test_accuracy)
+
+
+PARITY_BATCHES = 10
+
+
+@torch.no_grad()
+def parity(
+    device_model: nn.Module,
+    cpu_model: nn.Module,
+    batches: Iterable,
+    num_batches: int = PARITY_BATCHES,
+) -> tuple[float, float]:
+    """Same weights, same inputs, on the device and on the CPU.
+
+    Returns (largest absolute logit difference, fraction of inputs whose argmax agrees). The
+    argmax of each side is taken on its own device, so a broken argmax shows up too.
+    """
+    device_model.eval()
+    cpu_model.eval()
+    max_diff, agree, total = 0.0, 0, 0
+    for x, _ in itertools.islice(batches, num_batches):
+        on_device = device_model(x)
+        on_cpu = cpu_model(x.cpu())
+        max_diff = max(max_diff, float((on_device.cpu() - on_cpu).abs().max()))
+        agree += int((on_device.argmax(1).cpu() == on_cpu.argmax(1)).sum())
+        total += len(x)
+    return max_diff, agree / total

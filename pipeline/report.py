@@ -24,6 +24,7 @@ COLUMNS = [
     ("to target s", "time_to_target_s", "{:.2f}"),
     ("test acc", "test_accuracy", "{:.1%}"),
     ("test loss", "test_loss", "{:.4f}"),
+    ("parity", "parity_argmax_agreement", "{:.1%}"),
     ("flags", "flags", "{}"),
 ]
 TITLE_PARAMS = (Params.DATASET, Params.MODEL, Params.BATCH_SIZE, Params.LR, Params.EPOCHS)
@@ -51,6 +52,7 @@ def row(run: RunSummary, group: Group, findings: list[Finding]) -> dict:
         "time_to_target_s": m.get(Metrics.TIME_TO_TARGET_S),
         "test_accuracy": m.get(Metrics.TEST_ACCURACY),
         "test_loss": m.get(Metrics.TEST_LOSS),
+        "parity_argmax_agreement": m.get(Metrics.PARITY_ARGMAX_AGREEMENT),
         "flags": ", ".join(sorted({f.kind for f in findings if f.run_id == run.run_id})),
     }
 

@@ -156,6 +156,7 @@ def train(cfg: TrainConfig, target: Target, quiet: bool = False) -> str:
                 train_params(cfg, device, train_batches.num_samples, test_batches.num_samples)
             )
             summary = _train_loop(cfg, device, net, train_batches, test_batches, losses, run, quiet)
+            summary |= parity_probe(net, cfg.model_config, device, test_batches)
             _log_model(run, net, cfg, device)
             summary[Metrics.WALL_TIME_S] = time.perf_counter() - started
             run.log_metrics(summary)
@@ -261,6 +262,19 @@ def _print_summary(run_id: str, summary: dict) -> None:
     )
 
 
+def parity_probe(net: torch.nn.Module, config: dict, device: torch.device, batches) -> dict:
+    """On a non-CPU device: the parity metrics of the trained weights against the CPU."""
+    if device.type == "cpu":
+        return {}
+    cpu_net = model.build(**config)
+    cpu_net.load_state_dict({k: v.cpu() for k, v in net.state_dict().items()})
+    max_diff, agreement = loops.parity(net, cpu_net, batches)
+    return {
+        Metrics.PARITY_MAX_ABS_LOGIT_DIFF: max_diff,
+        Metrics.PARITY_ARGMAX_AGREEMENT: agreement,
+    }
+
+
 # --- the model artifact ---------------------------------------------------------------------
 
 MODEL_ARTIFACT = "model"
@@ -340,7 +354,11 @@ def test(
                 step=int(config["epochs"]),
             )
             run.log_metrics(
-                {Metrics.EVAL_TIME_S: eval_time, Metrics.WALL_TIME_S: time.perf_counter() - started}
+                {
+                    **parity_probe(net, config["model"], device, test_batches),
+                    Metrics.EVAL_TIME_S: eval_time,
+                    Metrics.WALL_TIME_S: time.perf_counter() - started,
+                }
             )
     except Interrupted:
         run.end("KILLED")

@@ -336,3 +336,21 @@ def test_compare_after_train(cli, client, tmp_path):
     (group,) = report["groups"]
     assert [r["run_name"] for r in group["runs"]] == ["first", "second"]
     assert all(r["samples_per_s"] > 0 and r["test_accuracy"] > 0 for r in group["runs"])
+
+
+def test_device_numerics_from_the_parity_probe(cli, client, tmp_path):
+    log_run(client, "cpu")
+    good = log_run(
+        client,
+        "cuda:0",
+        summary={Metrics.PARITY_ARGMAX_AGREEMENT: 1.0, Metrics.PARITY_MAX_ABS_LOGIT_DIFF: 2e-6},
+    )
+    bad = log_run(
+        client,
+        "mps",
+        summary={Metrics.PARITY_ARGMAX_AGREEMENT: 0.12, Metrics.PARITY_MAX_ABS_LOGIT_DIFF: 3.5},
+    )
+    result, report = compare_json(cli, tmp_path)
+    assert result.code == 1
+    assert kinds(report, good) == []
+    assert kinds(report, bad) == ["device-numerics"]

@@ -1,0 +1,74 @@
+"""The device parity probe, reached on the CPU through an honestly labelled stand-in device."""
+
+import copy
+
+import torch
+from conftest import SMALL, only_run
+from torch import nn
+
+from pipeline import data, loops, model
+from pipeline.schema import Metrics
+
+
+class RolledLogitsStandIn(nn.Module):
+    """NOT a GPU: the CPU with every logit shifted one class over, standing in for a device
+    whose numerics are broken (as mps's accuracy was in 2022)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x).roll(1, dims=1)
+
+
+class NoisyLogitsStandIn(RolledLogitsStandIn):
+    """NOT a GPU: the CPU plus rounding-sized noise, standing in for a healthy accelerator."""
+
+    def forward(self, x):
+        return self.net(x) + 1e-6 * torch.randn(
+            len(x), 10, generator=torch.Generator().manual_seed(0)
+        )
+
+
+def batches(tmp_path):
+    spec = data.DataSpec("synthetic", tmp_path, 0, 64, 320)
+    return data.batches(spec, False, "tensors", 64, torch.device("cpu"))
+
+
+def test_identical_devices_agree_exactly(tmp_path):
+    net = model.build(hidden=32)
+    assert loops.parity(net, copy.deepcopy(net), batches(tmp_path)) == (0.0, 1.0)
+
+
+def test_a_device_with_broken_numerics_is_detected(tmp_path):
+    net = model.build(hidden=32)
+    max_diff, agreement = loops.parity(RolledLogitsStandIn(net), net, batches(tmp_path))
+    assert agreement < 0.5 and max_diff > 0
+
+
+def test_rounding_noise_is_not_a_disagreement(tmp_path):
+    net = model.build(hidden=32)
+    max_diff, agreement = loops.parity(NoisyLogitsStandIn(net), net, batches(tmp_path))
+    assert 0 < max_diff < 1e-4 and agreement == 1.0
+
+
+def test_the_probe_reads_a_fixed_number_of_batches(tmp_path):
+    seen = []
+    net = model.build(hidden=8)
+
+    class Counting(list):
+        def __iter__(self):
+            for item in super().__iter__():
+                seen.append(1)
+                yield item
+
+    loops.parity(net, net, Counting(batches(tmp_path)), num_batches=3)
+    assert len(seen) == 3
+
+
+def test_the_probe_is_skipped_on_the_cpu(cli, client):
+    assert cli("train", "--device", "cpu", "--epochs", "1", *SMALL).code == 0
+    metrics = only_run(client).data.metrics
+    assert Metrics.PARITY_ARGMAX_AGREEMENT not in metrics
+    assert Metrics.PARITY_MAX_ABS_LOGIT_DIFF not in metrics
