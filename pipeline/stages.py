@@ -64,19 +64,52 @@ class Interrupted(Exception):
         self.code = code
 
 
+class StopRequest:
+    """Set by SIGINT or SIGTERM; the loops stop at the next batch, never in the middle of a
+    write to the tracking store. A second signal stops at once."""
+
+    def __init__(self):
+        self.code: int | None = None
+
+    def handle(self, signum, frame) -> None:
+        if self.code is not None:
+            raise Interrupted(self.code)
+        self.code = 130 if signum == signal.SIGINT else 143
+
+    def check(self) -> None:
+        if self.code is not None:
+            raise Interrupted(self.code)
+
+
 @contextmanager
-def interrupts_raise() -> Iterator[None]:
-    """Turn SIGINT and SIGTERM into Interrupted, so a run can be closed cleanly."""
-
-    def handler(signum, frame):
-        raise Interrupted(130 if signum == signal.SIGINT else 143)
-
-    saved = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+def interrupts_requested() -> Iterator[StopRequest]:
+    """Catch SIGINT and SIGTERM for the duration, so that a run can be closed cleanly."""
+    stop = StopRequest()
+    saved = {s: signal.signal(s, stop.handle) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield stop
     finally:
         for s, h in saved.items():
             signal.signal(s, h)
+
+
+@contextmanager
+def run_closed(run: tracking.Run, before_kill=lambda: None) -> Iterator[StopRequest]:
+    """Whatever happens inside, the run ends FINISHED, FAILED or KILLED, with the reason."""
+    try:
+        with interrupts_requested() as stop:
+            yield stop
+    except Interrupted as e:
+        before_kill()
+        run.set_tags({Tags.FAILURE_REASON: str(e)})
+        run.end("KILLED")
+        raise
+    except BaseException as e:
+        reason = str(e) if isinstance(e, Diverged) else f"{type(e).__name__}: {e}"
+        run.set_tags({Tags.FAILURE_REASON: reason[:5000]})
+        run.end("FAILED")
+        raise
+    run.end("FINISHED")
 
 
 def train_params(cfg: TrainConfig, device: torch.device, train_size: int, test_size: int) -> dict:
@@ -150,32 +183,19 @@ def train(cfg: TrainConfig, target: Target, quiet: bool = False) -> str:
         target.run_name or default_run_name(cfg, device),
         device_tags(device, Stages.TRAIN, target.host),
     )
-    try:
-        with interrupts_raise():
-            run.log_params(
-                train_params(cfg, device, train_batches.num_samples, test_batches.num_samples)
-            )
-            summary = _train_loop(cfg, device, net, train_batches, test_batches, losses, run, quiet)
-            summary |= parity_probe(net, cfg.model_config, device, test_batches)
-            _log_model(run, net, cfg, device)
-            summary[Metrics.WALL_TIME_S] = time.perf_counter() - started
-            run.log_metrics(summary)
-            if not quiet:
-                _print_summary(run.run_id, summary)
-    except Diverged as e:
-        run.set_tags({Tags.FAILURE_REASON: str(e)})
-        run.end("FAILED")
-        raise
-    except Interrupted as e:
-        _flush_losses(run, losses)
-        run.set_tags({Tags.FAILURE_REASON: str(e)})
-        run.end("KILLED")
-        raise
-    except BaseException as e:
-        run.set_tags({Tags.FAILURE_REASON: f"{type(e).__name__}: {e}"[:5000]})
-        run.end("FAILED")
-        raise
-    run.end("FINISHED")
+    with run_closed(run, before_kill=lambda: _flush_losses(run, losses)) as stop:
+        run.log_params(
+            train_params(cfg, device, train_batches.num_samples, test_batches.num_samples)
+        )
+        summary = _train_loop(
+            cfg, device, net, train_batches, test_batches, losses, run, quiet, stop
+        )
+        summary |= parity_probe(net, cfg.model_config, device, test_batches)
+        _log_model(run, net, cfg, device)
+        summary[Metrics.WALL_TIME_S] = time.perf_counter() - started
+        run.log_metrics(summary)
+    if not quiet:
+        _print_summary(run.run_id, summary)
     return run.run_id
 
 
@@ -190,16 +210,20 @@ def _flush_losses(run: tracking.Run, losses: loops.LossBuffer) -> list[float]:
     return values
 
 
-def _train_loop(cfg, device, net, train_batches, test_batches, losses, run, quiet) -> dict:
+def _train_loop(cfg, device, net, train_batches, test_batches, losses, run, quiet, stop) -> dict:
     """Run the epochs, logging each one's figures as soon as it ends; return the totals."""
     epochs: list[loops.Epoch] = []
     time_to_target = None
     with progress_bar(not quiet and console.is_terminal) as bar:
-        on_batch = lambda: None  # noqa: E731
+        on_batch = stop.check
         if bar is not None:
             epoch_task = bar.add_task("epochs", total=cfg.epochs)
             batch_task = bar.add_task("batches", total=len(train_batches))
-            on_batch = lambda: bar.advance(batch_task)  # noqa: E731
+
+            def on_batch():
+                stop.check()
+                bar.advance(batch_task)
+
         for ep in loops.fit(
             net, train_batches, test_batches, cfg.epochs, cfg.lr, device, losses, on_batch
         ):
@@ -213,6 +237,7 @@ def _train_loop(cfg, device, net, train_batches, test_batches, losses, run, quie
                 },
                 step=ep.epoch,
             )
+            stop.check()
             epochs.append(ep)
             bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
             if bad:
@@ -341,32 +366,25 @@ def test(
     tags = device_tags(device, Stages.TEST, target.host) | {Tags.SOURCE_RUN_ID: source_id}
     name = target.run_name or f"test-{device.type}-of-{config['trained_on']}-{source_id[:8]}"
     run = tracking.Run.start(client, experiment_id, name, tags)
-    try:
-        with interrupts_raise():
-            run.log_params(params)
-            devices.synchronize(device)
-            t0 = time.perf_counter()
-            test_loss, test_accuracy = loops.evaluate(net, test_batches)
-            devices.synchronize(device)
-            eval_time = time.perf_counter() - t0
-            run.log_metrics(
-                {Metrics.TEST_LOSS: test_loss, Metrics.TEST_ACCURACY: test_accuracy},
-                step=int(config["epochs"]),
-            )
-            run.log_metrics(
-                {
-                    **parity_probe(net, config["model"], device, test_batches),
-                    Metrics.EVAL_TIME_S: eval_time,
-                    Metrics.WALL_TIME_S: time.perf_counter() - started,
-                }
-            )
-    except Interrupted:
-        run.end("KILLED")
-        raise
-    except BaseException:
-        run.end("FAILED")
-        raise
-    run.end("FINISHED")
+    with run_closed(run) as stop:
+        run.log_params(params)
+        devices.synchronize(device)
+        t0 = time.perf_counter()
+        test_loss, test_accuracy = loops.evaluate(net, test_batches)
+        devices.synchronize(device)
+        eval_time = time.perf_counter() - t0
+        run.log_metrics(
+            {Metrics.TEST_LOSS: test_loss, Metrics.TEST_ACCURACY: test_accuracy},
+            step=int(config["epochs"]),
+        )
+        run.log_metrics(
+            {
+                **parity_probe(net, config["model"], device, test_batches),
+                Metrics.EVAL_TIME_S: eval_time,
+                Metrics.WALL_TIME_S: time.perf_counter() - started,
+            }
+        )
+        stop.check()
     if not quiet:
         results.print(
             f"run {run.run_id}: model of run {source_id} on {device}: "

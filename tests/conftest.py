@@ -52,7 +52,9 @@ def cli(store, data_dir, capsys, monkeypatch, tmp_path):
     def run(*args: str, data: bool = True) -> Result:
         from pipeline import cli as cli_module
 
-        argv = ["pipeline", *args, "--tracking-uri", store]
+        argv = ["pipeline", *args]
+        if "--tracking-uri" not in args:
+            argv += ["--tracking-uri", store]
         if data and args[0] in ("train", "test"):
             argv += ["--data-dir", str(data_dir)]
         monkeypatch.setattr(sys, "argv", argv)

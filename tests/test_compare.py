@@ -354,3 +354,15 @@ def test_device_numerics_from_the_parity_probe(cli, client, tmp_path):
     assert result.code == 1
     assert kinds(report, good) == []
     assert kinds(report, bad) == ["device-numerics"]
+
+
+def test_time_to_target_is_compared_between_devices(cli, client, tmp_path):
+    log_run(client, "cpu", summary={Metrics.SAMPLES_PER_S: 10_000, Metrics.TIME_TO_TARGET_S: 5})
+    cuda = log_run(
+        client, "cuda:0", summary={Metrics.SAMPLES_PER_S: 12_000, Metrics.TIME_TO_TARGET_S: 8}
+    )
+    result, report = compare_json(cli, tmp_path)
+    assert kinds(report, cuda) == ["accelerator-slower-to-target"] and result.code == 1
+    assert "to target s" in result.stdout
+    cuda_row = next(r for r in report["groups"][0]["runs"] if r["device"] == "cuda:0")
+    assert cuda_row["time_to_target_s"] == 8

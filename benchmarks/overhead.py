@@ -1,0 +1,204 @@
+"""What the instrument costs: the pipeline against a bare loop and the quickstart's loop.
+
+    python benchmarks/overhead.py                 # a, b, c once each, 5 epochs
+    python benchmarks/overhead.py --repeat 5      # also: run b 5 times, report its noise
+
+On the same synthetic data (60,000/10,000 images) and the quickstart workload (MLP 2×512,
+SGD lr 1e-3, batch 64, a test pass after every epoch), each in a process of its own:
+  a  a bare PyTorch loop over preloaded tensors, no tracking;
+  b  `python -m pipeline train`, every batch's loss logged to MLflow (sqlite);
+  c  the quickstart's loop: DataLoader + ToTensor, loss.item() as the quickstart does.
+It prints each one's median epoch time (training + test pass), peak RSS, and the ratios, with
+the targets: b/a <= 1.05, c/b >= 3, RSS(b) <= RSS(c). With --repeat K it runs b K times and
+prints the coefficient of variation of the epoch time: the noise floor to set
+`compare --speed-tolerance` from.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SEED, LR, BATCH = 0, 1e-3, 64
+
+
+def child(mode: str, epochs: int, data_dir: str) -> None:
+    """Runs inside the measured process; prints {"epochs": [seconds, ...]}."""
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader
+    from torchvision.transforms import ToTensor
+
+    from pipeline import data
+
+    spec = data.DataSpec("synthetic", Path(data_dir), SEED)
+    torch.manual_seed(SEED)
+    net = nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(784, 512),
+        nn.ReLU(),
+        nn.Linear(512, 512),
+        nn.ReLU(),
+        nn.Linear(512, 10),
+    )
+    loss_fn = nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(net.parameters(), lr=LR)
+    if mode == "bare":
+        train, test = data.load(spec, True), data.load(spec, False)
+        x, y = train.data.unsqueeze(1).float() / 255, train.targets
+        tx, ty = test.data.unsqueeze(1).float() / 255, test.targets
+        train_batches = [(x[i : i + BATCH], y[i : i + BATCH]) for i in range(0, len(y), BATCH)]
+        test_batches = [(tx[i : i + BATCH], ty[i : i + BATCH]) for i in range(0, len(ty), BATCH)]
+    else:  # the quickstart
+        train_batches = DataLoader(data.load(spec, True, transform=ToTensor()), batch_size=BATCH)
+        test_batches = DataLoader(data.load(spec, False, transform=ToTensor()), batch_size=BATCH)
+    times = []
+    for _ in range(epochs):
+        t0 = time.perf_counter()
+        net.train()
+        for batch, (xb, yb) in enumerate(train_batches):
+            loss = loss_fn(net(xb), yb)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            if mode == "quickstart" and batch % 100 == 0:
+                print(f"loss: {loss.item():>7f}", file=sys.stderr)
+        net.eval()
+        test_loss, correct = 0.0, 0.0
+        with torch.no_grad():
+            for xb, yb in test_batches:
+                pred = net(xb)
+                if mode == "quickstart":
+                    test_loss += loss_fn(pred, yb).item()
+                    correct += (pred.argmax(1) == yb).type(torch.float).sum().item()
+                else:
+                    test_loss += loss_fn(pred, yb)
+                    correct += (pred.argmax(1) == yb).sum()
+        float(test_loss), float(correct)
+        times.append(time.perf_counter() - t0)
+    print(json.dumps({"epochs": times}))
+
+
+def measure(cmd: list[str], env: dict, cwd: str | None = None) -> tuple[str, float]:
+    """Run a command; return its stdout and its peak RSS in MiB (from wait4's rusage)."""
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.DEVNULL, env=env, cwd=cwd)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} exited {proc.returncode}")
+        out.seek(0)
+        return out.read(), usage.ru_maxrss / 1024  # Linux reports KiB
+
+
+def run_bare_or_quickstart(mode: str, epochs: int, data_dir: str, env: dict):
+    out, rss = measure(
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            mode,
+            "--epochs",
+            str(epochs),
+            "--data-dir",
+            data_dir,
+        ],
+        env,
+    )
+    return json.loads(out.strip().splitlines()[-1])["epochs"], rss
+
+
+def run_pipeline(epochs: int, data_dir: str, env: dict, extra: list[str]):
+    from mlflow import MlflowClient
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = f"sqlite:///{tmp}/mlflow.db"
+        cmd = [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "train",
+            "--device",
+            "cpu",
+            "--dataset",
+            "synthetic",
+            "--data-dir",
+            data_dir,
+            "--epochs",
+            str(epochs),
+            "--quiet",
+            "--tracking-uri",
+            store,
+            *extra,
+        ]
+        _, rss = measure(cmd, env, cwd=tmp)
+        client = MlflowClient(store)
+        run = client.search_runs(
+            [client.get_experiment_by_name("device-comparison").experiment_id]
+        )[0]
+        history = client.get_metric_history(run.info.run_id, "epoch_time_s")
+        assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 938 * epochs
+        return [m.value for m in sorted(history, key=lambda m: m.step)], rss
+
+
+def cv(values: list[float]) -> float:
+    return statistics.stdev(values) / statistics.fmean(values)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=0, help="run b this many times more")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--child", choices=["bare", "quickstart"], help=argparse.SUPPRESS)
+    parser.add_argument("--pipeline-args", default="", help="extra args for b, e.g. options")
+    args = parser.parse_args()
+    data_dir = args.data_dir or tempfile.mkdtemp()
+    if args.child:
+        return child(args.child, args.epochs, data_dir)
+
+    from pipeline import data
+
+    data.write_synthetic(Path(data_dir), SEED, 60_000, 10_000)  # once, outside the timings
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    extra = args.pipeline_args.split()
+    results = {
+        "a bare loop": run_bare_or_quickstart("bare", args.epochs, data_dir, env),
+        "b pipeline train": run_pipeline(args.epochs, data_dir, env, extra),
+        "c quickstart": run_bare_or_quickstart("quickstart", args.epochs, data_dir, env),
+    }
+    print(
+        f"{args.epochs} epochs each, synthetic 60,000/10,000, batch 64, CPU "
+        f"({os.cpu_count()} cores)"
+    )
+    print(f"{'':18} {'median epoch s':>15} {'epochs s':>40} {'peak RSS MiB':>13}")
+    medians = {}
+    for name, (epochs, rss) in results.items():
+        medians[name] = statistics.median(epochs)
+        shown = " ".join(f"{e:.2f}" for e in epochs)
+        print(f"{name:18} {medians[name]:>15.3f} {shown:>40} {rss:>13.0f}")
+    a, b, c = medians.values()
+    rss_b, rss_c = results["b pipeline train"][1], results["c quickstart"][1]
+    print(f"b/a = {b / a:.3f} (target <= 1.05: {'met' if b / a <= 1.05 else 'NOT met'})")
+    print(f"c/b = {c / b:.2f} (target >= 3: {'met' if c / b >= 3 else 'NOT met'})")
+    print(f"RSS b/c = {rss_b / rss_c:.2f} (target <= 1: {'met' if rss_b <= rss_c else 'NOT met'})")
+
+    if args.repeat:
+        runs = [results["b pipeline train"][0]]
+        runs += [run_pipeline(args.epochs, data_dir, env, extra)[0] for _ in range(args.repeat)]
+        per_run = [statistics.median(r) for r in runs]
+        print("median epoch s of each run of b: " + " ".join(f"{m:.2f}" for m in per_run))
+        steady = [e for r in runs for e in r[1:]]
+        print(
+            f"noise over {len(runs)} runs of b: CV of the median epoch time "
+            f"{cv(per_run):.1%}; CV of all steady epochs {cv(steady):.1%}"
+        )
+
+
+if __name__ == "__main__":
+    main()

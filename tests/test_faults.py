@@ -1,0 +1,142 @@
+"""Faults: an unreachable server, interrupted runs, concurrent writers, divergence, bad input."""
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import SMALL, only_run
+from mlflow import MlflowClient
+from test_errors import assert_no_run, assert_one_line_error
+
+from pipeline.schema import Metrics, Tags
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("command", ["train", "compare"])
+def test_unreachable_server_fails_fast_and_keeps_secrets(cli, tmp_path, command):
+    uri = f"http://alice:s3cret@127.0.0.1:{free_port()}"
+    args = [command, "--tracking-uri", uri]
+    if command == "train":
+        args += ["--device", "cpu", "--data-dir", str(tmp_path / "data"), *SMALL]
+    started = time.perf_counter()
+    result = cli(*args, data=False)
+    assert time.perf_counter() - started < 10
+    assert_one_line_error(result, "cannot reach the MLflow tracking store at http://***@127.0.0.1")
+    assert "s3cret" not in result.stderr + result.stdout
+    assert not (tmp_path / "data").exists()  # no training started: not even the data was made
+
+
+def train_process(store: str, data_dir, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "train",
+            "--device",
+            "cpu",
+            "--dataset",
+            "synthetic",
+            "--data-dir",
+            str(data_dir),
+            "--tracking-uri",
+            store,
+            "--quiet",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupted_run_ends_killed_with_its_metrics(store, data_dir, tmp_path, signum, code):
+    proc = train_process(
+        store, data_dir, "--train-size", "6400", "--test-size", "640", "--epochs", "200"
+    )
+    client = MlflowClient(store)
+    deadline = time.time() + 120
+    run_id = None
+    while time.time() < deadline:  # wait until a whole epoch (100 batches) is in the store
+        exp = client.get_experiment_by_name("device-comparison") if run_id is None else None
+        if run_id is None and exp is not None:
+            runs = client.search_runs([exp.experiment_id])
+            run_id = runs[0].info.run_id if runs else None
+        if run_id and len(client.get_metric_history(run_id, Metrics.TRAIN_LOSS)) >= 100:
+            break
+        time.sleep(0.2)
+    assert run_id, "the run never started"
+    time.sleep(0.3)  # into the next epoch: some losses wait in the buffer
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == code, stderr
+    assert "Traceback" not in stderr and "KILLED" in stderr
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED"
+    assert run.data.tags[Tags.FAILURE_REASON].startswith("interrupted by SIG")
+    steps = [m.step for m in client.get_metric_history(run_id, Metrics.TRAIN_LOSS)]
+    epochs_done = len(client.get_metric_history(run_id, Metrics.TEST_ACCURACY))
+    assert steps == list(range(len(steps)))  # every batch trained is there, none twice
+    assert len(steps) >= 100 * epochs_done
+    # compare leaves it out and says so
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "compare", "--tracking-uri", store, "--no-fail"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2 and "1 KILLED left out" in result.stderr
+
+
+def test_four_concurrent_writers_on_one_new_sqlite_store(tmp_path, data_dir):
+    store = f"sqlite:///{tmp_path / 'shared.db'}"
+    procs = [
+        train_process(store, data_dir, *SMALL, "--epochs", "2", "--run-name", f"w{i}")
+        for i in range(4)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=240)
+        assert p.returncode == 0, err
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("device-comparison").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["w0", "w1", "w2", "w3"]
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, Metrics.TRAIN_LOSS)]
+        assert sorted(steps) == list(range(20))
+        assert len(client.get_metric_history(r.info.run_id, Metrics.TEST_ACCURACY)) == 2
+
+
+def test_divergence_stops_the_run_as_failed_and_compare_reports_it(cli, client, tmp_path):
+    result = cli("train", "--device", "cpu", "--epochs", "5", *SMALL, "--lr", "1000")
+    assert result.code == 1
+    assert "diverged" in result.stderr and "Traceback" not in result.stderr
+    run = only_run(client)
+    assert run.info.status == "FAILED"
+    assert run.data.tags[Tags.FAILURE_REASON].startswith("diverged: train_loss became")
+    assert len(client.get_metric_history(run.info.run_id, Metrics.TEST_ACCURACY)) < 5
+    out = tmp_path / "f.json"
+    result = cli("compare", "--output-json", str(out))
+    assert result.code == 1
+    findings = json.loads(out.read_text())["findings"]
+    assert [(f["run_id"], f["kind"]) for f in findings] == [(run.info.run_id, "diverged")]
+
+
+def test_data_dir_that_cannot_be_written(cli, client, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = cli(
+        "train", "--device", "cpu", *SMALL, "--data-dir", str(blocker / "data"), data=False
+    )
+    assert_one_line_error(result, "cannot write to data folder")
+    assert_no_run(client)
