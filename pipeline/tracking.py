@@ -4,12 +4,18 @@ import importlib.metadata
 import logging
 import os
 import platform
+import re
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock, as before
+    fcntl = None
 
 import mlflow
 from mlflow import MlflowClient
@@ -22,6 +28,9 @@ from pipeline.schema import Tags
 
 # "Creating initial MLflow database tables..." is not news to our users.
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+
+# MLflow prints each run's URL on stdout when a run ends, credentials included: we print our own.
+os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
 
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100  # log_batch's limits per call
 CHECK_TIMEOUT_S = "5"
@@ -62,35 +71,55 @@ def connect(tracking_uri: str | None) -> MlflowClient:
     """A client for the tracking store, checked to answer within seconds (or UserError)."""
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
-    client = MlflowClient()
-    for attempt in range(5):
-        try:
-            with _fail_fast():
-                client.search_experiments(max_results=1)
-            return client
-        except MlflowException as e:
-            # Several processes creating one new sqlite store at once can collide; retry.
-            if mlflow.get_tracking_uri().startswith("sqlite") and attempt < 4:
-                time.sleep(0.5 + attempt)
-                continue
-            raise UserError(
-                f"cannot use the MLflow tracking store at {redact(None)}: {_first_line(e)}"
-            ) from None
-        except Exception as e:  # requests' connection errors, unwritable folders, ...
-            raise UserError(
-                f"cannot reach the MLflow tracking store at {redact(None)}: {_first_line(e)}"
-            ) from None
-    raise AssertionError("unreachable")
+    uri = mlflow.get_tracking_uri()
+    try:
+        with _sqlite_creation_lock(uri):
+            client = MlflowClient()  # creates (migrates) a new sqlite store
+        with _fail_fast():
+            client.search_experiments(max_results=1)
+    except Exception as e:
+        if uri.startswith(("http://", "https://")):
+            what = "reach the MLflow tracking server"
+        else:
+            what = "use the MLflow tracking store"
+        raise UserError(f"cannot {what} at {redact(uri)}: {_why(e)}") from None
+    return client
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return redact_text(text[0] if text else type(e).__name__)
+@contextmanager
+def _sqlite_creation_lock(uri: str) -> Iterator[None]:
+    """Processes that open one new sqlite store at once break its creation (MLflow's schema
+    migrations collide); hold a lock on its folder while opening it."""
+    folder = Path(uri.removeprefix("sqlite:///")).parent if uri.startswith("sqlite:///") else None
+    if fcntl is None or folder is None or not folder.is_dir():
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _why(e: BaseException) -> str:
+    """A short, credential-free reason for a failed request."""
+    text = str(e)
+    for needle, reason in (
+        ("Connection refused", "connection refused (is `mlflow server` running there?)"),
+        ("timed out", f"no answer within {CHECK_TIMEOUT_S} s"),
+        ("Name or service not known", "unknown host"),
+        ("Failed to resolve", "unknown host"),
+    ):
+        if needle in text:
+            return reason
+    lines = text.strip().splitlines()
+    return redact_text(lines[0] if lines else type(e).__name__)[:300]
 
 
 def redact_text(text: str) -> str:
-    uri = mlflow.get_tracking_uri()
-    return text.replace(uri, redact(uri)) if uri else text
+    """The text with every user:password@ in a URL replaced by ***@."""
+    return re.sub(r"//[^/\s@]+@", "//***@", text)
 
 
 def experiment_id(client: MlflowClient, name: str, create: bool = True) -> str:

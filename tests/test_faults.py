@@ -30,7 +30,7 @@ def test_unreachable_server_fails_fast_and_keeps_secrets(cli, tmp_path, command)
     started = time.perf_counter()
     result = cli(*args, data=False)
     assert time.perf_counter() - started < 10
-    assert_one_line_error(result, "cannot reach the MLflow tracking store at http://***@127.0.0.1")
+    assert_one_line_error(result, "cannot reach the MLflow tracking server at http://***@127.0.0.1")
     assert "s3cret" not in result.stderr + result.stdout
     assert not (tmp_path / "data").exists()  # no training started: not even the data was made
 

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -144,17 +145,15 @@ def postgres_bin() -> Path | None:
 
 
 @pytest.fixture
-def postgres(tmp_path):
+def postgres():
     """A private PostgreSQL cluster on 127.0.0.1, started and stopped by this test."""
     bindir = postgres_bin()
     if bindir is None:
         pytest.skip("no PostgreSQL server binary installed (Debian: apt-get install postgresql)")
     run_as = []
-    folder = tmp_path / "pg"
-    folder.mkdir()
+    folder = Path(tempfile.mkdtemp(prefix="pipeline-pg-"))  # outside pytest's private folders
     if os.geteuid() == 0:  # PostgreSQL refuses to run as root: use the package's own user
         shutil.chown(folder, "postgres")
-        os.chmod(tmp_path, 0o755)
         run_as = ["runuser", "-u", "postgres", "--"]
     port = free_port()
     data = folder / "data"
@@ -200,6 +199,7 @@ def postgres(tmp_path):
         subprocess.run(
             [*run_as, bindir / "pg_ctl", "-D", data, "-m", "fast", "stop"], capture_output=True
         )
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_shared_server_with_postgresql(cli, tmp_path, monkeypatch, postgres):
