@@ -87,6 +87,9 @@ def train(
             min=0.0, max=1.0, help="Log time_to_target_s, the training time to this test accuracy"
         ),
     ] = None,
+    system_metrics: Annotated[
+        bool, typer.Option(help="Log MLflow's system metrics (CPU, memory, GPU) every 0.5 s")
+    ] = True,
     experiment: Experiment = "device-comparison",
     run_name: RunName = None,
     tracking_uri: TrackingUri = None,
@@ -107,6 +110,7 @@ def train(
         seed=seed,
         loader=loader,
         target_accuracy=target_accuracy,
+        system_metrics=system_metrics,
     )
     target = stages.Target(experiment, tracking_uri, run_name, host)
     _run_stage(lambda: stages.train(cfg, target, quiet))

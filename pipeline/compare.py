@@ -633,12 +633,25 @@ def run(opts: CompareOptions, tracking_uri: str | None, host: str | None = None)
 
 
 def _tag_flags(client, selection: Selection, findings: list) -> None:
-    """Tag each flagged run with its finding kinds; clear the tag on judged runs now clean."""
+    """Tag each flagged run with its finding kinds and add them to its description; runs that
+    are clean again lose both. Runs whose state did not change are not written to."""
     kinds: dict[str, set[str]] = {}
     for f in findings:
         kinds.setdefault(f.run_id, set()).add(f.kind)
-    for run_id, k in kinds.items():
-        client.set_tag(run_id, Tags.FLAGS, ",".join(sorted(k)))
     for r in selection.runs:
-        if r.run_id in selection.judged and r.run_id not in kinds and Tags.FLAGS in r.tags:
+        if r.run_id not in selection.judged:
+            continue
+        flags = ",".join(sorted(kinds.get(r.run_id, ())))
+        if flags == r.tags.get(Tags.FLAGS, ""):
+            continue
+        note = r.tags.get(Tags.NOTE, "").split(COMPARE_NOTE)[0].rstrip()
+        if flags:
+            client.set_tag(r.run_id, Tags.FLAGS, flags)
+            note += f"\n\n{COMPARE_NOTE}: flagged {flags.replace(',', ', ')}."
+        else:
             client.delete_tag(r.run_id, Tags.FLAGS)
+            note += f"\n\n{COMPARE_NOTE}: no findings."
+        client.set_tag(r.run_id, Tags.NOTE, note.lstrip())
+
+
+COMPARE_NOTE = "Latest compare"

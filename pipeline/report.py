@@ -185,11 +185,7 @@ def plot_groups(
 ) -> list[Path]:
     """One PNG per group worth a picture (flagged first, then several devices): the latest run of
     each device and host, with its per-batch train_loss, test_accuracy per epoch, throughput."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     flagged = {f.group for f in findings}
     shown = {t["id"] for t in tables_}
     by_id = {g.id: g for g in groups}
@@ -242,3 +238,37 @@ def plot_groups(
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def plot_run(
+    losses: list[float], epochs: list[tuple[int, float, float]], title_: str, path: Path
+) -> None:
+    """One train run's curves: every batch's loss; test accuracy and loss per epoch."""
+    plt = _pyplot()
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    ax_loss.plot(range(len(losses)), losses, linewidth=0.8, label="train_loss (batch)")
+    steps_per_epoch = len(losses) / max(len(epochs), 1)
+    ax_loss.plot(
+        [e * steps_per_epoch - 1 for e, _, _ in epochs],
+        [loss for _, _, loss in epochs],
+        marker="o",
+        label="test_loss (epoch end)",
+    )
+    ax_loss.set(title="loss", xlabel="batch")
+    ax_loss.legend(fontsize="small")
+    ax_acc.plot([e for e, _, _ in epochs], [a for _, a, _ in epochs], marker="o")
+    ax_acc.set(title="test_accuracy", xlabel="epoch")
+    ax_acc.set_ylim(-0.03, 1.03)
+    fig.suptitle(title_, fontsize="medium")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

@@ -22,6 +22,7 @@ from pipeline.data import DataSpec
 from pipeline.errors import UserError
 from pipeline.schema import Metrics, Params, Stages, Tags
 
+SYSTEM_METRICS_INTERVAL_S = 0.5  # a 2-second run still gets several samples
 console = Console(stderr=True, soft_wrap=True)  # progress and per-epoch lines
 # What a run produced; tables get room when the output is a file or a pipe.
 results = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
@@ -50,6 +51,7 @@ class TrainConfig:
     seed: int = 0
     loader: str = "tensors"
     target_accuracy: float | None = None
+    system_metrics: bool = True
 
     @property
     def model_config(self) -> dict:
@@ -177,23 +179,25 @@ def train(cfg: TrainConfig, target: Target, quiet: bool = False) -> str:
     net = model.initialised(cfg.model_config, cfg.seed, device)
     losses = loops.LossBuffer(len(train_batches), device)
 
-    run = tracking.Run.start(
-        client,
-        experiment_id,
-        target.run_name or default_run_name(cfg, device),
-        device_tags(device, Stages.TRAIN, target.host),
+    name = target.run_name or tracking.unique_run_name(
+        client, experiment_id, default_run_name(cfg, device)
     )
+    tags = device_tags(device, Stages.TRAIN, target.host)
+    run = tracking.Run.start(client, experiment_id, name, tags)
+    if cfg.system_metrics:
+        run.start_system_metrics(SYSTEM_METRICS_INTERVAL_S)
     with run_closed(run, before_kill=lambda: _flush_losses(run, losses)) as stop:
-        run.log_params(
-            train_params(cfg, device, train_batches.num_samples, test_batches.num_samples)
-        )
-        summary = _train_loop(
+        params = train_params(cfg, device, train_batches.num_samples, test_batches.num_samples)
+        run.log_params(params)
+        summary, epochs, all_losses = _train_loop(
             cfg, device, net, train_batches, test_batches, losses, run, quiet, stop
         )
         summary |= parity_probe(net, cfg.model_config, device, test_batches)
         _log_model(run, net, cfg, device)
+        _log_curves(run, all_losses, epochs, name)
         summary[Metrics.WALL_TIME_S] = time.perf_counter() - started
         run.log_metrics(summary)
+        run.set_tags({Tags.NOTE: describe_run(params, tags, summary, epochs[-1])})
     if not quiet:
         _print_summary(run.run_id, summary)
     return run.run_id
@@ -210,9 +214,12 @@ def _flush_losses(run: tracking.Run, losses: loops.LossBuffer) -> list[float]:
     return values
 
 
-def _train_loop(cfg, device, net, train_batches, test_batches, losses, run, quiet, stop) -> dict:
-    """Run the epochs, logging each one's figures as soon as it ends; return the totals."""
+def _train_loop(cfg, device, net, train_batches, test_batches, losses, run, quiet, stop):
+    """Run the epochs, logging each one's figures as soon as it ends.
+
+    Returns (the run's totals, the epochs, every batch's loss)."""
     epochs: list[loops.Epoch] = []
+    all_losses: list[float] = []
     time_to_target = None
     with progress_bar(not quiet and console.is_terminal) as bar:
         on_batch = stop.check
@@ -229,6 +236,7 @@ def _train_loop(cfg, device, net, train_batches, test_batches, losses, run, quie
         ):
             first_step = losses.next_step
             values = _flush_losses(run, losses)
+            all_losses += values
             run.log_metrics(
                 {
                     Metrics.TEST_LOSS: ep.test_loss,
@@ -262,7 +270,7 @@ def _train_loop(cfg, device, net, train_batches, test_batches, losses, run, quie
                     f"test {ep.eval_time_s:.2f} s  test loss {ep.test_loss:.4f}  "
                     f"accuracy {ep.test_accuracy:.1%}"
                 )
-    return _summary(epochs, train_batches.num_samples, time_to_target)
+    return _summary(epochs, train_batches.num_samples, time_to_target), epochs, all_losses
 
 
 def _summary(epochs: list[loops.Epoch], samples: int, time_to_target: float | None) -> dict:
@@ -277,6 +285,41 @@ def _summary(epochs: list[loops.Epoch], samples: int, time_to_target: float | No
     if time_to_target is not None:
         summary[Metrics.TIME_TO_TARGET_S] = time_to_target
     return summary
+
+
+def describe_run(params: dict, tags: dict, summary: dict, last: loops.Epoch) -> str:
+    """The run's description in the MLflow UI: its configuration and outcome in a sentence."""
+    p = {
+        k: params[k]
+        for k in (
+            Params.MODEL,
+            Params.DATASET,
+            Params.EPOCHS,
+            Params.BATCH_SIZE,
+            Params.LR,
+            Params.SEED,
+            Params.LOADER,
+        )
+    }
+    return (
+        f"{p[Params.MODEL]} trained on {p[Params.DATASET]} ({params[Params.TRAIN_SIZE]} images) "
+        f"for {p[Params.EPOCHS]} epochs, batch {p[Params.BATCH_SIZE]}, lr {p[Params.LR]}, seed "
+        f"{p[Params.SEED]}, loader {p[Params.LOADER]}, on {params[Params.DEVICE]} "
+        f"({tags[Tags.DEVICE_NAME]}) at {tags[Tags.HOST]}: test accuracy "
+        f"{last.test_accuracy:.1%}, test loss {last.test_loss:.4f}, "
+        f"{summary[Metrics.SAMPLES_PER_S]:,.0f} samples/s."
+    )
+
+
+def _log_curves(run: tracking.Run, losses: list[float], epochs: list[loops.Epoch], name: str):
+    from pipeline import report
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "curves.png"
+        report.plot_run(
+            losses, [(e.epoch, e.test_accuracy, e.test_loss) for e in epochs], name, path
+        )
+        run.log_artifacts(Path(tmp))
 
 
 def _print_summary(run_id: str, summary: dict) -> None:

@@ -28,6 +28,7 @@ from pipeline.schema import Tags
 
 # "Creating initial MLflow database tables..." is not news to our users.
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
 
 # MLflow prints each run's URL on stdout when a run ends, credentials included: we print our own.
 os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
@@ -122,6 +123,22 @@ def redact_text(text: str) -> str:
     return re.sub(r"//[^/\s@]+@", "//***@", text)
 
 
+def unique_run_name(client: MlflowClient, experiment_id: str, name: str) -> str:
+    """name, or name-2, name-3, ... when runs of the experiment already carry it."""
+    taken = {
+        r.info.run_name
+        for r in client.search_runs(
+            [experiment_id], f"attributes.run_name LIKE '{name}%'", max_results=1000
+        )
+    }
+    n = 1
+    candidate = name
+    while candidate in taken:
+        n += 1
+        candidate = f"{name}-{n}"
+    return candidate
+
+
 def experiment_id(client: MlflowClient, name: str, create: bool = True) -> str:
     """The id of the named experiment, created when missing (or UserError when create=False)."""
     exp = client.get_experiment_by_name(name)
@@ -170,6 +187,7 @@ class Run:
 
     def __init__(self, client: MlflowClient, run_id: str):
         self.client, self.run_id = client, run_id
+        self.monitor = None
 
     @classmethod
     def start(
@@ -214,5 +232,17 @@ class Run:
     def log_artifacts(self, local_dir: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
 
+    def start_system_metrics(self, interval_s: float) -> None:
+        """MLflow's system metrics (CPU, memory; GPU where nvidia-ml-py finds one) every
+        interval_s seconds, from a background thread, until the run ends."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        self.monitor = SystemMetricsMonitor(
+            self.run_id, sampling_interval=interval_s, tracking_uri=mlflow.get_tracking_uri()
+        )
+        self.monitor.start()
+
     def end(self, status: str = "FINISHED") -> None:
+        if self.monitor is not None:
+            self.monitor.finish()
         self.client.set_terminated(self.run_id, status)

@@ -366,3 +366,13 @@ def test_time_to_target_is_compared_between_devices(cli, client, tmp_path):
     assert "to target s" in result.stdout
     cuda_row = next(r for r in report["groups"][0]["runs"] if r["device"] == "cuda:0")
     assert cuda_row["time_to_target_s"] == 8
+
+
+def test_compare_writes_its_verdict_into_the_run_description(cli, client, tmp_path):
+    ids = reference_runs(client)
+    client.set_tag(ids["mps"], Tags.NOTE, "mps run of the quickstart.")
+    assert cli("compare").code == 1
+    note = client.get_run(ids["mps"]).data.tags[Tags.NOTE]
+    assert note.startswith("mps run of the quickstart.\n\nLatest compare: flagged ")
+    assert "accuracy-mismatch" in note
+    assert Tags.NOTE not in client.get_run(ids["cpu"]).data.tags  # clean, never flagged

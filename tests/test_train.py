@@ -152,3 +152,25 @@ def test_devices_lists_this_machine(cli):
     assert "cpu" in result.stdout and devices.cpu_name() in result.stdout
     assert f"torch={torch.__version__}" in result.stdout
     assert "mps_built=" in result.stdout and "cuda_built=" in result.stdout
+
+
+def test_runs_read_well_in_the_ui(cli, client):
+    """Names that say what a run is (unique without a random suffix), a one-sentence
+    description, system metrics, and a plot of its curves."""
+    args = ("train", "--device", "cpu", "--epochs", "2", *SMALL)
+    assert cli(*args).code == 0
+    assert cli(*args, "--no-system-metrics").code == 0
+    runs = sorted(client.search_runs(["1"]), key=lambda r: r.info.start_time)
+    assert [r.info.run_name for r in runs] == [
+        "cpu-synthetic-mlp512x2-bs64",
+        "cpu-synthetic-mlp512x2-bs64-2",
+    ]
+    first, second = runs
+    note = first.data.tags[Tags.NOTE]
+    accuracy = first.data.metrics[Metrics.TEST_ACCURACY]
+    assert note.startswith("mlp-784-512-512-10 trained on synthetic (640 images) for 2 epochs")
+    assert f"test accuracy {accuracy:.1%}" in note and "samples/s" in note
+    assert any(k.startswith("system/cpu_utilization") for k in first.data.metrics)
+    assert not any(k.startswith("system/") for k in second.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(first.info.run_id)}
+    assert "curves.png" in artifacts
