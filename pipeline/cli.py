@@ -88,7 +88,7 @@ def train(
         ),
     ] = None,
     system_metrics: Annotated[
-        bool, typer.Option(help="Log MLflow's system metrics (CPU, memory, GPU) every 0.5 s")
+        bool, typer.Option(help="Log MLflow's system metrics (CPU, memory, GPU) every second")
     ] = True,
     experiment: Experiment = "device-comparison",
     run_name: RunName = None,
@@ -203,6 +203,68 @@ def compare_runs(
     findings = compare.run(opts, tracking_uri, host)
     if findings and not no_fail:
         raise typer.Exit(1)
+
+
+def int_list(value: str) -> str:
+    try:
+        numbers = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated whole numbers, not {value!r}") from None
+    if not numbers or min(numbers) < 1:
+        raise typer.BadParameter(f"expected comma-separated numbers of 1 or more, not {value!r}")
+    return value
+
+
+@app.command()
+def sweep(
+    devices: Annotated[
+        str, typer.Option(help="Comma-separated devices; those this machine lacks are skipped")
+    ] = "cpu,cuda,mps",
+    batch_sizes: Annotated[
+        str, typer.Option(callback=int_list, help="Comma-separated batch sizes")
+    ] = "64,256,1024",
+    hidden: Annotated[
+        str, typer.Option(callback=int_list, help="Comma-separated hidden-layer widths")
+    ] = "512,2048",
+    layers: Annotated[int, typer.Option(min=1, help="Number of hidden layers")] = 2,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs of each child run")] = 2,
+    lr: Annotated[float, typer.Option(callback=positive_float, help="SGD learning rate")] = 1e-3,
+    seed: Annotated[int, typer.Option(help="Seed")] = 0,
+    dataset: Annotated[
+        Literal["fashion-mnist", "mnist", "synthetic"], typer.Option(help="Data set")
+    ] = "fashion-mnist",
+    data_dir: DataDir = Path("data"),
+    train_size: Annotated[int | None, typer.Option(min=1, help="Training images")] = None,
+    test_size: Annotated[int | None, typer.Option(min=1, help="Test images")] = None,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="A listed device this machine lacks is an error")
+    ] = False,
+    resume: Annotated[
+        str | None, typer.Option(help="Parent run id of a sweep to finish; its grid is reused")
+    ] = None,
+    experiment: Experiment = "device-comparison",
+    run_name: RunName = None,
+    tracking_uri: TrackingUri = None,
+    host: Host = None,
+) -> None:
+    """Every device against every batch size and width, as child runs of one parent run."""
+    from pipeline import data, stages
+    from pipeline import sweep as sweeping
+
+    grid = sweeping.Grid(
+        tuple(d.strip() for d in devices.split(",") if d.strip()),
+        tuple(int(b) for b in batch_sizes.split(",") if b.strip()),
+        tuple(int(h) for h in hidden.split(",") if h.strip()),
+    )
+    base = stages.TrainConfig(
+        data=data.DataSpec(dataset, data_dir, seed, train_size, test_size),
+        layers=layers,
+        epochs=epochs,
+        lr=lr,
+        seed=seed,
+    )
+    target = stages.Target(experiment, tracking_uri, run_name, host)
+    _run_stage(lambda: sweeping.run(grid, base, target, strict, resume))
 
 
 @app.command("devices")

@@ -265,6 +265,41 @@ def plot_run(
     plt.close(fig)
 
 
+def plot_sweep(summary: dict, path: Path) -> None:
+    """Throughput against batch size: a colour per device, a line style per width."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 5))
+    widths = sorted({r["hidden"] for r in summary["rows"]})
+    styles = ["-", "--", ":", "-."]
+    for c, device in enumerate(summary["devices"]):
+        for w, hidden in enumerate(widths):
+            points = sorted(
+                (r["batch_size"], r["samples_per_s"][device])
+                for r in summary["rows"]
+                if r["hidden"] == hidden and device in r["samples_per_s"]
+            )
+            if points:
+                ax.plot(
+                    [x for x, _ in points],
+                    [y for _, y in points],
+                    marker="o",
+                    color=f"C{c}",
+                    linestyle=styles[w % len(styles)],
+                    label=f"{device}, hidden {hidden}",
+                )
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set(
+        xlabel="batch size",
+        ylabel="steady-state samples/s",
+        title="sweep: throughput against workload size",
+    )
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def _pyplot():
     import matplotlib
 

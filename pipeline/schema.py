@@ -51,6 +51,7 @@ class Stages:
     TRAIN = "train"
     TEST = "test"
     COMPARE = "compare"
+    SWEEP = "sweep"  # the parent run of a sweep; its children are train runs
 
 
 class Metrics:

@@ -22,7 +22,7 @@ from pipeline.data import DataSpec
 from pipeline.errors import UserError
 from pipeline.schema import Metrics, Params, Stages, Tags
 
-SYSTEM_METRICS_INTERVAL_S = 0.5  # a 2-second run still gets several samples
+SYSTEM_METRICS_INTERVAL_S = 1.0  # a 5-second run still gets several samples
 console = Console(stderr=True, soft_wrap=True)  # progress and per-epoch lines
 # What a run produced; tables get room when the output is a file or a pipe.
 results = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
@@ -36,6 +36,7 @@ class Target:
     tracking_uri: str | None = None
     run_name: str | None = None
     host: str | None = None  # None: this machine's host name
+    parent_run_id: str | None = None  # a sweep's parent run
 
 
 @dataclass
@@ -183,6 +184,8 @@ def train(cfg: TrainConfig, target: Target, quiet: bool = False) -> str:
         client, experiment_id, default_run_name(cfg, device)
     )
     tags = device_tags(device, Stages.TRAIN, target.host)
+    if target.parent_run_id:
+        tags["mlflow.parentRunId"] = target.parent_run_id
     run = tracking.Run.start(client, experiment_id, name, tags)
     if cfg.system_metrics:
         run.start_system_metrics(SYSTEM_METRICS_INTERVAL_S)

@@ -55,7 +55,7 @@ def cli(store, data_dir, capsys, monkeypatch, tmp_path):
         argv = ["pipeline", *args]
         if "--tracking-uri" not in args:
             argv += ["--tracking-uri", store]
-        if data and args[0] in ("train", "test"):
+        if data and args[0] in ("train", "test", "sweep"):
             argv += ["--data-dir", str(data_dir)]
         monkeypatch.setattr(sys, "argv", argv)
         capsys.readouterr()

@@ -1,0 +1,291 @@
+"""The sweep: every device against every workload size, as child runs of one parent run, and
+where each accelerator starts to beat the CPU."""
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from mlflow import MlflowClient
+from rich.table import Table
+
+from pipeline import devices, report, stages, tracking
+from pipeline.errors import UserError
+from pipeline.schema import Metrics, Params, Stages, Tags
+
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests children under their parent
+
+
+@dataclass(frozen=True)
+class Grid:
+    devices: tuple[str, ...]
+    batch_sizes: tuple[int, ...]
+    hidden: tuple[int, ...]
+
+    def as_params(self) -> dict[str, str]:
+        return {
+            "sweep_devices": ",".join(self.devices),
+            "sweep_batch_sizes": ",".join(map(str, self.batch_sizes)),
+            "sweep_hidden": ",".join(map(str, self.hidden)),
+        }
+
+    @classmethod
+    def from_params(cls, params: dict[str, str]) -> "Grid":
+        return cls(
+            tuple(params["sweep_devices"].split(",")),
+            tuple(int(b) for b in params["sweep_batch_sizes"].split(",")),
+            tuple(int(h) for h in params["sweep_hidden"].split(",")),
+        )
+
+
+def usable_devices(wanted: tuple[str, ...], strict: bool) -> list[str]:
+    """The listed devices this machine has; the others skipped with a line (or UserError)."""
+    usable = []
+    for spec in wanted:
+        try:
+            usable.append(str(devices.resolve(spec)))
+        except UserError as e:
+            if strict:
+                raise
+            stages.console.print(f"skipping {spec}: {e}")
+    if not usable:
+        raise UserError("none of the listed devices is available here")
+    return usable
+
+
+def workload_flops(batch_size: int, hidden: int, layers: int) -> int:
+    """Multiply-adds of one forward pass of a batch: the size a workload is ordered by."""
+    return batch_size * (784 * hidden + hidden * hidden * (layers - 1) + hidden * 10)
+
+
+def run(
+    grid: Grid,
+    base: stages.TrainConfig,
+    target: stages.Target,
+    strict: bool = False,
+    resume: str | None = None,
+) -> str:
+    """Run every (device, batch size, width) not yet finished, one at a time; summarise.
+
+    Usage errors (a device missing under --strict, a parent that is not a sweep) are raised
+    before anything is written."""
+    client = tracking.connect(target.tracking_uri)
+    if resume:
+        grid, base = _resumable(client, resume, base)
+    device_list = usable_devices(grid.devices, strict)
+    if resume:
+        client.update_run(resume, status="RUNNING")
+        parent = tracking.Run(client, resume)
+    else:
+        experiment_id = tracking.experiment_id(client, target.experiment)
+        parent = tracking.Run.start(
+            client,
+            experiment_id,
+            target.run_name or tracking.unique_run_name(client, experiment_id, "sweep"),
+            {Tags.STAGE: Stages.SWEEP, **tracking.environment_tags()},
+        )
+        parent.log_params({**grid.as_params(), **base_params(base)})
+    with stages.run_closed(parent):
+        done = finished_children(client, parent.run_id)
+        for device in device_list:
+            for hidden in grid.hidden:
+                for batch_size in grid.batch_sizes:
+                    what = f"{device} batch {batch_size} hidden {hidden}"
+                    if (device, str(batch_size), str(hidden)) in done:
+                        stages.console.print(f"already done: {what}")
+                        continue
+                    cfg = replace(base, device=device, batch_size=batch_size, hidden=hidden)
+                    child_target = replace(target, run_name=None, parent_run_id=parent.run_id)
+                    try:
+                        child = stages.train(cfg, child_target, quiet=True)
+                    except stages.Diverged as e:  # one bad size does not stop the sweep
+                        stages.console.print(f"{what}: {e}")
+                        continue
+                    stages.console.print(f"{what}: run {child} finished")
+        summary = summarise(client, parent.run_id, base.layers)
+        _log_summary(parent, summary)
+    return parent.run_id
+
+
+def base_params(base: stages.TrainConfig) -> dict[str, object]:
+    """What every child shares, logged on the parent so that --resume can rebuild it."""
+    return {
+        Params.DATASET: base.data.name,
+        Params.TRAIN_SIZE: base.data.train_size or "all",
+        Params.TEST_SIZE: base.data.test_size or "all",
+        Params.LAYERS: base.layers,
+        Params.EPOCHS: base.epochs,
+        Params.LR: base.lr,
+        Params.SEED: base.seed,
+    }
+
+
+def base_from_params(p: dict[str, str], base: stages.TrainConfig) -> stages.TrainConfig:
+    def size(key: str) -> int | None:
+        return None if p[key] == "all" else int(p[key])
+
+    data = replace(
+        base.data,
+        name=p[Params.DATASET],
+        seed=int(p[Params.SEED]),
+        train_size=size(Params.TRAIN_SIZE),
+        test_size=size(Params.TEST_SIZE),
+    )
+    return replace(
+        base,
+        data=data,
+        layers=int(p[Params.LAYERS]),
+        epochs=int(p[Params.EPOCHS]),
+        lr=float(p[Params.LR]),
+        seed=int(p[Params.SEED]),
+    )
+
+
+def _resumable(client: MlflowClient, run_id: str, base: stages.TrainConfig):
+    """The grid and shared settings of the sweep to resume, read from its parent run."""
+    try:
+        run = client.get_run(run_id)
+    except Exception:
+        raise UserError(f"no sweep run '{run_id}' to resume") from None
+    if run.data.tags.get(Tags.STAGE) != Stages.SWEEP:
+        raise UserError(f"run '{run_id}' is not a sweep's parent run")
+    params = run.data.params
+    return Grid.from_params(params), base_from_params(params, base)
+
+
+def children(client: MlflowClient, parent_id: str) -> list:
+    parent = client.get_run(parent_id)
+    return list(
+        client.search_runs(
+            [parent.info.experiment_id],
+            f"tags.`{PARENT_TAG}` = '{parent_id}'",
+            max_results=1000,
+            order_by=["attributes.start_time ASC"],
+        )
+    )
+
+
+def finished_children(client: MlflowClient, parent_id: str) -> set[tuple[str, str, str]]:
+    return {
+        (
+            r.data.params[Params.DEVICE],
+            r.data.params[Params.BATCH_SIZE],
+            r.data.params[Params.HIDDEN],
+        )
+        for r in children(client, parent_id)
+        if r.info.status == "FINISHED"
+    }
+
+
+def summarise(client: MlflowClient, parent_id: str, layers: int) -> dict:
+    """Throughput per device for each workload, speed-ups over the CPU, and crossovers."""
+    rows: dict[tuple[int, int], dict[str, float]] = {}
+    for r in children(client, parent_id):
+        if r.info.status != "FINISHED" or Metrics.SAMPLES_PER_S not in r.data.metrics:
+            continue
+        key = (int(r.data.params[Params.HIDDEN]), int(r.data.params[Params.BATCH_SIZE]))
+        rows.setdefault(key, {})[r.data.params[Params.DEVICE]] = r.data.metrics[
+            Metrics.SAMPLES_PER_S
+        ]
+    return crossover_table(rows, layers)
+
+
+def crossover_table(rows: dict[tuple[int, int], dict[str, float]], layers: int) -> dict:
+    """Plain data in (throughput by (hidden, batch) and device), plain data out."""
+    ordered = sorted(rows, key=lambda k: workload_flops(k[1], k[0], layers))
+    device_names = sorted({d for r in rows.values() for d in r}, key=lambda d: (d != "cpu", d))
+    table = []
+    for hidden, batch in ordered:
+        speeds = rows[(hidden, batch)]
+        cpu = speeds.get("cpu")
+        table.append(
+            {
+                "hidden": hidden,
+                "batch_size": batch,
+                "flops_per_batch": workload_flops(batch, hidden, layers),
+                "samples_per_s": speeds,
+                "speedup_vs_cpu": {d: s / cpu for d, s in speeds.items() if d != "cpu" and cpu},
+            }
+        )
+    crossovers = {}
+    for device in device_names:
+        if device == "cpu":
+            continue
+        first = next((r for r in table if r["speedup_vs_cpu"].get(device, 0) > 1), None)
+        crossovers[device] = (
+            {
+                "hidden": first["hidden"],
+                "batch_size": first["batch_size"],
+                "speedup_vs_cpu": first["speedup_vs_cpu"][device],
+            }
+            if first
+            else "never in the range swept"
+        )
+    return {"devices": device_names, "rows": table, "crossover": crossovers}
+
+
+def render(summary: dict) -> Table:
+    table = Table(title="sweep: steady-state samples/s (speed-up over the CPU)")
+    table.add_column("hidden")
+    table.add_column("batch")
+    for d in summary["devices"]:
+        table.add_column(d)
+    for row in summary["rows"]:
+        cells = []
+        for d in summary["devices"]:
+            speed = row["samples_per_s"].get(d)
+            up = row["speedup_vs_cpu"].get(d)
+            cells.append(
+                "-" if speed is None else f"{speed:,.0f}" + (f" ({up:.2f}×)" if up else "")
+            )
+        table.add_row(str(row["hidden"]), str(row["batch_size"]), *cells)
+    return table
+
+
+def markdown(summary: dict) -> str:
+    lines = ["# Sweep", "", "Steady-state training samples/s (speed-up over the CPU).", ""]
+    lines.append("| hidden | batch | " + " | ".join(summary["devices"]) + " |")
+    lines.append("|---|---|" + "---|" * len(summary["devices"]))
+    for row in summary["rows"]:
+        cells = []
+        for d in summary["devices"]:
+            speed, up = row["samples_per_s"].get(d), row["speedup_vs_cpu"].get(d)
+            cells.append(
+                "-" if speed is None else f"{speed:,.0f}" + (f" ({up:.2f}×)" if up else "")
+            )
+        lines.append(f"| {row['hidden']} | {row['batch_size']} | " + " | ".join(cells) + " |")
+    lines += ["", "## Crossover", ""]
+    lines += crossover_lines(summary) or ["No accelerator in this sweep."]
+    return "\n".join(lines) + "\n"
+
+
+def crossover_lines(summary: dict) -> list[str]:
+    out = []
+    for device, where in summary["crossover"].items():
+        if isinstance(where, str):
+            out.append(f"- {device}: {where}")
+        else:
+            out.append(
+                f"- {device}: beats the CPU from hidden {where['hidden']}, batch "
+                f"{where['batch_size']} on ({where['speedup_vs_cpu']:.2f}×)"
+            )
+    return out
+
+
+def _log_summary(parent: tracking.Run, summary: dict) -> None:
+    report.console.print(render(summary))
+    for line in crossover_lines(summary) or ["no accelerator in this sweep"]:
+        report.console.print(line)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "sweep.md").write_text(markdown(summary))
+        (folder / "sweep.json").write_text(json.dumps(summary, indent=2))
+        report.plot_sweep(summary, folder / "throughput.png")
+        parent.log_artifacts(folder)
+    parent.set_tags(
+        {
+            Tags.NOTE: f"Sweep finished {time.strftime('%Y-%m-%d %H:%M')}. "
+            + " ".join(crossover_lines(summary))
+        }
+    )

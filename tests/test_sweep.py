@@ -1,0 +1,100 @@
+"""sweep: every device against every workload size, as child runs of one parent run."""
+
+import itertools
+import json
+
+from conftest import SMALL
+from test_errors import assert_no_run
+
+from pipeline import sweep
+from pipeline.schema import Params, Stages, Tags
+
+GRID = ["--devices", "cpu,cuda:3,mps", "--batch-sizes", "32,64", "--hidden", "16,32"]
+SWEEP = ["sweep", *GRID, "--epochs", "1", *[a for a in SMALL if a != "--lr" and a != "0.05"]]
+
+
+def sweep_runs(client):
+    exp_id = client.get_experiment_by_name("device-comparison").experiment_id
+    runs = client.search_runs([exp_id])
+    parents = [r for r in runs if r.data.tags.get(Tags.STAGE) == Stages.SWEEP]
+    kids = [r for r in runs if r.data.tags.get(sweep.PARENT_TAG)]
+    return parents, kids
+
+
+def test_sweep_runs_children_under_one_parent(cli, client, tmp_path):
+    result = cli(*SWEEP)
+    assert result.code == 0, result.stderr
+    assert "skipping cuda:3" in result.stderr and "skipping mps" in result.stderr
+    (parent,), kids = sweep_runs(client)
+    assert parent.info.status == "FINISHED"
+    assert {k.data.tags[sweep.PARENT_TAG] for k in kids} == {parent.info.run_id}
+    assert sorted(
+        (k.data.params[Params.BATCH_SIZE], k.data.params[Params.HIDDEN]) for k in kids
+    ) == [("32", "16"), ("32", "32"), ("64", "16"), ("64", "32")]
+    assert all(k.info.status == "FINISHED" and k.data.params[Params.DEVICE] == "cpu" for k in kids)
+    # children run one at a time: each starts after the previous one ended
+    ordered = sorted(kids, key=lambda k: k.info.start_time)
+    assert all(a.info.end_time <= b.info.start_time for a, b in itertools.pairwise(ordered))
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert artifacts == {"sweep.md", "sweep.json", "throughput.png"}
+    local = client.download_artifacts(parent.info.run_id, "sweep.json", str(tmp_path))
+    with open(local) as f:
+        summary = json.load(f)
+    assert summary["devices"] == ["cpu"] and len(summary["rows"]) == 4
+    assert "samples/s" in result.stdout and "no accelerator in this sweep" in result.stdout
+
+
+def test_strict_makes_a_missing_device_an_error(cli, client):
+    result = cli(*SWEEP, "--strict")
+    assert result.code == 2 and "cuda:3" in result.stderr
+    assert_no_run(client)  # nothing half-logged
+
+
+def test_resume_reruns_only_what_did_not_finish(cli, client):
+    assert cli(*SWEEP).code == 0
+    (parent,), kids = sweep_runs(client)
+    victim = kids[0]
+    client.set_terminated(victim.info.run_id, "KILLED")  # as if interrupted there
+    result = cli("sweep", "--resume", parent.info.run_id)
+    assert result.code == 0, result.stderr
+    assert result.stderr.count("already done") == 3
+    (parent_again,), kids = sweep_runs(client)
+    assert parent_again.info.status == "FINISHED"
+
+    def combo(run):
+        return run.data.params[Params.BATCH_SIZE], run.data.params[Params.HIDDEN]
+
+    finished = sorted(combo(k) for k in kids if k.info.status == "FINISHED")
+    assert finished == [("32", "16"), ("32", "32"), ("64", "16"), ("64", "32")]
+    killed = [combo(k) for k in kids if k.info.status == "KILLED"]
+    assert killed == [combo(victim)]  # re-run once, the rest left alone
+
+
+def test_crossover_is_the_smallest_workload_an_accelerator_wins():
+    rows = {
+        (512, 64): {"cpu": 1000.0, "cuda:0": 800.0, "mps": 500.0},
+        (512, 256): {"cpu": 1500.0, "cuda:0": 3000.0, "mps": 900.0},
+        (2048, 64): {"cpu": 300.0, "cuda:0": 1200.0, "mps": 250.0},
+    }
+    summary = sweep.crossover_table(rows, layers=2)
+    # ordered by work per batch: (512, 64) < (512, 256) < (2048, 64)
+    assert [(r["hidden"], r["batch_size"]) for r in summary["rows"]] == [
+        (512, 64),
+        (512, 256),
+        (2048, 64),
+    ]
+    assert summary["crossover"]["cuda:0"] == {
+        "hidden": 512,
+        "batch_size": 256,
+        "speedup_vs_cpu": 2.0,
+    }
+    assert summary["crossover"]["mps"] == "never in the range swept"
+    assert summary["rows"][0]["speedup_vs_cpu"] == {"cuda:0": 0.8, "mps": 0.5}
+    assert "cuda:0: beats the CPU from hidden 512, batch 256 on (2.00×)" in sweep.markdown(summary)
+
+
+def test_bad_grid_is_a_usage_error(cli):
+    result = cli("sweep", "--batch-sizes", "64,zero")
+    assert result.code == 2 and "--batch-sizes" in result.stderr
+    result = cli("sweep", "--resume", "0123456789abcdef")
+    assert result.code == 2 and "no sweep run '0123456789abcdef' to resume" in result.stderr
