@@ -88,8 +88,11 @@ def train(
         ),
     ] = None,
     system_metrics: Annotated[
-        bool, typer.Option(help="Log MLflow's system metrics (CPU, memory, GPU) every second")
+        bool, typer.Option(help="Log MLflow's system metrics (CPU, memory, GPU)")
     ] = True,
+    system_metrics_interval: Annotated[
+        float, typer.Option(min=0.1, help="Seconds between system-metrics samples")
+    ] = 1.0,
     experiment: Experiment = "device-comparison",
     run_name: RunName = None,
     tracking_uri: TrackingUri = None,
@@ -110,7 +113,7 @@ def train(
         seed=seed,
         loader=loader,
         target_accuracy=target_accuracy,
-        system_metrics=system_metrics,
+        system_metrics=system_metrics and system_metrics_interval,
     )
     target = stages.Target(experiment, tracking_uri, run_name, host)
     _run_stage(lambda: stages.train(cfg, target, quiet))

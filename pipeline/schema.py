@@ -45,6 +45,7 @@ class Tags:
     FAILURE_REASON = "pipeline.failure_reason"
     FLAGS = "pipeline.flags"  # set by compare: comma-separated finding kinds
     NOTE = "mlflow.note.content"  # the run's description in the MLflow UI
+    PARENT = "mlflow.parentRunId"  # a sweep's children: the UI nests them under the parent
 
 
 class Stages:

@@ -22,7 +22,6 @@ from pipeline.data import DataSpec
 from pipeline.errors import UserError
 from pipeline.schema import Metrics, Params, Stages, Tags
 
-SYSTEM_METRICS_INTERVAL_S = 1.0  # a 5-second run still gets several samples
 console = Console(stderr=True, soft_wrap=True)  # progress and per-epoch lines
 # What a run produced; tables get room when the output is a file or a pipe.
 results = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
@@ -52,7 +51,7 @@ class TrainConfig:
     seed: int = 0
     loader: str = "tensors"
     target_accuracy: float | None = None
-    system_metrics: bool = True
+    system_metrics: float = 1.0  # seconds between system-metrics samples; 0: none
 
     @property
     def model_config(self) -> dict:
@@ -185,10 +184,10 @@ def train(cfg: TrainConfig, target: Target, quiet: bool = False) -> str:
     )
     tags = device_tags(device, Stages.TRAIN, target.host)
     if target.parent_run_id:
-        tags["mlflow.parentRunId"] = target.parent_run_id
+        tags[Tags.PARENT] = target.parent_run_id
     run = tracking.Run.start(client, experiment_id, name, tags)
     if cfg.system_metrics:
-        run.start_system_metrics(SYSTEM_METRICS_INTERVAL_S)
+        run.start_system_metrics(cfg.system_metrics)
     with run_closed(run, before_kill=lambda: _flush_losses(run, losses)) as stop:
         params = train_params(cfg, device, train_batches.num_samples, test_batches.num_samples)
         run.log_params(params)

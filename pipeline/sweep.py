@@ -14,8 +14,6 @@ from pipeline import devices, report, stages, tracking
 from pipeline.errors import UserError
 from pipeline.schema import Metrics, Params, Stages, Tags
 
-PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests children under their parent
-
 
 @dataclass(frozen=True)
 class Grid:
@@ -86,11 +84,12 @@ def run(
             {Tags.STAGE: Stages.SWEEP, **tracking.environment_tags()},
         )
         parent.log_params({**grid.as_params(), **base_params(base)})
-    with stages.run_closed(parent):
+    with stages.run_closed(parent) as stop:
         done = finished_children(client, parent.run_id)
         for device in device_list:
             for hidden in grid.hidden:
                 for batch_size in grid.batch_sizes:
+                    stop.check()  # a signal between two children stops here
                     what = f"{device} batch {batch_size} hidden {hidden}"
                     if (device, str(batch_size), str(hidden)) in done:
                         stages.console.print(f"already done: {what}")
@@ -159,7 +158,7 @@ def children(client: MlflowClient, parent_id: str) -> list:
     return list(
         client.search_runs(
             [parent.info.experiment_id],
-            f"tags.`{PARENT_TAG}` = '{parent_id}'",
+            f"tags.`{Tags.PARENT}` = '{parent_id}'",
             max_results=1000,
             order_by=["attributes.start_time ASC"],
         )
@@ -225,21 +224,21 @@ def crossover_table(rows: dict[tuple[int, int], dict[str, float]], layers: int) 
     return {"devices": device_names, "rows": table, "crossover": crossovers}
 
 
+def cells(row: dict, device_names: list[str]) -> list[str]:
+    """One table row's entries: samples/s, with the speed-up over the CPU where there is one."""
+    out = []
+    for d in device_names:
+        speed, up = row["samples_per_s"].get(d), row["speedup_vs_cpu"].get(d)
+        out.append("-" if speed is None else f"{speed:,.0f}" + (f" ({up:.2f}×)" if up else ""))
+    return out
+
+
 def render(summary: dict) -> Table:
     table = Table(title="sweep: steady-state samples/s (speed-up over the CPU)")
-    table.add_column("hidden")
-    table.add_column("batch")
-    for d in summary["devices"]:
-        table.add_column(d)
+    for heading in ("hidden", "batch", *summary["devices"]):
+        table.add_column(heading)
     for row in summary["rows"]:
-        cells = []
-        for d in summary["devices"]:
-            speed = row["samples_per_s"].get(d)
-            up = row["speedup_vs_cpu"].get(d)
-            cells.append(
-                "-" if speed is None else f"{speed:,.0f}" + (f" ({up:.2f}×)" if up else "")
-            )
-        table.add_row(str(row["hidden"]), str(row["batch_size"]), *cells)
+        table.add_row(str(row["hidden"]), str(row["batch_size"]), *cells(row, summary["devices"]))
     return table
 
 
@@ -248,13 +247,8 @@ def markdown(summary: dict) -> str:
     lines.append("| hidden | batch | " + " | ".join(summary["devices"]) + " |")
     lines.append("|---|---|" + "---|" * len(summary["devices"]))
     for row in summary["rows"]:
-        cells = []
-        for d in summary["devices"]:
-            speed, up = row["samples_per_s"].get(d), row["speedup_vs_cpu"].get(d)
-            cells.append(
-                "-" if speed is None else f"{speed:,.0f}" + (f" ({up:.2f}×)" if up else "")
-            )
-        lines.append(f"| {row['hidden']} | {row['batch_size']} | " + " | ".join(cells) + " |")
+        entries = [str(row["hidden"]), str(row["batch_size"]), *cells(row, summary["devices"])]
+        lines.append("| " + " | ".join(entries) + " |")
     lines += ["", "## Crossover", ""]
     lines += crossover_lines(summary) or ["No accelerator in this sweep."]
     return "\n".join(lines) + "\n"

@@ -17,7 +17,7 @@ def sweep_runs(client):
     exp_id = client.get_experiment_by_name("device-comparison").experiment_id
     runs = client.search_runs([exp_id])
     parents = [r for r in runs if r.data.tags.get(Tags.STAGE) == Stages.SWEEP]
-    kids = [r for r in runs if r.data.tags.get(sweep.PARENT_TAG)]
+    kids = [r for r in runs if r.data.tags.get(Tags.PARENT)]
     return parents, kids
 
 
@@ -27,7 +27,7 @@ def test_sweep_runs_children_under_one_parent(cli, client, tmp_path):
     assert "skipping cuda:3" in result.stderr and "skipping mps" in result.stderr
     (parent,), kids = sweep_runs(client)
     assert parent.info.status == "FINISHED"
-    assert {k.data.tags[sweep.PARENT_TAG] for k in kids} == {parent.info.run_id}
+    assert {k.data.tags[Tags.PARENT] for k in kids} == {parent.info.run_id}
     assert sorted(
         (k.data.params[Params.BATCH_SIZE], k.data.params[Params.HIDDEN]) for k in kids
     ) == [("32", "16"), ("32", "32"), ("64", "16"), ("64", "32")]
