@@ -134,6 +134,7 @@ class Selection:
     left_out: dict[str, int]  # status -> count of unfinished or failed runs not compared
     failed: list[RunSummary]  # FAILED runs (their failure reason may be a finding)
     experiment_ids: list[str]
+    tests: list[RunSummary] = field(default_factory=list)  # finished `test` runs to judge
 
 
 @dataclass
@@ -204,6 +205,13 @@ def load(
             raise
         raise UserError(f"bad --filter: {str(e).splitlines()[0]}") from None
     own_run = os.environ.get("MLFLOW_RUN_ID")  # under `mlflow run -e compare`: our own run
+    tests = [
+        r
+        for r in found
+        if r.tags.get(Tags.STAGE) == Stages.TEST
+        and r.status == "FINISHED"
+        and (not run_ids or r.run_id in run_ids)
+    ]
     found = [
         r
         for r in found
@@ -227,7 +235,7 @@ def load(
         where = f"experiment '{experiment}'" if experiment else "the given runs"
         extra = f" ({_describe_left_out(left_out)} left out)" if left_out else ""
         raise UserError(f"no finished train runs to compare in {where}{extra}")
-    return Selection(finished, judged, dict(left_out), failed, experiment_ids)
+    return Selection(finished, judged, dict(left_out), failed, experiment_ids, tests)
 
 
 def _describe_left_out(left_out: dict[str, int]) -> str:
@@ -318,7 +326,41 @@ def judge(selection: Selection, tol: Tolerances, client: MlflowClient | None = N
                     run.name,
                 )
             )
+    by_id = {r.run_id: r for r in selection.runs}
+    for test_run in selection.tests:
+        findings += _evaluation_vs_source(test_run, by_id, tol)
     return findings, groups
+
+
+def _evaluation_vs_source(run: RunSummary, train_runs: dict, tol: Tolerances) -> list[Finding]:
+    """A `test` run evaluates a train run's final weights on some device: the same weights
+    must score the same everywhere, so a gap means the evaluation on one device is broken."""
+    source = train_runs.get(run.tags.get(Tags.SOURCE_RUN_ID, ""))
+    acc = run.metrics.get(Metrics.TEST_ACCURACY)
+    if source is None or acc is None or Metrics.TEST_ACCURACY not in source.metrics:
+        return []
+    source_acc = source.metrics[Metrics.TEST_ACCURACY]
+    if abs(acc - source_acc) <= tol.accuracy:
+        return []
+    return [
+        Finding(
+            run.run_id,
+            ACCURACY,
+            "evaluation-mismatch",
+            ERROR,
+            f"the weights trained on {source.device} score {acc:.1%} evaluated on "
+            f"{run.device} but {source_acc:.1%} on {source.device}: with the same weights, the "
+            f"evaluation on {run.device if acc < source_acc else source.device} is suspect",
+            run.device,
+            run.host,
+            run.name,
+            values={
+                "test_accuracy": acc,
+                "source_test_accuracy": source_acc,
+                "source_run_id": source.run_id,
+            },
+        )
+    ]
 
 
 def _check_run(run, group, tol, client) -> list[Finding]:

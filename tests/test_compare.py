@@ -376,3 +376,29 @@ def test_compare_writes_its_verdict_into_the_run_description(cli, client, tmp_pa
     assert note.startswith("mps run of the quickstart.\n\nLatest compare: flagged ")
     assert "accuracy-mismatch" in note
     assert Tags.NOTE not in client.get_run(ids["cpu"]).data.tags  # clean, never flagged
+
+
+def test_a_model_evaluated_on_another_device_must_score_the_same(cli, client, tmp_path):
+    """`pipeline test` runs: the CPU's weights evaluated on mps (logged as the M1 would)."""
+    cpu = log_run(client, "cpu", accuracy=[0.5, 0.6, 0.708], test_loss=[1.8, 1.2, 0.786])
+    good = log_run(
+        client,
+        "cpu",
+        accuracy=[0.708],
+        test_loss=[0.786],
+        tags={Tags.STAGE: "test", Tags.SOURCE_RUN_ID: cpu},
+    )
+    bad = log_run(
+        client,
+        "mps",
+        accuracy=[0.0],
+        test_loss=[0.787],
+        tags={Tags.STAGE: "test", Tags.SOURCE_RUN_ID: cpu},
+    )
+    result, report = compare_json(cli, tmp_path)
+    assert result.code == 1
+    assert kinds(report, good) == []
+    (finding,) = [f for f in report["findings"] if f["run_id"] == bad]
+    assert finding["kind"] == "evaluation-mismatch" and finding["category"] == "accuracy"
+    assert "the evaluation on mps is suspect" in finding["message"]
+    assert [r["run_id"] for g in report["groups"] for r in g["runs"]] == [cpu]
