@@ -233,12 +233,12 @@ def load(
         judged = set(latest.values())
     if not finished and not failed:
         where = f"experiment '{experiment}'" if experiment else "the given runs"
-        extra = f" ({_describe_left_out(left_out)} left out)" if left_out else ""
+        extra = f" ({describe_left_out(left_out)} left out)" if left_out else ""
         raise UserError(f"no finished train runs to compare in {where}{extra}")
     return Selection(finished, judged, dict(left_out), failed, experiment_ids, tests)
 
 
-def _describe_left_out(left_out: dict[str, int]) -> str:
+def describe_left_out(left_out: dict[str, int]) -> str:
     return ", ".join(f"{n} {status}" for status, n in sorted(left_out.items()))
 
 

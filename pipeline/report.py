@@ -9,7 +9,15 @@ from mlflow import MlflowClient
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.compare import Finding, Group, RunSummary, Selection, latest_cpu, speed_ratio
+from pipeline.compare import (
+    Finding,
+    Group,
+    RunSummary,
+    Selection,
+    describe_left_out,
+    latest_cpu,
+    speed_ratio,
+)
 from pipeline.schema import Metrics, Params
 
 # (title, row key, format) of each column, in the terminal and in Markdown alike.
@@ -121,10 +129,6 @@ def print_terminal(
             markup=True,
             highlight=False,
         )
-
-
-def describe_left_out(left_out: dict[str, int]) -> str:
-    return ", ".join(f"{n} {status}" for status, n in sorted(left_out.items()))
 
 
 def markdown(

@@ -4,7 +4,6 @@ import json
 import math
 import signal
 import socket
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -17,14 +16,12 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pipeline import data, devices, loops, model, tracking
+from pipeline import data, devices, loops, model, report, tracking
 from pipeline.data import DataSpec
 from pipeline.errors import UserError
 from pipeline.schema import Metrics, Params, Stages, Tags
 
 console = Console(stderr=True, soft_wrap=True)  # progress and per-epoch lines
-# What a run produced; tables get room when the output is a file or a pipe.
-results = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
 @dataclass
@@ -314,8 +311,6 @@ def describe_run(params: dict, tags: dict, summary: dict, last: loops.Epoch) -> 
 
 
 def _log_curves(run: tracking.Run, losses: list[float], epochs: list[loops.Epoch], name: str):
-    from pipeline import report
-
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "curves.png"
         report.plot_run(
@@ -325,7 +320,7 @@ def _log_curves(run: tracking.Run, losses: list[float], epochs: list[loops.Epoch
 
 
 def _print_summary(run_id: str, summary: dict) -> None:
-    results.print(
+    report.console.print(
         f"run {run_id}: train {summary[Metrics.TRAIN_TIME_S]:.2f} s, "
         f"{summary[Metrics.SAMPLES_PER_S]:,.0f} samples/s, "
         f"wall {summary[Metrics.WALL_TIME_S]:.2f} s"
@@ -431,7 +426,7 @@ def test(
         )
         stop.check()
     if not quiet:
-        results.print(
+        report.console.print(
             f"run {run.run_id}: model of run {source_id} on {device}: "
             f"test loss {test_loss:.4f}, accuracy {test_accuracy:.1%}"
         )
