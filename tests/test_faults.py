@@ -1,6 +1,7 @@
 """Faults: an unreachable server, interrupted runs, concurrent writers, divergence, bad input."""
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -12,6 +13,7 @@ from conftest import SMALL, only_run
 from mlflow import MlflowClient
 from test_errors import assert_no_run, assert_one_line_error
 
+from pipeline import loops
 from pipeline.schema import Metrics, Tags
 
 
@@ -140,3 +142,24 @@ def test_data_dir_that_cannot_be_written(cli, client, tmp_path):
     )
     assert_one_line_error(result, "cannot write to data folder")
     assert_no_run(client)
+
+
+def test_losses_buffered_when_interrupted_are_flushed(cli, client, monkeypatch):
+    """A SIGINT in the middle of epoch 2: the 5 losses of that epoch still in the device
+    buffer reach the store before the run ends KILLED (deterministic, in this process)."""
+    original_add = loops.LossBuffer.add
+
+    def add_then_interrupt(self, loss):
+        original_add(self, loss)
+        if self.next_step == 20 and self.count == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(loops.LossBuffer, "add", add_then_interrupt)
+    args = ("train", "--device", "cpu", "--epochs", "3", *SMALL, "--train-size", "1280")
+    result = cli(*args, "--no-system-metrics")
+    assert result.code == 130
+    run = only_run(client)
+    assert run.info.status == "KILLED"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, Metrics.TRAIN_LOSS)]
+    assert steps == list(range(25))  # epoch 1's 20, and 5 of epoch 2
+    assert len(client.get_metric_history(run.info.run_id, Metrics.TEST_ACCURACY)) == 1
