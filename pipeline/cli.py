@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
-from rich.console import Console
 from rich.table import Table
 from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
+from pipeline.console import err, out
 from pipeline.errors import UserError
 
 app = typer.Typer(
@@ -19,8 +19,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
 
 # Options every command takes the same way.
 TrackingUri = Annotated[
@@ -100,6 +98,9 @@ def train(
     quiet: Quiet = False,
 ) -> None:
     """Train on one device, testing after every epoch; log one MLflow run."""
+    from pipeline.writer import Writer
+
+    writer = Writer()  # it imports MLflow in a process of its own while this one imports torch
     from pipeline import data, stages
 
     cfg = stages.TrainConfig(
@@ -116,7 +117,7 @@ def train(
         system_metrics=system_metrics and system_metrics_interval,
     )
     target = stages.Target(experiment, tracking_uri, run_name, host)
-    _run_stage(lambda: stages.train(cfg, target, quiet))
+    _run_stage(lambda: stages.train(cfg, target, writer, quiet))
 
 
 @app.command()
@@ -134,14 +135,18 @@ def test(
     quiet: Quiet = False,
 ) -> None:
     """Evaluate a logged model on a device (perhaps not the one it was trained on)."""
+    from pipeline.writer import Writer
+
+    writer = Writer()  # as in train
     from pipeline import stages
 
     target = stages.Target(experiment, tracking_uri, run_name, host)
-    _run_stage(lambda: stages.test(model_uri, device, data_dir, batch_size, target, quiet))
+    _run_stage(lambda: stages.test(model_uri, device, data_dir, batch_size, target, writer, quiet))
 
 
 def _run_stage(stage) -> None:
     from pipeline import stages
+    from pipeline.writer import TrackingError
 
     try:
         stage()
@@ -150,6 +155,9 @@ def _run_stage(stage) -> None:
         raise typer.Exit(e.code) from None
     except stages.Diverged as e:
         err.print(f"error: {e}; run ended as FAILED")
+        raise typer.Exit(1) from None
+    except TrackingError as e:
+        err.print(f"error: {e}", markup=False)
         raise typer.Exit(1) from None
 
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from pipeline import tracking
+from pipeline import console, tracking
 from pipeline.errors import UserError
 from pipeline.schema import NOT_GROUPING_PARAMS, Metrics, Params, Stages, Tags
 
@@ -619,7 +619,7 @@ def run(opts: CompareOptions, tracking_uri: str | None, host: str | None = None)
     selection = load(client, opts.experiment, opts.run_ids, opts.filter_string, opts.latest_only)
     findings, groups = judge(selection, opts.tolerances, client)
     tables = report.tables(selection, groups, findings)
-    report.print_terminal(report.console, tables, findings, selection.left_out)
+    report.print_terminal(console.out, tables, findings, selection.left_out)
     as_json = report.to_json(tables, findings, selection.left_out)
     if opts.output_json:
         opts.output_json.write_text(json.dumps(as_json, indent=2))
@@ -670,7 +670,7 @@ def run(opts: CompareOptions, tracking_uri: str | None, host: str | None = None)
         run.end("FAILED")
         raise
     run.end("FINISHED")
-    report.console.print(f"compare run {run.run_id}: report.md, findings.json and plots logged")
+    console.out.print(f"compare run {run.run_id}: report.md, findings.json and plots logged")
     return len(findings)
 
 

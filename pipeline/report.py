@@ -1,7 +1,6 @@
 """What `compare` shows: terminal tables, a Markdown report, JSON, and plots."""
 
 import math
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -38,9 +37,6 @@ COLUMNS = [
 TITLE_PARAMS = (Params.DATASET, Params.MODEL, Params.BATCH_SIZE, Params.LR, Params.EPOCHS)
 MAX_PLOTTED_GROUPS = 6
 MAX_TERMINAL_GROUPS = 20
-
-# Tables get room when the output is a file or a pipe.
-console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
 def row(run: RunSummary, group: Group, findings: list[Finding]) -> dict:

@@ -1,4 +1,7 @@
-"""The train and test stages: data + model + loops, each logged as one MLflow run."""
+"""The train and test stages: data + model + loops, each logged as one MLflow run.
+
+This process does the work and never imports MLflow: a stage's tracking happens in a writer
+process of its own (pipeline.writer), which is sent plain data."""
 
 import json
 import math
@@ -11,17 +14,15 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import mlflow
 import torch
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pipeline import data, devices, loops, model, report, tracking
+from pipeline import data, devices, loops, model
+from pipeline.console import err, out
 from pipeline.data import DataSpec
 from pipeline.errors import UserError
 from pipeline.schema import Metrics, Params, Stages, Tags
-
-console = Console(stderr=True, soft_wrap=True)  # progress and per-epoch lines
+from pipeline.writer import RemoteRun, TrackingError, Writer
 
 
 @dataclass
@@ -93,8 +94,9 @@ def interrupts_requested() -> Iterator[StopRequest]:
 
 
 @contextmanager
-def run_closed(run: tracking.Run, before_kill=lambda: None) -> Iterator[StopRequest]:
-    """Whatever happens inside, the run ends FINISHED, FAILED or KILLED, with the reason."""
+def run_closed(run, before_kill=lambda: None) -> Iterator[StopRequest]:
+    """Whatever happens inside, the run (a tracking.Run or a RemoteRun) ends FINISHED, FAILED
+    or KILLED, with the reason."""
     try:
         with interrupts_requested() as stop:
             yield stop
@@ -138,7 +140,6 @@ def device_tags(device: torch.device, stage: str, host: str | None) -> dict[str,
         Tags.DEVICE_TYPE: device.type,
         Tags.DEVICE_NAME: devices.name(device),
         Tags.HOST: host or socket.gethostname(),
-        **tracking.environment_tags(),
         Tags.TORCH_VERSION: torch.__version__,
         Tags.TORCH_CUDA: torch.version.cuda or "none",
     }
@@ -156,47 +157,44 @@ def progress_bar(enabled: bool):
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=console,
+        console=err,
         transient=True,
     )
 
 
-def train(cfg: TrainConfig, target: Target, quiet: bool = False) -> str:
-    """Train and test on one device, log one run; return its id.
+def train(cfg: TrainConfig, target: Target, writer: Writer | None = None, quiet=False) -> str:
+    """Train and test on one device, log one run through `writer` (a new one by default, which
+    this closes); return the run's id.
 
     Raises UserError before anything is logged when the device, the tracking store or the
     data is not usable. Once the run exists it always ends FINISHED, FAILED or KILLED.
     """
     started = time.perf_counter()
-    device = devices.resolve(cfg.device)
-    client = tracking.connect(target.tracking_uri)
-    experiment_id = tracking.experiment_id(client, target.experiment)
-    train_batches = data.batches(cfg.data, True, cfg.loader, cfg.batch_size, device)
-    test_batches = data.batches(cfg.data, False, cfg.loader, cfg.batch_size, device)
-    net = model.initialised(cfg.model_config, cfg.seed, device)
-    losses = loops.LossBuffer(len(train_batches), device)
+    with writer or Writer() as writer:
+        device = devices.resolve(cfg.device)
+        writer.call("connect", target.tracking_uri, target.experiment)
+        train_batches = data.batches(cfg.data, True, cfg.loader, cfg.batch_size, device)
+        test_batches = data.batches(cfg.data, False, cfg.loader, cfg.batch_size, device)
+        net = model.initialised(cfg.model_config, cfg.seed, device)
+        losses = loops.LossBuffer(len(train_batches), device)
 
-    name = target.run_name or tracking.unique_run_name(
-        client, experiment_id, default_run_name(cfg, device)
-    )
-    tags = device_tags(device, Stages.TRAIN, target.host)
-    if target.parent_run_id:
-        tags[Tags.PARENT] = target.parent_run_id
-    run = tracking.Run.start(client, experiment_id, name, tags)
-    if cfg.system_metrics:
-        run.start_system_metrics(cfg.system_metrics)
-    with run_closed(run, before_kill=lambda: _flush_losses(run, losses)) as stop:
-        params = train_params(cfg, device, train_batches.num_samples, test_batches.num_samples)
-        run.log_params(params)
-        summary, epochs, all_losses = _train_loop(
-            cfg, device, net, train_batches, test_batches, losses, run, quiet, stop
-        )
-        summary |= parity_probe(net, cfg.model_config, device, test_batches)
-        _log_model(run, net, cfg, device)
-        _log_curves(run, all_losses, epochs, name)
-        summary[Metrics.WALL_TIME_S] = time.perf_counter() - started
-        run.log_metrics(summary)
-        run.set_tags({Tags.NOTE: describe_run(params, tags, summary, epochs[-1])})
+        tags = device_tags(device, Stages.TRAIN, target.host)
+        if target.parent_run_id:
+            tags[Tags.PARENT] = target.parent_run_id
+        name = default_run_name(cfg, device)
+        run = writer.start_run(target.run_name, name, tags, cfg.system_metrics)
+        with run_closed(run, before_kill=lambda: _flush_losses(run, losses)) as stop:
+            params = train_params(cfg, device, train_batches.num_samples, test_batches.num_samples)
+            run.log_params(params)
+            summary, epochs, all_losses = _train_loop(
+                cfg, device, net, train_batches, test_batches, losses, run, quiet, stop
+            )
+            summary |= parity_probe(net, cfg.model_config, device, test_batches)
+            _log_model(run, net, cfg, device)
+            run.log_curves(all_losses, [(e.epoch, e.test_accuracy, e.test_loss) for e in epochs])
+            summary[Metrics.WALL_TIME_S] = time.perf_counter() - started
+            run.log_metrics(summary)
+            run.set_tags({Tags.NOTE: describe_run(params, tags, summary, epochs[-1])})
     if not quiet:
         _print_summary(run.run_id, summary)
     return run.run_id
@@ -206,7 +204,7 @@ class Diverged(Exception):
     """The loss became NaN or infinite; the run is stopped and marked FAILED."""
 
 
-def _flush_losses(run: tracking.Run, losses: loops.LossBuffer) -> list[float]:
+def _flush_losses(run: RemoteRun, losses: loops.LossBuffer) -> list[float]:
     first_step, values = losses.drain()
     if values:
         run.log_series(Metrics.TRAIN_LOSS, first_step, values)
@@ -220,7 +218,7 @@ def _train_loop(cfg, device, net, train_batches, test_batches, losses, run, quie
     epochs: list[loops.Epoch] = []
     all_losses: list[float] = []
     time_to_target = None
-    with progress_bar(not quiet and console.is_terminal) as bar:
+    with progress_bar(not quiet and err.is_terminal) as bar:
         on_batch = stop.check
         if bar is not None:
             epoch_task = bar.add_task("epochs", total=cfg.epochs)
@@ -244,6 +242,9 @@ def _train_loop(cfg, device, net, train_batches, test_batches, losses, run, quie
                 },
                 step=ep.epoch,
             )
+            # The epoch's writes are done before the next epoch's clock starts: MLflow never
+            # competes with the timed work for the CPU. A write that failed stops the run here.
+            run.writer.wait()
             stop.check()
             epochs.append(ep)
             bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
@@ -264,7 +265,7 @@ def _train_loop(cfg, device, net, train_batches, test_batches, losses, run, quie
                 bar.reset(batch_task)
                 bar.advance(epoch_task)
             if not quiet:
-                console.print(
+                err.print(
                     f"epoch {ep.epoch}/{cfg.epochs}  train {ep.train_time_s:.2f} s  "
                     f"test {ep.eval_time_s:.2f} s  test loss {ep.test_loss:.4f}  "
                     f"accuracy {ep.test_accuracy:.1%}"
@@ -310,17 +311,8 @@ def describe_run(params: dict, tags: dict, summary: dict, last: loops.Epoch) -> 
     )
 
 
-def _log_curves(run: tracking.Run, losses: list[float], epochs: list[loops.Epoch], name: str):
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "curves.png"
-        report.plot_run(
-            losses, [(e.epoch, e.test_accuracy, e.test_loss) for e in epochs], name, path
-        )
-        run.log_artifacts(Path(tmp))
-
-
 def _print_summary(run_id: str, summary: dict) -> None:
-    report.console.print(
+    out.print(
         f"run {run_id}: train {summary[Metrics.TRAIN_TIME_S]:.2f} s, "
         f"{summary[Metrics.SAMPLES_PER_S]:,.0f} samples/s, "
         f"wall {summary[Metrics.WALL_TIME_S]:.2f} s"
@@ -345,7 +337,7 @@ def parity_probe(net: torch.nn.Module, config: dict, device: torch.device, batch
 MODEL_ARTIFACT = "model"
 
 
-def _log_model(run: tracking.Run, net: torch.nn.Module, cfg: TrainConfig, device) -> None:
+def _log_model(run: RemoteRun, net: torch.nn.Module, cfg: TrainConfig, device) -> None:
     """The final weights (a state dict, device-independent) and what rebuilds the model."""
     config = {
         "run_id": run.run_id,
@@ -366,15 +358,14 @@ def _log_model(run: tracking.Run, net: torch.nn.Module, cfg: TrainConfig, device
         run.log_artifacts(Path(tmp), MODEL_ARTIFACT)
 
 
-def load_model(model_uri: str, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    """A model logged by `train` (runs:/<id>/model, or any artifact URI or folder) on a device."""
+def load_model(local: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """A model logged by `train`, downloaded to `local`, on a device."""
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
         config = json.loads((local / "config.json").read_text())
         state = torch.load(local / "state_dict.pt", map_location=device, weights_only=True)
     except Exception as e:
-        reason = tracking.redact_text(str(e)).splitlines()[0]
-        raise UserError(f"no model logged by `pipeline train` at {model_uri}: {reason}") from None
+        reason = str(e).splitlines()[0]
+        raise UserError(f"no model logged by `pipeline train` in {local}: {reason}") from None
     net = model.build(**config["model"]).to(device)
     net.load_state_dict(state)
     return net, config
@@ -386,47 +377,48 @@ def test(
     data_dir: Path,
     batch_size: int,
     target: Target,
+    writer: Writer | None = None,
     quiet: bool = False,
 ) -> str:
     """Evaluate a logged model on a device; log a run of stage `test` pointing at its source."""
     started = time.perf_counter()
-    device = devices.resolve(device_spec)
-    client = tracking.connect(target.tracking_uri)
-    experiment_id = tracking.experiment_id(client, target.experiment)
-    net, config = load_model(model_uri, device)
-    spec = data.DataSpec(data_dir=data_dir, **config["data"])
-    test_batches = data.batches(spec, False, "tensors", batch_size, device)
+    with writer or Writer() as writer:
+        device = devices.resolve(device_spec)
+        writer.call("connect", target.tracking_uri, target.experiment)
+        net, config = load_model(Path(writer.call("download", model_uri)), device)
+        spec = data.DataSpec(data_dir=data_dir, **config["data"])
+        test_batches = data.batches(spec, False, "tensors", batch_size, device)
 
-    source_id = config["run_id"]
-    try:
-        params = dict(client.get_run(source_id).data.params)
-    except Exception:
-        params = {}
-    params[Params.DEVICE] = str(device)
-    tags = device_tags(device, Stages.TEST, target.host) | {Tags.SOURCE_RUN_ID: source_id}
-    name = target.run_name or f"test-{device.type}-of-{config['trained_on']}-{source_id[:8]}"
-    run = tracking.Run.start(client, experiment_id, name, tags)
-    with run_closed(run) as stop:
-        run.log_params(params)
-        devices.synchronize(device)
-        t0 = time.perf_counter()
-        test_loss, test_accuracy = loops.evaluate(net, test_batches)
-        devices.synchronize(device)
-        eval_time = time.perf_counter() - t0
-        run.log_metrics(
-            {Metrics.TEST_LOSS: test_loss, Metrics.TEST_ACCURACY: test_accuracy},
-            step=int(config["epochs"]),
-        )
-        run.log_metrics(
-            {
-                **parity_probe(net, config["model"], device, test_batches),
-                Metrics.EVAL_TIME_S: eval_time,
-                Metrics.WALL_TIME_S: time.perf_counter() - started,
-            }
-        )
-        stop.check()
+        source_id = config["run_id"]
+        try:
+            params = writer.call("run_params", source_id)
+        except TrackingError:  # the source run is in another store: its config says enough
+            params = {}
+        params[Params.DEVICE] = str(device)
+        tags = device_tags(device, Stages.TEST, target.host) | {Tags.SOURCE_RUN_ID: source_id}
+        name = f"test-{device.type}-of-{config['trained_on']}-{source_id[:8]}"
+        run = writer.start_run(target.run_name, name, tags, system_metrics=0)
+        with run_closed(run) as stop:
+            run.log_params(params)
+            devices.synchronize(device)
+            t0 = time.perf_counter()
+            test_loss, test_accuracy = loops.evaluate(net, test_batches)
+            devices.synchronize(device)
+            eval_time = time.perf_counter() - t0
+            run.log_metrics(
+                {Metrics.TEST_LOSS: test_loss, Metrics.TEST_ACCURACY: test_accuracy},
+                step=int(config["epochs"]),
+            )
+            run.log_metrics(
+                {
+                    **parity_probe(net, config["model"], device, test_batches),
+                    Metrics.EVAL_TIME_S: eval_time,
+                    Metrics.WALL_TIME_S: time.perf_counter() - started,
+                }
+            )
+            stop.check()
     if not quiet:
-        report.console.print(
+        out.print(
             f"run {run.run_id}: model of run {source_id} on {device}: "
             f"test loss {test_loss:.4f}, accuracy {test_accuracy:.1%}"
         )

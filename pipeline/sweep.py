@@ -10,7 +10,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 from rich.table import Table
 
-from pipeline import devices, report, stages, tracking
+from pipeline import console, devices, report, stages, tracking
 from pipeline.errors import UserError
 from pipeline.schema import Metrics, Params, Stages, Tags
 
@@ -46,7 +46,7 @@ def usable_devices(wanted: tuple[str, ...], strict: bool) -> list[str]:
         except UserError as e:
             if strict:
                 raise
-            stages.console.print(f"skipping {spec}: {e}")
+            console.err.print(f"skipping {spec}: {e}")
     if not usable:
         raise UserError("none of the listed devices is available here")
     return usable
@@ -92,16 +92,16 @@ def run(
                     stop.check()  # a signal between two children stops here
                     what = f"{device} batch {batch_size} hidden {hidden}"
                     if (device, str(batch_size), str(hidden)) in done:
-                        stages.console.print(f"already done: {what}")
+                        console.err.print(f"already done: {what}")
                         continue
                     cfg = replace(base, device=device, batch_size=batch_size, hidden=hidden)
                     child_target = replace(target, run_name=None, parent_run_id=parent.run_id)
                     try:
                         child = stages.train(cfg, child_target, quiet=True)
                     except stages.Diverged as e:  # one bad size does not stop the sweep
-                        stages.console.print(f"{what}: {e}")
+                        console.err.print(f"{what}: {e}")
                         continue
-                    stages.console.print(f"{what}: run {child} finished")
+                    console.err.print(f"{what}: run {child} finished")
         summary = summarise(client, parent.run_id, base.layers)
         _log_summary(parent, summary)
     return parent.run_id
@@ -268,9 +268,9 @@ def crossover_lines(summary: dict) -> list[str]:
 
 
 def _log_summary(parent: tracking.Run, summary: dict) -> None:
-    report.console.print(render(summary))
+    console.out.print(render(summary))
     for line in crossover_lines(summary) or ["no accelerator in this sweep"]:
-        report.console.print(line)
+        console.out.print(line)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         (folder / "sweep.md").write_text(markdown(summary))

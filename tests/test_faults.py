@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 from conftest import SMALL, only_run
 from mlflow import MlflowClient
@@ -58,7 +59,25 @@ def train_process(store: str, data_dir, *extra: str) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # a process group of its own, as a shell job has
     )
+
+
+def wait_for_epochs(client, epochs: int, batches_per_epoch: int) -> str:
+    """The id of the run in the store, once `epochs` epochs of it are there."""
+    deadline = time.time() + 120
+    run_id = None
+    while time.time() < deadline:
+        exp = client.get_experiment_by_name("device-comparison") if run_id is None else None
+        if run_id is None and exp is not None:
+            runs = client.search_runs([exp.experiment_id])
+            run_id = runs[0].info.run_id if runs else None
+        if run_id:
+            logged = client.get_metric_history(run_id, Metrics.TRAIN_LOSS)
+            if len(logged) >= epochs * batches_per_epoch:
+                return run_id
+        time.sleep(0.2)
+    raise AssertionError("the run never got that far")
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -67,19 +86,9 @@ def test_interrupted_run_ends_killed_with_its_metrics(store, data_dir, tmp_path,
         store, data_dir, "--train-size", "6400", "--test-size", "640", "--epochs", "200"
     )
     client = MlflowClient(store)
-    deadline = time.time() + 120
-    run_id = None
-    while time.time() < deadline:  # wait until a whole epoch (100 batches) is in the store
-        exp = client.get_experiment_by_name("device-comparison") if run_id is None else None
-        if run_id is None and exp is not None:
-            runs = client.search_runs([exp.experiment_id])
-            run_id = runs[0].info.run_id if runs else None
-        if run_id and len(client.get_metric_history(run_id, Metrics.TRAIN_LOSS)) >= 100:
-            break
-        time.sleep(0.2)
-    assert run_id, "the run never started"
+    run_id = wait_for_epochs(client, 1, 100)
     time.sleep(0.3)  # into the next epoch: some losses wait in the buffer
-    proc.send_signal(signum)
+    os.killpg(proc.pid, signum)  # the whole group, as Ctrl-C does: the writer too
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == code, stderr
     assert "Traceback" not in stderr and "KILLED" in stderr
@@ -98,6 +107,37 @@ def test_interrupted_run_ends_killed_with_its_metrics(store, data_dir, tmp_path,
         cwd=tmp_path,
     )
     assert result.returncode == 2 and "1 KILLED left out" in result.stderr
+
+
+def test_a_killed_training_process_leaves_no_run_running(store, data_dir):
+    """SIGKILL (or the out-of-memory killer) gives the training process no chance to end its
+    run; its writer sees it go and ends the run KILLED, keeping what was logged."""
+    proc = train_process(store, data_dir, "--train-size", "6400", "--epochs", "200")
+    client = MlflowClient(store)
+    run_id = wait_for_epochs(client, 1, 100)
+    proc.kill()
+    proc.communicate(timeout=60)
+    deadline = time.time() + 60
+    while client.get_run(run_id).info.status == "RUNNING" and time.time() < deadline:
+        time.sleep(0.2)
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED"
+    assert "exited without ending the run" in run.data.tags[Tags.FAILURE_REASON]
+    assert len(client.get_metric_history(run_id, Metrics.TEST_ACCURACY)) >= 1
+
+
+def test_a_killed_writer_stops_training_with_one_line(store, data_dir):
+    proc = train_process(store, data_dir, "--train-size", "6400", "--epochs", "200")
+    client = MlflowClient(store)
+    wait_for_epochs(client, 1, 100)
+    (writer,) = psutil.Process(proc.pid).children()
+    writer.kill()
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert stderr.strip().splitlines() == [
+        "error: the tracking writer process was killed by SIGKILL; what it had not written "
+        "yet is lost, and its run may be left RUNNING"
+    ]
 
 
 def test_four_concurrent_writers_on_one_new_sqlite_store(tmp_path, data_dir):

@@ -1,7 +1,10 @@
-"""Measurement quality: warm-up kept out of the throughput, time to accuracy."""
+"""Measurement quality: the instrument stays out of the measured process, warm-up kept out of
+the throughput, time to accuracy."""
+
+import sys
 
 import pytest
-from conftest import SMALL, only_run
+from conftest import SMALL, only_run, run_process
 
 from pipeline import loops, stages
 from pipeline.schema import Metrics, Params
@@ -46,3 +49,35 @@ def test_time_to_target_is_absent_when_never_reached(cli, client):
     args = ("train", "--device", "cpu", "--epochs", "1", *SMALL, "--target-accuracy", "1.0")
     assert cli(*args).code == 0
     assert Metrics.TIME_TO_TARGET_S not in only_run(client).data.metrics
+
+
+def test_the_training_process_never_imports_mlflow(store, client, data_dir, tmp_path):
+    """MLflow and what it brings (pandas, pyarrow, SQLAlchemy, matplotlib) live in the writer
+    process; the process that trains holds torch, torchvision and the CLI, as the quickstart's
+    own process would."""
+    script = (
+        "import sys\n"
+        "from pipeline import cli\n"
+        "try:\n"
+        "    cli.main()\n"
+        "finally:\n"
+        "    print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))\n"
+    )
+    args = ("train", "--device", "cpu", *SMALL, "--epochs", "1", "--quiet")
+    result = run_process(
+        sys.executable,
+        "-c",
+        script,
+        *args,
+        "--data-dir",
+        str(data_dir),
+        "--tracking-uri",
+        store,
+        cwd=tmp_path,
+    )
+    assert result.code == 0, result.stderr
+    modules = set(result.stdout.split())
+    assert {"torch", "torchvision", "typer"} <= modules
+    assert not modules & {"mlflow", "pandas", "pyarrow", "sqlalchemy", "alembic", "matplotlib"}
+    run = only_run(client)
+    assert run.info.status == "FINISHED" and Metrics.TEST_ACCURACY in run.data.metrics

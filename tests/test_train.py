@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import SMALL, only_run
 
-from pipeline import data, devices, loops, model, tracking
+from pipeline import data, devices, loops, model, tracking, writer
 from pipeline.schema import Metrics, Params, Stages, Tags
 
 BATCHES_PER_EPOCH = 10  # 640 images / batch 64
@@ -89,17 +89,39 @@ def test_one_seed_gives_identical_weights_batches_and_losses(cli, client):
 
 
 def test_per_batch_losses_reach_the_store_in_batches(cli, client, monkeypatch):
-    """No round trip to the tracking store per training batch."""
-    calls = []
+    """No round trip to the tracking store per training batch: one message to the writer per
+    epoch, and the writer sends up to 1,000 points per request."""
+    sent = []
+    original = writer.Writer.send
+
+    def recording(self, op, *args):
+        sent.append((op, args))
+        return original(self, op, *args)
+
+    monkeypatch.setattr(writer.Writer, "send", recording)
+    assert cli("train", "--device", "cpu", "--epochs", "2", *SMALL).code == 0
+    series = [args for op, args in sent if op == "log_series"]
+    assert [(key, first, len(values)) for key, first, values in series] == [
+        (Metrics.TRAIN_LOSS, 0, BATCHES_PER_EPOCH),
+        (Metrics.TRAIN_LOSS, BATCHES_PER_EPOCH, BATCHES_PER_EPOCH),
+    ]
+    run_id = only_run(client).info.run_id
+    assert steps(client, run_id, Metrics.TRAIN_LOSS) == list(range(2 * BATCHES_PER_EPOCH))
+
+
+def test_the_writer_logs_a_series_in_requests_of_1000(client, monkeypatch):
+    requests = []
     original = tracking.MlflowClient.log_batch
 
     def counting(self, run_id, metrics=(), **kw):
-        calls.append(sum(m.key == Metrics.TRAIN_LOSS for m in metrics))
+        requests.append(len(metrics))
         return original(self, run_id, metrics=metrics, **kw)
 
     monkeypatch.setattr(tracking.MlflowClient, "log_batch", counting)
-    assert cli("train", "--device", "cpu", "--epochs", "2", *SMALL).code == 0
-    assert [n for n in calls if n] == [BATCHES_PER_EPOCH, BATCHES_PER_EPOCH]
+    run = tracking.Run.start(client, "0", "series", {})
+    run.log_series(Metrics.TRAIN_LOSS, 5, [float(i) for i in range(2345)])
+    assert requests == [1000, 1000, 345]
+    assert steps(client, run.run_id, Metrics.TRAIN_LOSS) == list(range(5, 2350))
 
 
 def test_the_training_loop_never_reads_a_value_back_to_the_host(monkeypatch):
