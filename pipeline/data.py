@@ -179,12 +179,18 @@ def _prototypes(rng: np.random.Generator) -> np.ndarray:
     return np.kron(coarse, np.ones((4, 4)))  # 10 × 28 × 28, blocky shapes in [0, 1]
 
 
+SAMPLE_CHUNK = 5_000  # images made at once: about 100 MiB of float64 work, whatever n is
+
+
 def _sample(rng: np.random.Generator, prototypes: np.ndarray, n: int):
     labels = rng.integers(0, NUM_CLASSES, n).astype(np.uint8)
     scale = rng.uniform(0.5, 1.0, (n, 1, 1))
-    noise = rng.normal(0.0, 0.8, (n, 28, 28))
-    images = np.clip(prototypes[labels] * scale + noise, 0.0, 1.0)
-    return (images * 255).round().astype(np.uint8), labels
+    images = np.empty((n, 28, 28), np.uint8)
+    for i in range(0, n, SAMPLE_CHUNK):  # the same numbers as one draw of n × 28 × 28
+        j = min(i + SAMPLE_CHUNK, n)
+        noise = rng.normal(0.0, 0.8, (j - i, 28, 28))
+        images[i:j] = (np.clip(prototypes[labels[i:j]] * scale[i:j] + noise, 0, 1) * 255).round()
+    return images, labels
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:
@@ -194,5 +200,6 @@ def _write_idx(path: Path, array: np.ndarray) -> None:
     # Write to a temporary name and rename: concurrent runs never read a half-written file.
     fd, tmp = tempfile.mkstemp(dir=path.parent)
     with os.fdopen(fd, "wb") as f:
-        f.write(header + array.tobytes())
+        f.write(header)
+        f.write(np.ascontiguousarray(array).data)
     os.replace(tmp, path)
