@@ -15,18 +15,18 @@ round's median), peak RSS, and the ratios, with the targets: b/a <= 1.05, c/b >=
 RSS(b) <= RSS(c). With --repeat K it runs b K more times and prints the coefficient of
 variation of the epoch time: the noise floor to set `compare --speed-tolerance` from.
 
-Peak RSS is each process's own high-water mark (getrusage RUSAGE_SELF, as VmHWM), reported
-by the process itself at its end. For b that is the process that trains; its tracking writer
+Peak RSS is each process's own high-water mark, VmHWM in /proc/<pid>/status, read by the
+process itself at its end. For b that is the process that trains; its tracking writer
 (pipeline.writer, where MLflow lives) is a process of its own, whose VmHWM is read just before
-it is told to exit, and shown beside it. Not wait4's ru_maxrss: on this machine's kernel it
-also takes in the children that `import torch` spawns (ldconfig, uname), and reported 648 MiB
-for a process whose own peak was 520 MiB.
+it is told to exit, and shown beside it. Not getrusage's or wait4's ru_maxrss: Linux starts a
+new program's ru_maxrss at the high-water mark of the process that spawned it (exec inherits
+it), so every child of this script, which has torch and MLflow loaded, reported about 850 MiB
+whatever it used, and `import torch`'s own children (ldconfig, uname) inflate its parent's.
 """
 
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -37,8 +37,9 @@ from pathlib import Path
 SEED, LR, BATCH = 0, 1e-3, 64
 
 
-def own_peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+def peak_rss_mib(pid: int | str = "self") -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) / 1024  # in kB
 
 
 def child(mode: str, epochs: int, data_dir: str) -> None:
@@ -95,7 +96,7 @@ def child(mode: str, epochs: int, data_dir: str) -> None:
                     correct += (pred.argmax(1) == yb).sum()
         float(test_loss), float(correct)
         times.append(time.perf_counter() - t0)
-    print(json.dumps({"epochs": times, "rss_mib": own_peak_rss_mib()}))
+    print(json.dumps({"epochs": times, "rss_mib": peak_rss_mib()}))
 
 
 def pipeline_child(argv: list[str]) -> None:
@@ -107,8 +108,7 @@ def pipeline_child(argv: list[str]) -> None:
     close = writer.Writer.close
 
     def measured_close(self):  # every call is answered by now: the writer's work is done
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        peaks["writer"] = int(status.split("VmHWM:")[1].split()[0]) / 1024
+        peaks["writer"] = peak_rss_mib(self.proc.pid)
         close(self)
 
     writer.Writer.close = measured_close
@@ -118,7 +118,7 @@ def pipeline_child(argv: list[str]) -> None:
     except SystemExit as e:
         if e.code:
             raise
-    print(json.dumps({"rss_mib": own_peak_rss_mib(), "writer_rss_mib": peaks["writer"]}))
+    print(json.dumps({"rss_mib": peak_rss_mib(), "writer_rss_mib": peaks["writer"]}))
 
 
 def loop_ab(data_dir: str, rounds: int) -> dict[str, list[float]]:
@@ -157,9 +157,9 @@ def loop_ab(data_dir: str, rounds: int) -> dict[str, list[float]]:
 
 def measure(cmd: list[str], env: dict, cwd: str | None = None) -> dict:
     """Run one of this script's children; return what it printed last (JSON)."""
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env, cwd=cwd)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
     if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} exited {proc.returncode}")
+        raise SystemExit(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -272,9 +272,10 @@ def main() -> None:
     print(f"peak RSS of the process that trains, b/c = {rss_b / rss_c:.3f} (target <= 1: {met})")
     total = rss_b + writer_rss["b pipeline train"]
     print(f"with b's writer process added: {total:.0f} MiB, {total / rss_c:.2f} × c's")
-    print("epoch times of each run (s):")
+    print("epoch times (s) and peak RSS (MiB) of each run:")
     for name, results in rounds.items():
-        print(f"  {name}: " + " | ".join(" ".join(f"{e:.2f}" for e in ep) for ep, _ in results))
+        runs = [" ".join(f"{e:.2f}" for e in ep) + f" ({own:.0f})" for ep, (own, _) in results]
+        print(f"  {name}: " + " | ".join(runs))
 
     ab = loop_ab(data_dir, rounds=4)
     (a_best, b_best), (a_med, b_med) = (
