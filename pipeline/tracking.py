@@ -1,11 +1,15 @@
-"""All MLflow access: connecting, creating runs, batched metric writes, ending runs."""
+"""All MLflow access: connecting, creating runs, batched metric writes, ending runs, and the
+writer process's loop that does all this for a training process (see pipeline.writer)."""
 
 import importlib.metadata
+import json
 import logging
 import os
 import platform
 import re
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -246,3 +250,97 @@ class Run:
         if self.monitor is not None:
             self.monitor.finish()
         self.client.set_terminated(self.run_id, status)
+
+
+# --- the writer process (pipeline.writer) ----------------------------------------------------
+
+RUN_CALLS = {"log_params", "set_tags", "log_series", "log_metrics", "log_artifacts"}
+SESSION_CALLS = {"connect", "start_run", "log_curves", "end", "download", "run_params", "wait"}
+
+
+class Session:
+    """What the writer holds: the client, the experiment, at most one run."""
+
+    def __init__(self):
+        self.client = self.experiment_id = self.run = self.name = None
+        self.ended = False
+        self.tmp = tempfile.TemporaryDirectory()
+
+    def handle(self, op: str, args: list):
+        if op in RUN_CALLS:
+            return getattr(self.run, op)(*args)
+        if op in SESSION_CALLS:
+            return getattr(self, op)(*args)
+        raise ValueError(f"unknown call {op!r}")
+
+    def connect(self, tracking_uri: str | None, experiment: str) -> None:
+        self.client = connect(tracking_uri)
+        self.experiment_id = experiment_id(self.client, experiment)
+
+    def start_run(self, name, default_name: str, tags: dict, system_metrics: float) -> str:
+        self.name = name or unique_run_name(self.client, self.experiment_id, default_name)
+        tags = environment_tags() | tags
+        self.run = Run.start(self.client, self.experiment_id, self.name, tags)
+        if system_metrics:
+            self.run.start_system_metrics(system_metrics)
+        return self.run.run_id
+
+    def log_curves(self, losses: list[float], epochs: list) -> None:
+        from pipeline import report  # matplotlib, only once a run has ended well
+
+        with tempfile.TemporaryDirectory() as tmp:
+            report.plot_run(losses, epochs, self.name, Path(tmp) / "curves.png")
+            self.run.log_artifacts(Path(tmp))
+
+    def end(self, status: str) -> None:
+        self.run.end(status)
+        self.ended = True
+
+    def wait(self) -> None:
+        """Nothing: answered once every call before it is."""
+
+    def download(self, model_uri: str) -> str:
+        """A local copy of a model logged by `train` (kept until the writer exits)."""
+        try:
+            return mlflow.artifacts.download_artifacts(
+                artifact_uri=model_uri, dst_path=self.tmp.name
+            )
+        except Exception as e:
+            reason = redact_text(str(e)).strip().splitlines()[0]
+            message = f"no model logged by `pipeline train` at {model_uri}: {reason}"
+            raise UserError(message) from None
+
+    def run_params(self, run_id: str) -> dict[str, str]:
+        return dict(self.client.get_run(run_id).data.params)
+
+    def close(self) -> None:
+        """The input closed: end a run the training process left open."""
+        self.tmp.cleanup()
+        if self.run is None or self.ended:
+            return
+        reason = "the training process exited without ending the run"
+        self.run.set_tags({Tags.FAILURE_REASON: reason})
+        self.run.end("KILLED")
+
+
+def serve() -> None:
+    """The writer process: carry out calls from stdin until it closes; answer each on stdout."""
+    replies = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)  # whatever else prints to stdout goes to stderr, not into the replies
+    session = Session()
+    for line in sys.stdin:
+        op, args = json.loads(line)
+        try:
+            reply = {"result": session.handle(op, args)}
+        except UserError as e:
+            reply = {"error": str(e), "user": True}
+        except Exception as e:
+            text = redact_text(f"{type(e).__name__}: {e}").strip().splitlines()
+            reply = {"error": f"could not {op.replace('_', ' ')}: {text[0]}"}
+        replies.write(json.dumps(reply) + "\n")
+        replies.flush()
+    try:
+        session.close()
+    except Exception as e:
+        print(f"error: could not end the run: {redact_text(str(e))}", file=sys.stderr)
+        sys.exit(1)
