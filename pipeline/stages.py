@@ -162,7 +162,9 @@ def progress_bar(enabled: bool):
     )
 
 
-def train(cfg: TrainConfig, target: Target, writer: Writer | None = None, quiet=False) -> str:
+def train(
+    cfg: TrainConfig, target: Target, writer: Writer | None = None, quiet: bool = False
+) -> str:
     """Train and test on one device, log one run through `writer` (a new one by default, which
     this closes); return the run's id.
 
