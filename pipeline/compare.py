@@ -670,7 +670,8 @@ def run(opts: CompareOptions, tracking_uri: str | None, host: str | None = None)
         run.end("FAILED")
         raise
     run.end("FINISHED")
-    console.out.print(f"compare run {run.run_id}: report.md, findings.json and plots logged")
+    pictures = f"{len(plots)} plot{'s' if len(plots) != 1 else ''}"
+    console.out.print(f"compare run {run.run_id}: report.md, findings.json and {pictures} logged")
     return len(findings)
 
 
