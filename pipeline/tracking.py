@@ -11,15 +11,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
-
-try:
-    import fcntl
-except ImportError:  # Windows: no lock, as before
-    fcntl = None
 
 import mlflow
 from mlflow import MlflowClient
@@ -78,8 +74,8 @@ def connect(tracking_uri: str | None) -> MlflowClient:
         mlflow.set_tracking_uri(tracking_uri)
     uri = mlflow.get_tracking_uri()
     try:
-        with _sqlite_creation_lock(uri):
-            client = MlflowClient()  # creates (migrates) a new sqlite store
+        _create_sqlite_store(uri)
+        client = MlflowClient()
         with _fail_fast():
             client.search_experiments(max_results=1)
     except Exception as e:
@@ -91,20 +87,26 @@ def connect(tracking_uri: str | None) -> MlflowClient:
     return client
 
 
-@contextmanager
-def _sqlite_creation_lock(uri: str) -> Iterator[None]:
-    """Processes that open one new sqlite store at once break its creation (MLflow's schema
-    migrations collide); hold a lock on its folder while opening it."""
-    folder = Path(uri.removeprefix("sqlite:///")).parent if uri.startswith("sqlite:///") else None
-    if fcntl is None or folder is None or not folder.is_dir():
-        yield
+def _create_sqlite_store(uri: str) -> None:
+    """Make a new sqlite store complete under a temporary name, then link it into place.
+
+    MLflow creates a sqlite store by migrating it where it lies, and a process that opens it
+    meanwhile migrates it too: both fail, and the store can stay broken (a known MLflow bug).
+    Made this way, any process, ours or not, finds no file or a finished store."""
+    if not uri.startswith("sqlite:///"):
         return
-    fd = os.open(folder, os.O_RDONLY)
+    path = Path(uri.removeprefix("sqlite:///").split("?")[0])
+    if path.exists() or not path.parent.is_dir():
+        return  # an existing store; or a missing folder, which MLflow's error names
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.creating")
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        MlflowClient(f"sqlite:///{tmp}")  # creates (migrates) it, with sqlite's permissions
+        os.link(tmp, path)
+    except FileExistsError:
+        pass  # another process linked its store first: that one is used
     finally:
-        os.close(fd)  # releases the lock
+        with suppress(OSError):  # Windows cannot remove a file that is open
+            tmp.unlink()
 
 
 def _why(e: BaseException) -> str:

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -63,12 +64,16 @@ def train_process(store: str, data_dir, *extra: str) -> subprocess.Popen:
     )
 
 
-def wait_for_epochs(client, epochs: int, batches_per_epoch: int) -> str:
+def wait_for_epochs(store: str, epochs: int, batches_per_epoch: int, proc: subprocess.Popen) -> str:
     """The id of the run in the store, once `epochs` epochs of it are there."""
     deadline = time.time() + 120
-    run_id = None
+    client = run_id = None
     while time.time() < deadline:
-        exp = client.get_experiment_by_name("device-comparison") if run_id is None else None
+        if proc.poll() is not None:
+            raise AssertionError(f"train exited {proc.returncode}: {proc.communicate()[1]}")
+        if client is None and Path(store.removeprefix("sqlite:///")).exists():
+            client = MlflowClient(store)  # not before: that would create the store itself
+        exp = client.get_experiment_by_name("device-comparison") if client and not run_id else None
         if run_id is None and exp is not None:
             runs = client.search_runs([exp.experiment_id])
             run_id = runs[0].info.run_id if runs else None
@@ -85,8 +90,8 @@ def test_interrupted_run_ends_killed_with_its_metrics(store, data_dir, tmp_path,
     proc = train_process(
         store, data_dir, "--train-size", "6400", "--test-size", "640", "--epochs", "200"
     )
+    run_id = wait_for_epochs(store, 1, 100, proc)
     client = MlflowClient(store)
-    run_id = wait_for_epochs(client, 1, 100)
     time.sleep(0.3)  # into the next epoch: some losses wait in the buffer
     os.killpg(proc.pid, signum)  # the whole group, as Ctrl-C does: the writer too
     _, stderr = proc.communicate(timeout=60)
@@ -113,8 +118,8 @@ def test_a_killed_training_process_leaves_no_run_running(store, data_dir):
     """SIGKILL (or the out-of-memory killer) gives the training process no chance to end its
     run; its writer sees it go and ends the run KILLED, keeping what was logged."""
     proc = train_process(store, data_dir, "--train-size", "6400", "--epochs", "200")
+    run_id = wait_for_epochs(store, 1, 100, proc)
     client = MlflowClient(store)
-    run_id = wait_for_epochs(client, 1, 100)
     proc.kill()
     proc.communicate(timeout=60)
     deadline = time.time() + 60
@@ -128,8 +133,7 @@ def test_a_killed_training_process_leaves_no_run_running(store, data_dir):
 
 def test_a_killed_writer_stops_training_with_one_line(store, data_dir):
     proc = train_process(store, data_dir, "--train-size", "6400", "--epochs", "200")
-    client = MlflowClient(store)
-    wait_for_epochs(client, 1, 100)
+    wait_for_epochs(store, 1, 100, proc)
     (writer,) = psutil.Process(proc.pid).children()
     writer.kill()
     _, stderr = proc.communicate(timeout=60)
@@ -157,6 +161,29 @@ def test_four_concurrent_writers_on_one_new_sqlite_store(tmp_path, data_dir):
         steps = [m.step for m in client.get_metric_history(r.info.run_id, Metrics.TRAIN_LOSS)]
         assert sorted(steps) == list(range(20))
         assert len(client.get_metric_history(r.info.run_id, Metrics.TEST_ACCURACY)) == 2
+    assert not list(tmp_path.glob(".*.creating"))  # each process's scratch store is gone
+
+
+def test_a_new_sqlite_store_appears_complete(tmp_path):
+    """MLflow migrates a new sqlite store where it lies, and another program that opens it
+    meanwhile migrates it too: both fail (a known MLflow bug). Ours links a finished store into
+    place, so a plain MLflow client that opens the file the moment it appears finds it whole."""
+    path = tmp_path / "mlflow.db"
+    ours = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"from pipeline import tracking; tracking.connect('sqlite:///{path}')",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    while not path.exists() and ours.poll() is None:
+        time.sleep(0.002)
+    assert MlflowClient(f"sqlite:///{path}").search_experiments()[0].name == "Default"
+    _, stderr = ours.communicate(timeout=60)
+    assert ours.returncode == 0, stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["mlflow.db"]
 
 
 def test_divergence_stops_the_run_as_failed_and_compare_reports_it(cli, client, tmp_path):
