@@ -13,7 +13,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -50,8 +50,9 @@ def redact(uri: str | None) -> str:
 
 
 @contextmanager
-def _fail_fast() -> Iterator[None]:
-    """MLflow retries an unreachable server for minutes; for the first check, don't."""
+def _fail_fast(uri: str) -> Iterator[None]:
+    """MLflow retries a server or database it cannot reach for minutes; for the first check,
+    don't."""
     settings = {
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
         "MLFLOW_HTTP_REQUEST_TIMEOUT": CHECK_TIMEOUT_S,
@@ -59,13 +60,27 @@ def _fail_fast() -> Iterator[None]:
     saved = {k: os.environ.get(k) for k in settings}
     os.environ.update(settings)
     try:
-        yield
+        with nullcontext() if uri.startswith(("http://", "https://")) else _one_db_try():
+            yield
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@contextmanager
+def _one_db_try() -> Iterator[None]:
+    """MLflow tries to reach a database 10 times over 100 s, with a warning each time; no
+    setting changes that."""
+    from mlflow.store.db import utils
+
+    saved, utils.MAX_RETRY_COUNT = utils.MAX_RETRY_COUNT, 1
+    try:
+        yield
+    finally:
+        utils.MAX_RETRY_COUNT = saved
 
 
 def connect(tracking_uri: str | None) -> MlflowClient:
@@ -75,8 +90,8 @@ def connect(tracking_uri: str | None) -> MlflowClient:
     uri = mlflow.get_tracking_uri()
     try:
         _create_sqlite_store(uri)
-        client = MlflowClient()
-        with _fail_fast():
+        with _fail_fast(uri):
+            client = MlflowClient()  # connects to a database store
             client.search_experiments(max_results=1)
     except Exception as e:
         if uri.startswith(("http://", "https://")):
@@ -93,11 +108,13 @@ def _create_sqlite_store(uri: str) -> None:
     MLflow creates a sqlite store by migrating it where it lies, and a process that opens it
     meanwhile migrates it too: both fail, and the store can stay broken (a known MLflow bug).
     Made this way, any process, ours or not, finds no file or a finished store."""
-    if not uri.startswith("sqlite:///"):
+    name = uri.removeprefix("sqlite:///").split("?")[0]
+    if not uri.startswith("sqlite:///") or name in ("", ":memory:"):
         return
-    path = Path(uri.removeprefix("sqlite:///").split("?")[0])
-    if path.exists() or not path.parent.is_dir():
-        return  # an existing store; or a missing folder, which MLflow's error names
+    path = Path(name)
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)  # as MLflow does
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.creating")
     try:
         MlflowClient(f"sqlite:///{tmp}")  # creates (migrates) it, with sqlite's permissions
@@ -113,7 +130,7 @@ def _why(e: BaseException) -> str:
     """A short, credential-free reason for a failed request."""
     text = str(e)
     for needle, reason in (
-        ("Connection refused", "connection refused (is `mlflow server` running there?)"),
+        ("Connection refused", "connection refused (is the server running there?)"),
         ("timed out", f"no answer within {CHECK_TIMEOUT_S} s"),
         ("Name or service not known", "unknown host"),
         ("Failed to resolve", "unknown host"),

@@ -26,15 +26,23 @@ def free_port() -> int:
 
 
 @pytest.mark.parametrize("command", ["train", "compare"])
-def test_unreachable_server_fails_fast_and_keeps_secrets(cli, tmp_path, command):
-    uri = f"http://alice:s3cret@127.0.0.1:{free_port()}"
+@pytest.mark.parametrize(
+    ("store", "what"),
+    [
+        ("http://alice:s3cret@127.0.0.1:{port}", "reach the MLflow tracking server"),
+        ("postgresql://alice:s3cret@127.0.0.1:{port}/mlflow", "use the MLflow tracking store"),
+    ],
+)
+def test_unreachable_store_fails_fast_and_keeps_secrets(cli, tmp_path, command, store, what):
+    uri = store.format(port=free_port())
     args = [command, "--tracking-uri", uri]
     if command == "train":
         args += ["--device", "cpu", "--data-dir", str(tmp_path / "data"), *SMALL]
     started = time.perf_counter()
     result = cli(*args, data=False)
     assert time.perf_counter() - started < 10
-    assert_one_line_error(result, "cannot reach the MLflow tracking server at http://***@127.0.0.1")
+    assert_one_line_error(result, f"cannot {what} at {uri.split(':')[0]}://***@127.0.0.1")
+    assert "connection refused (is the server running there?)" in result.stderr
     assert "s3cret" not in result.stderr + result.stdout
     assert not (tmp_path / "data").exists()  # no training started: not even the data was made
 
