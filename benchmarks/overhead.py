@@ -15,16 +15,19 @@ round's median), peak RSS, and the ratios, with the targets: b/a <= 1.05, c/b >=
 RSS(b) <= RSS(c). With --repeat K it runs b K more times and prints the coefficient of
 variation of the epoch time: the noise floor to set `compare --speed-tolerance` from.
 
-Peak RSS is each process's own high-water mark, VmHWM in /proc/<pid>/status, read by the
-process itself at its end. For b that is the process that trains; its tracking writer
-(pipeline.writer, where MLflow lives) is a process of its own, whose VmHWM is read just before
-it is told to exit, and shown beside it. Not getrusage's or wait4's ru_maxrss: Linux starts a
-new program's ru_maxrss at the high-water mark of the process that spawned it (exec inherits
-it), so every child of this script, which has torch and MLflow loaded, reported about 850 MiB
-whatever it used, and `import torch`'s own children (ldconfig, uname) inflate its parent's.
+Peak RSS is each process's own high-water mark, VmHWM in /proc/<pid>/status: a and c read
+theirs at their end; b's are read by this script while it runs (VmHWM never falls, so the
+last reading is the peak). For b that is the program that trains (`pipeline train` execs
+into pipeline.launch once its options are parsed, and exec starts VmHWM afresh); its tracking
+writer (pipeline.writer, where MLflow lives) is a process of its own, shown beside it. Not
+getrusage's or wait4's ru_maxrss: Linux starts a new program's ru_maxrss at the high-water
+mark of the process that spawned it (exec inherits it), so every child of this script, which
+has torch and MLflow loaded, reported about 850 MiB whatever it used, and `import torch`'s
+own children (ldconfig, uname) inflate its parent's.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -99,28 +102,6 @@ def child(mode: str, epochs: int, data_dir: str) -> None:
     print(json.dumps({"epochs": times, "rss_mib": peak_rss_mib()}))
 
 
-def pipeline_child(argv: list[str]) -> None:
-    """`pipeline train` (as `python -m pipeline` runs it) in this measured process; prints
-    {"rss_mib": this process's peak, "writer_rss_mib": its writer's}."""
-    from pipeline import cli, writer
-
-    peaks = {}
-    close = writer.Writer.close
-
-    def measured_close(self):  # every call is answered by now: the writer's work is done
-        peaks["writer"] = peak_rss_mib(self.proc.pid)
-        close(self)
-
-    writer.Writer.close = measured_close
-    sys.argv = ["pipeline", *argv]
-    try:
-        cli.main()
-    except SystemExit as e:
-        if e.code:
-            raise
-    print(json.dumps({"rss_mib": peak_rss_mib(), "writer_rss_mib": peaks["writer"]}))
-
-
 def loop_ab(data_dir: str, rounds: int) -> dict[str, list[float]]:
     """In one process, alternating: a's bare training epoch against the pipeline's own
     (loops.train_epoch over uint8 TensorBatches, every loss into the LossBuffer). Same process,
@@ -175,25 +156,13 @@ def run_pipeline(epochs: int, data_dir: str, env: dict, extra: list[str]):
     with tempfile.TemporaryDirectory() as tmp:
         store = f"sqlite:///{tmp}/mlflow.db"
         cmd = [
-            sys.executable,
-            __file__,
-            "--child",
-            "pipeline",
-            "train",
-            "--device",
-            "cpu",
-            "--dataset",
-            "synthetic",
-            "--data-dir",
-            data_dir,
-            "--epochs",
-            str(epochs),
-            "--quiet",
-            "--tracking-uri",
-            store,
-            *extra,
+            *(sys.executable, "-m", "pipeline", "train", "--device", "cpu"),
+            *("--dataset", "synthetic", "--data-dir", data_dir, "--epochs", str(epochs)),
+            *("--quiet", "--tracking-uri", store, *extra),
         ]
-        out = measure(cmd, env, cwd=tmp)
+        own, writer = watch_peaks(
+            subprocess.Popen(cmd, env=env, cwd=tmp, text=True, stderr=subprocess.PIPE)
+        )
         client = MlflowClient(store)
         run = client.search_runs(
             [client.get_experiment_by_name("device-comparison").experiment_id]
@@ -201,7 +170,29 @@ def run_pipeline(epochs: int, data_dir: str, env: dict, extra: list[str]):
         history = client.get_metric_history(run.info.run_id, "epoch_time_s")
         assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 938 * epochs
         epochs = [m.value for m in sorted(history, key=lambda m: m.step)]
-        return epochs, (out["rss_mib"], out["writer_rss_mib"])
+        return epochs, (own, writer)
+
+
+def watch_peaks(proc: subprocess.Popen) -> tuple[float, float]:
+    """The peak RSS of `pipeline train` (the program it execs into) and of its writer. VmHWM
+    never falls, so the last reading is the peak. The trainer is read only while its writer
+    lives, that is until its run has ended: not during the interpreter's teardown, which a and
+    c do not count either (it adds about 50 MiB to any process holding torch)."""
+    import psutil
+
+    own = writer = 0.0
+    while proc.poll() is None:
+        # Gone, or a zombie (no VmHWM line): the last reading stands.
+        with contextlib.suppress(FileNotFoundError, IndexError, psutil.NoSuchProcess):
+            children = psutil.Process(proc.pid).children()
+            if children:
+                own = peak_rss_mib(proc.pid)
+                writer = peak_rss_mib(children[0].pid)
+        time.sleep(0.05)
+    _, stderr = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"pipeline train exited {proc.returncode}:\n{stderr}")
+    return own, writer
 
 
 def cv(values: list[float]) -> float:
@@ -209,8 +200,6 @@ def cv(values: list[float]) -> float:
 
 
 def main() -> None:
-    if sys.argv[1:3] == ["--child", "pipeline"]:
-        return pipeline_child(sys.argv[3:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3, help="rounds of a, b, b0, c")

@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
-from pipeline.console import err, out
+from pipeline import launch
+from pipeline.console import out
 from pipeline.errors import UserError
 
 app = typer.Typer(
@@ -98,26 +99,7 @@ def train(
     quiet: Quiet = False,
 ) -> None:
     """Train on one device, testing after every epoch; log one MLflow run."""
-    from pipeline.writer import Writer
-
-    writer = Writer()  # it imports MLflow in a process of its own while this one imports torch
-    from pipeline import data, stages
-
-    cfg = stages.TrainConfig(
-        device=device,
-        data=data.DataSpec(dataset, data_dir, seed, train_size, test_size),
-        hidden=hidden,
-        layers=layers,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        loader=loader,
-        target_accuracy=target_accuracy,
-        system_metrics=system_metrics and system_metrics_interval,
-    )
-    target = stages.Target(experiment, tracking_uri, run_name, host)
-    _run_stage(lambda: stages.train(cfg, target, writer, quiet))
+    launch.start("train", locals())  # every option, as Typer parsed and checked it
 
 
 @app.command()
@@ -135,30 +117,7 @@ def test(
     quiet: Quiet = False,
 ) -> None:
     """Evaluate a logged model on a device (perhaps not the one it was trained on)."""
-    from pipeline.writer import Writer
-
-    writer = Writer()  # as in train
-    from pipeline import stages
-
-    target = stages.Target(experiment, tracking_uri, run_name, host)
-    _run_stage(lambda: stages.test(model_uri, device, data_dir, batch_size, target, writer, quiet))
-
-
-def _run_stage(stage) -> None:
-    from pipeline import stages
-    from pipeline.writer import TrackingError
-
-    try:
-        stage()
-    except stages.Interrupted as e:
-        err.print(f"{e}: run ended as KILLED, metrics logged so far kept")
-        raise typer.Exit(e.code) from None
-    except stages.Diverged as e:
-        err.print(f"error: {e}; run ended as FAILED")
-        raise typer.Exit(1) from None
-    except TrackingError as e:
-        err.print(f"error: {e}", markup=False)
-        raise typer.Exit(1) from None
+    launch.start("test", locals())
 
 
 @app.command("compare")
@@ -275,7 +234,9 @@ def sweep(
         seed=seed,
     )
     target = stages.Target(experiment, tracking_uri, run_name, host)
-    _run_stage(lambda: sweeping.run(grid, base, target, strict, resume))
+    code = launch.exit_status(lambda: sweeping.run(grid, base, target, strict, resume))
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command("devices")

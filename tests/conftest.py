@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline import launch
+
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 for var in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID", "PIPELINE_HOST"):
     os.environ.pop(var, None)
@@ -48,6 +50,9 @@ def client(store):
 def cli(store, data_dir, capsys, monkeypatch, tmp_path):
     """Run `python -m pipeline ...` in this process against the test's store."""
     monkeypatch.chdir(tmp_path)  # artifacts (./mlruns) stay inside the test's folder
+    # train and test run here instead of in a program of their own (exec): tests patch this
+    # process. Tests that start real processes (run_process, pipeline_process) get the exec.
+    monkeypatch.setattr(launch, "IN_PROCESS", True)
 
     def run(*args: str, data: bool = True) -> Result:
         from pipeline import cli as cli_module

@@ -1,10 +1,12 @@
 """Measurement quality: the instrument stays out of the measured process, warm-up kept out of
 the throughput, time to accuracy."""
 
-import sys
+import json
+import os
+from pathlib import Path
 
 import pytest
-from conftest import SMALL, only_run, run_process
+from conftest import SMALL, only_run, pipeline_process
 
 from pipeline import loops, stages
 from pipeline.schema import Metrics, Params
@@ -51,33 +53,37 @@ def test_time_to_target_is_absent_when_never_reached(cli, client):
     assert Metrics.TIME_TO_TARGET_S not in only_run(client).data.metrics
 
 
-def test_the_training_process_never_imports_mlflow(store, client, data_dir, tmp_path):
-    """MLflow and what it brings (pandas, pyarrow, SQLAlchemy, matplotlib) live in the writer
-    process; the process that trains holds torch, torchvision and the CLI, as the quickstart's
-    own process would."""
-    script = (
-        "import sys\n"
-        "from pipeline import cli\n"
-        "try:\n"
-        "    cli.main()\n"
-        "finally:\n"
-        "    print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))\n"
+def test_the_training_process_holds_neither_mlflow_nor_the_cli(store, client, data_dir, tmp_path):
+    """The program that trains (pipeline.launch, which the CLI execs once the options are
+    parsed) holds torch and torchvision, as the quickstart's own process would: MLflow and what
+    it brings live in the writer process, and Typer and its pydantic stayed in the CLI."""
+    hook = tmp_path / "hook"  # every Python program started below records its modules at exit
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import atexit, json, os, sys\n"
+        "def record():\n"
+        "    with open(os.environ['MODULES_LOG'], 'a') as f:\n"
+        "        names = sorted({m.split('.')[0] for m in sys.modules})\n"
+        "        f.write(json.dumps([sys.argv[0], names]) + '\\n')\n"
+        "atexit.register(record)\n"
     )
-    args = ("train", "--device", "cpu", *SMALL, "--epochs", "1", "--quiet")
-    result = run_process(
-        sys.executable,
-        "-c",
-        script,
-        *args,
-        "--data-dir",
-        str(data_dir),
-        "--tracking-uri",
-        store,
+    log = tmp_path / "modules.jsonl"
+    paths = os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")]))
+    result = pipeline_process(
+        *("train", "--device", "cpu", *SMALL, "--epochs", "1", "--quiet"),
+        *("--data-dir", str(data_dir), "--tracking-uri", store),
+        env={"PYTHONPATH": paths, "MODULES_LOG": str(log)},
         cwd=tmp_path,
     )
     assert result.code == 0, result.stderr
-    modules = set(result.stdout.split())
-    assert {"torch", "torchvision", "typer"} <= modules
-    assert not modules & {"mlflow", "pandas", "pyarrow", "sqlalchemy", "alembic", "matplotlib"}
+    programs = {
+        Path(argv0).name: set(modules)
+        for argv0, modules in map(json.loads, log.read_text().splitlines())
+    }
+    trainer = programs["launch.py"]
+    assert {"torch", "torchvision", "pipeline"} <= trainer
+    assert not trainer & {"mlflow", "pandas", "pyarrow", "sqlalchemy", "alembic", "matplotlib"}
+    assert not trainer & {"typer", "click", "pydantic"}
+    assert "mlflow" in programs["writer.py"]  # the hook saw the other programs too
     run = only_run(client)
     assert run.info.status == "FINISHED" and Metrics.TEST_ACCURACY in run.data.metrics
