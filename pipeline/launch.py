@@ -1,11 +1,11 @@
 """Where `train` and `test` run: a program without the command line.
 
 Once Typer has parsed and checked the options, `pipeline train` and `pipeline test` replace
-their program (exec) with `python -m pipeline.launch STAGE OPTIONS-AS-JSON`. The process id
-stays, so signals, exit codes and `mlflow run` see no difference, but the program that trains
-never loads Typer, click or pydantic (which Typer loads to convert options): 8 MiB less in the
-process being measured (benchmarks/cli_memory.py). The CLI imports this module before the
-exec, so it imports neither those nor torch at the top.
+their program (exec) with `python -m pipeline.launch STAGE`, the options in its environment
+as JSON. The process id stays, so signals, exit codes and `mlflow run` see no difference, but
+the program that trains never loads Typer, click or pydantic (which Typer loads to convert
+options): 8 MiB less in the process being measured (benchmarks/cli_memory.py). The CLI
+imports this module before the exec, so it imports neither those nor torch at the top.
 """
 
 import json
@@ -19,6 +19,7 @@ from pipeline.errors import UserError
 
 # Windows has no exec that keeps the process; the tests set it to run the stage in theirs.
 IN_PROCESS = os.name == "nt"
+OPTIONS_VAR = "PIPELINE_STAGE_OPTIONS"
 
 
 def start(stage: str, options: dict) -> None:
@@ -31,8 +32,10 @@ def start(stage: str, options: dict) -> None:
         return
     sys.stdout.flush()
     sys.stderr.flush()
-    args = [sys.executable, "-m", "pipeline.launch", stage, json.dumps(options, default=str)]
-    os.execv(sys.executable, args)
+    # In the environment, not on the command line: `ps` shows every user the command line,
+    # and the tracking URI may hold a password.
+    env = {**os.environ, OPTIONS_VAR: json.dumps(options, default=str)}
+    os.execve(sys.executable, [sys.executable, "-m", "pipeline.launch", stage], env)
 
 
 def run(stage: str, options: dict) -> int:
@@ -110,4 +113,4 @@ STAGES = {"train": _train, "test": _test}
 
 
 if __name__ == "__main__":
-    sys.exit(run(sys.argv[1], json.loads(sys.argv[2])))
+    sys.exit(run(sys.argv[1], json.loads(os.environ.pop(OPTIONS_VAR))))

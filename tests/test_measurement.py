@@ -64,7 +64,7 @@ def test_the_training_process_holds_neither_mlflow_nor_the_cli(store, client, da
         "def record():\n"
         "    with open(os.environ['MODULES_LOG'], 'a') as f:\n"
         "        names = sorted({m.split('.')[0] for m in sys.modules})\n"
-        "        f.write(json.dumps([sys.argv[0], names]) + '\\n')\n"
+        "        f.write(json.dumps([sys.argv, names]) + '\\n')\n"
         "atexit.register(record)\n"
     )
     log = tmp_path / "modules.jsonl"
@@ -76,10 +76,10 @@ def test_the_training_process_holds_neither_mlflow_nor_the_cli(store, client, da
         cwd=tmp_path,
     )
     assert result.code == 0, result.stderr
-    programs = {
-        Path(argv0).name: set(modules)
-        for argv0, modules in map(json.loads, log.read_text().splitlines())
-    }
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    programs = {Path(argv[0]).name: set(modules) for argv, modules in records}
+    (trainer_argv,) = [argv for argv, _ in records if argv[0].endswith("launch.py")]
+    assert trainer_argv[1:] == ["train"]  # its options, the tracking URI among them, not in `ps`
     trainer = programs["launch.py"]
     assert {"torch", "torchvision", "pipeline"} <= trainer
     assert not trainer & {"mlflow", "pandas", "pyarrow", "sqlalchemy", "alembic", "matplotlib"}
