@@ -91,7 +91,7 @@ def connect(tracking_uri: str | None) -> MlflowClient:
     try:
         _create_sqlite_store(uri)
         with _fail_fast(uri):
-            client = MlflowClient()  # connects to a database store
+            client = MlflowClient()  # a database store is connected to here
             client.search_experiments(max_results=1)
     except Exception as e:
         if uri.startswith(("http://", "https://")):

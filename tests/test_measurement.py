@@ -76,14 +76,14 @@ def test_the_training_process_holds_neither_mlflow_nor_the_cli(store, client, da
         cwd=tmp_path,
     )
     assert result.code == 0, result.stderr
-    records = [json.loads(line) for line in log.read_text().splitlines()]
-    programs = {Path(argv[0]).name: set(modules) for argv, modules in records}
-    (trainer_argv,) = [argv for argv, _ in records if argv[0].endswith("launch.py")]
+    programs = {}  # the program's file name: (its argv, its top-level modules)
+    for argv, modules in map(json.loads, log.read_text().splitlines()):
+        programs[Path(argv[0]).name] = argv, set(modules)
+    trainer_argv, trainer = programs["launch.py"]
     assert trainer_argv[1:] == ["train"]  # its options, the tracking URI among them, not in `ps`
-    trainer = programs["launch.py"]
     assert {"torch", "torchvision", "pipeline"} <= trainer
     assert not trainer & {"mlflow", "pandas", "pyarrow", "sqlalchemy", "alembic", "matplotlib"}
     assert not trainer & {"typer", "click", "pydantic"}
-    assert "mlflow" in programs["writer.py"]  # the hook saw the other programs too
+    assert "mlflow" in programs["writer.py"][1]  # the hook saw the other programs too
     run = only_run(client)
     assert run.info.status == "FINISHED" and Metrics.TEST_ACCURACY in run.data.metrics
