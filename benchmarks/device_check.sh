@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The same workload on a CUDA GPU and on the CPU of one machine, then compare.
 #   bash benchmarks/device_check.sh [OUTPUT_DIR]
-# Writes the log, findings.json, report.md and the group plots into OUTPUT_DIR (default: $OUT,
-# else ./device-check). Synthetic data, so it runs offline.
+# Writes the log, findings.json, report.md, the group plots and the sqlite store (mlflow.db,
+# mlruns/) into OUTPUT_DIR (default: $OUT, else ./device-check). Synthetic data, so it runs
+# offline.
 set -uo pipefail
 out=${1:-${OUT:-device-check}}
 mkdir -p "$out"
@@ -21,7 +22,7 @@ common=(--dataset synthetic --data-dir "$work/data" --target-accuracy 0.9)
   cpu_run=$($py - <<'PY'
 from mlflow import MlflowClient
 c = MlflowClient()
-exp = c.get_experiment_by_name("device-comparison").experiment_id
+exp = "0"  # Default: where runs go when none is named
 print(c.search_runs([exp], "attributes.run_name = 'cpu-tensors'")[0].info.run_id)
 PY
 )
@@ -29,5 +30,6 @@ PY
   $py -m pipeline compare --output-json "$out/findings.json" --output-dir "$work/report"
   echo "compare exit code: $?"
 } 2>&1 | tee "$out/log.txt"
-cp "$work"/report/report.md "$work"/report/group-*.png "$out"/ 2>/dev/null
+cp "$work"/report/report.md "$work"/report/group-*.png "$work"/mlflow.db "$out"/ 2>/dev/null
+cp -r "$work"/mlruns "$out"/ 2>/dev/null  # the artifacts, for `mlflow ui` on the store
 ls "$out"

@@ -4,7 +4,6 @@ import os
 import struct
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -14,12 +13,10 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import datasets
 from torchvision.transforms import ToTensor
 
+from pipeline.config import DataSpec
 from pipeline.errors import UserError
 
-DATASETS = ("fashion-mnist", "mnist", "synthetic")
-LOADERS = ("tensors", "dataloader")
 NUM_CLASSES = 10
-IMAGE_SHAPE = (1, 28, 28)
 
 
 class SyntheticFashionMNIST(datasets.FashionMNIST):
@@ -33,15 +30,6 @@ TORCHVISION = {
     "mnist": datasets.MNIST,
     "synthetic": SyntheticFashionMNIST,
 }
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    name: str = "fashion-mnist"
-    data_dir: Path = Path("data")
-    seed: int = 0
-    train_size: int | None = None  # None: the whole data set (synthetic: 60,000)
-    test_size: int | None = None  # None: the whole data set (synthetic: 10,000)
 
 
 def load(spec: DataSpec, train: bool, transform=None) -> torch.utils.data.Dataset:

@@ -6,8 +6,6 @@ import math
 import torch
 from torch import nn
 
-MODELS = ("mlp",)
-
 
 def build(
     model: str = "mlp", hidden: int = 512, layers: int = 2, num_classes: int = 10

@@ -24,16 +24,16 @@ class Params:
 
 # Runs are comparable when all their params except these are equal. `mlflow run` also logs its
 # -P values, among them where data and runs go, which say nothing about the workload.
-NOT_GROUPING_PARAMS = frozenset(
-    {Params.DEVICE, Params.TARGET_ACCURACY, "data_dir", "experiment", "model_uri"}
-)
+NOT_GROUPING_PARAMS = frozenset({Params.DEVICE, Params.TARGET_ACCURACY, "data_dir", "model_uri"})
 
 
 class Tags:
+    DEVICE = "pipeline.device"  # the device that ran: cpu, cuda:0, mps (the param may say auto)
     DEVICE_TYPE = "pipeline.device_type"  # cpu, cuda or mps
     DEVICE_NAME = "pipeline.device_name"  # GPU, SoC or CPU model
     HOST = "pipeline.host"
-    STAGE = "pipeline.stage"  # train, test, compare
+    PID = "pipeline.pid"  # the process that logs the run: a dead one's RUNNING run is closed
+    STAGE = "pipeline.stage"  # train, test, compare, sweep
     TORCH_VERSION = "pipeline.torch_version"
     TORCH_CUDA = "pipeline.torch_cuda"
     PYTHON_VERSION = "pipeline.python_version"
@@ -44,6 +44,7 @@ class Tags:
     SOURCE_RUN_ID = "pipeline.source_run_id"  # test runs: the run that trained the model
     FAILURE_REASON = "pipeline.failure_reason"
     FLAGS = "pipeline.flags"  # set by compare: comma-separated finding kinds
+    VERDICT = "pipeline.verdict"  # compare runs: flagged or clean
     NOTE = "mlflow.note.content"  # the run's description in the MLflow UI
     PARENT = "mlflow.parentRunId"  # a sweep's children: the UI nests them under the parent
 
@@ -63,7 +64,7 @@ class Metrics:
     FIRST_EPOCH_TIME_S = "first_epoch_time_s"
     TRAIN_TIME_S = "train_time_s"  # total of the training passes
     EVAL_TIME_S = "eval_time_s"  # total of the test passes
-    WALL_TIME_S = "wall_time_s"  # the whole command: set-up, data loading, training, logging
+    WALL_TIME_S = "wall_time_s"  # from the process's start to this metric, the run's last
     SAMPLES_PER_S = "samples_per_s"  # steady-state training throughput (epochs after the first)
     TIME_TO_TARGET_S = "time_to_target_s"
     PARITY_MAX_ABS_LOGIT_DIFF = "parity_max_abs_logit_diff"

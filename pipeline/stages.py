@@ -1,116 +1,24 @@
-"""The train and test stages: data + model + loops, each logged as one MLflow run.
-
-This process does the work and never imports MLflow: a stage's tracking happens in a writer
-process of its own (pipeline.writer), which is sent plain data."""
+"""The train and test stages: data + model + loops, each logged as one MLflow run from the
+process that does the work."""
 
 import json
 import math
-import signal
-import socket
+import os
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from contextlib import nullcontext
 from pathlib import Path
 
+import psutil
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pipeline import data, devices, loops, model
+from pipeline import data, devices, loops, model, plots, tracking
+from pipeline.config import Target, TrainConfig
 from pipeline.console import err, out
-from pipeline.data import DataSpec
 from pipeline.errors import UserError
+from pipeline.lifecycle import Diverged, interrupts_requested, run_closed
 from pipeline.schema import Metrics, Params, Stages, Tags
-from pipeline.writer import RemoteRun, TrackingError, Writer
-
-
-@dataclass
-class Target:
-    """Where a run is logged."""
-
-    experiment: str = "device-comparison"
-    tracking_uri: str | None = None
-    run_name: str | None = None
-    host: str | None = None  # None: this machine's host name
-    parent_run_id: str | None = None  # a sweep's parent run
-
-
-@dataclass
-class TrainConfig:
-    device: str = "auto"
-    data: DataSpec = field(default_factory=DataSpec)
-    model: str = "mlp"
-    hidden: int = 512
-    layers: int = 2
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
-    seed: int = 0
-    loader: str = "tensors"
-    target_accuracy: float | None = None
-    system_metrics: float = 1.0  # seconds between system-metrics samples; 0: none
-
-    @property
-    def model_config(self) -> dict:
-        return {"model": self.model, "hidden": self.hidden, "layers": self.layers}
-
-
-class Interrupted(Exception):
-    """SIGINT or SIGTERM arrived; `code` is the exit status to leave with (130 or 143)."""
-
-    def __init__(self, code: int):
-        super().__init__(f"interrupted by {'SIGINT' if code == 130 else 'SIGTERM'}")
-        self.code = code
-
-
-class StopRequest:
-    """Set by SIGINT or SIGTERM; the loops stop at the next batch, never in the middle of a
-    write to the tracking store. A second signal stops at once."""
-
-    def __init__(self):
-        self.code: int | None = None
-
-    def handle(self, signum, frame) -> None:
-        if self.code is not None:
-            raise Interrupted(self.code)
-        self.code = 130 if signum == signal.SIGINT else 143
-
-    def check(self) -> None:
-        if self.code is not None:
-            raise Interrupted(self.code)
-
-
-@contextmanager
-def interrupts_requested() -> Iterator[StopRequest]:
-    """Catch SIGINT and SIGTERM for the duration, so that a run can be closed cleanly."""
-    stop = StopRequest()
-    saved = {s: signal.signal(s, stop.handle) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for s, h in saved.items():
-            signal.signal(s, h)
-
-
-@contextmanager
-def run_closed(run, before_kill=lambda: None) -> Iterator[StopRequest]:
-    """Whatever happens inside, the run (a tracking.Run or a RemoteRun) ends FINISHED, FAILED
-    or KILLED, with the reason."""
-    try:
-        with interrupts_requested() as stop:
-            yield stop
-    except Interrupted as e:
-        before_kill()
-        run.set_tags({Tags.FAILURE_REASON: str(e)})
-        run.end("KILLED")
-        raise
-    except BaseException as e:
-        reason = str(e) if isinstance(e, Diverged) else f"{type(e).__name__}: {e}"
-        run.set_tags({Tags.FAILURE_REASON: reason[:5000]})
-        run.end("FAILED")
-        raise
-    run.end("FINISHED")
 
 
 def train_params(cfg: TrainConfig, device: torch.device, train_size: int, test_size: int) -> dict:
@@ -137,9 +45,10 @@ def train_params(cfg: TrainConfig, device: torch.device, train_size: int, test_s
 def device_tags(device: torch.device, stage: str, host: str | None) -> dict[str, str]:
     return {
         Tags.STAGE: stage,
+        Tags.DEVICE: str(device),
         Tags.DEVICE_TYPE: device.type,
         Tags.DEVICE_NAME: devices.name(device),
-        Tags.HOST: host or socket.gethostname(),
+        Tags.HOST: tracking.host_name(host),
         Tags.TORCH_VERSION: torch.__version__,
         Tags.TORCH_CUDA: torch.version.cuda or "none",
     }
@@ -147,6 +56,18 @@ def device_tags(device: torch.device, stage: str, host: str | None) -> dict[str,
 
 def default_run_name(cfg: TrainConfig, device: torch.device) -> str:
     return f"{device.type}-{cfg.data.name}-{cfg.model}{cfg.hidden}x{cfg.layers}-bs{cfg.batch_size}"
+
+
+def seconds_since_process_start() -> float:
+    """Wall time since the operating system started this process, imports included. On Linux
+    from the kernel's own clocks (to 10 ms; psutil's start time rests on a boot time rounded
+    to the second); elsewhere from psutil."""
+    try:
+        stat = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - int(stat[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime
+    except OSError:
+        return time.time() - psutil.Process().create_time()
 
 
 def progress_bar(enabled: bool):
@@ -162,30 +83,32 @@ def progress_bar(enabled: bool):
     )
 
 
-def train(
-    cfg: TrainConfig, target: Target, writer: Writer | None = None, quiet: bool = False
-) -> str:
-    """Train and test on one device, log one run through `writer` (a new one by default, which
-    this closes); return the run's id.
+def train(cfg: TrainConfig, target: Target, quiet: bool = False) -> str:
+    """Train and test on one device, log one run; return the run's id.
 
     Raises UserError before anything is logged when the device, the tracking store or the
     data is not usable. Once the run exists it always ends FINISHED, FAILED or KILLED.
     """
-    started = time.perf_counter()
-    with writer or Writer() as writer:
-        device = devices.resolve(cfg.device)
-        writer.call("connect", target.tracking_uri, target.experiment)
-        train_batches = data.batches(cfg.data, True, cfg.loader, cfg.batch_size, device)
-        test_batches = data.batches(cfg.data, False, cfg.loader, cfg.batch_size, device)
-        net = model.initialised(cfg.model_config, cfg.seed, device)
-        losses = loops.LossBuffer(len(train_batches), device)
+    device = devices.resolve(cfg.device)
+    client, experiment_id = tracking.open_experiment(
+        target.tracking_uri, target.experiment, target.host
+    )
+    train_batches = data.batches(cfg.data, True, cfg.loader, cfg.batch_size, device)
+    test_batches = data.batches(cfg.data, False, cfg.loader, cfg.batch_size, device)
+    net = model.initialised(cfg.model_config, cfg.seed, device)
+    losses = loops.LossBuffer(len(train_batches), device)
 
-        tags = device_tags(device, Stages.TRAIN, target.host)
-        if target.parent_run_id:
-            tags[Tags.PARENT] = target.parent_run_id
-        name = default_run_name(cfg, device)
-        run = writer.start_run(target.run_name, name, tags, cfg.system_metrics)
-        with run_closed(run, before_kill=lambda: _flush_losses(run, losses)) as stop:
+    tags = device_tags(device, Stages.TRAIN, target.host)
+    if target.parent_run_id:
+        tags[Tags.PARENT] = target.parent_run_id
+    name = target.run_name or tracking.unique_run_name(
+        client, experiment_id, default_run_name(cfg, device)
+    )
+    with interrupts_requested() as stop:
+        run = tracking.Run.start(client, experiment_id, name, tags, join=not target.parent_run_id)
+        if cfg.system_metrics:
+            run.start_system_metrics(cfg.system_metrics)
+        with run_closed(run, stop, before_kill=lambda: _flush_losses(run, losses)):
             params = train_params(cfg, device, train_batches.num_samples, test_batches.num_samples)
             run.log_params(params)
             summary, epochs, all_losses = _train_loop(
@@ -193,20 +116,25 @@ def train(
             )
             summary |= parity_probe(net, cfg.model_config, device, test_batches)
             _log_model(run, net, cfg, device)
-            run.log_curves(all_losses, [(e.epoch, e.test_accuracy, e.test_loss) for e in epochs])
-            summary[Metrics.WALL_TIME_S] = time.perf_counter() - started
-            run.log_metrics(summary)
+            _log_curves(run, all_losses, epochs, name)
             run.set_tags({Tags.NOTE: describe_run(params, tags, summary, epochs[-1])})
+            run.log_metrics(summary)
+            summary[Metrics.WALL_TIME_S] = seconds_since_process_start()
+            run.log_metrics({Metrics.WALL_TIME_S: summary[Metrics.WALL_TIME_S]})
     if not quiet:
         _print_summary(run.run_id, summary)
     return run.run_id
 
 
-class Diverged(Exception):
-    """The loss became NaN or infinite; the run is stopped and marked FAILED."""
+def _log_curves(run: tracking.Run, losses: list[float], epochs: list[loops.Epoch], title: str):
+    """curves.png: every batch's loss, and each epoch's test accuracy and loss."""
+    with tempfile.TemporaryDirectory() as tmp:
+        points = [(e.epoch, e.test_accuracy, e.test_loss) for e in epochs]
+        plots.plot_run(losses, points, title, Path(tmp) / "curves.png")
+        run.log_artifacts(Path(tmp))
 
 
-def _flush_losses(run: RemoteRun, losses: loops.LossBuffer) -> list[float]:
+def _flush_losses(run: tracking.Run, losses: loops.LossBuffer) -> list[float]:
     first_step, values = losses.drain()
     if values:
         run.log_series(Metrics.TRAIN_LOSS, first_step, values)
@@ -245,8 +173,7 @@ def _train_loop(cfg, device, net, train_batches, test_batches, losses, run, quie
                 step=ep.epoch,
             )
             # The epoch's writes are done before the next epoch's clock starts: MLflow never
-            # competes with the timed work for the CPU. A write that failed stops the run here.
-            run.writer.wait()
+            # competes with the timed work for the CPU.
             stop.check()
             epochs.append(ep)
             bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
@@ -339,7 +266,7 @@ def parity_probe(net: torch.nn.Module, config: dict, device: torch.device, batch
 MODEL_ARTIFACT = "model"
 
 
-def _log_model(run: RemoteRun, net: torch.nn.Module, cfg: TrainConfig, device) -> None:
+def _log_model(run: tracking.Run, net: torch.nn.Module, cfg: TrainConfig, device) -> None:
     """The final weights (a state dict, device-independent) and what rebuilds the model."""
     config = {
         "run_id": run.run_id,
@@ -379,28 +306,29 @@ def test(
     data_dir: Path,
     batch_size: int,
     target: Target,
-    writer: Writer | None = None,
     quiet: bool = False,
 ) -> str:
     """Evaluate a logged model on a device; log a run of stage `test` pointing at its source."""
-    started = time.perf_counter()
-    with writer or Writer() as writer:
-        device = devices.resolve(device_spec)
-        writer.call("connect", target.tracking_uri, target.experiment)
-        net, config = load_model(Path(writer.call("download", model_uri)), device)
-        spec = data.DataSpec(data_dir=data_dir, **config["data"])
-        test_batches = data.batches(spec, False, "tensors", batch_size, device)
+    device = devices.resolve(device_spec)
+    client, experiment_id = tracking.open_experiment(
+        target.tracking_uri, target.experiment, target.host
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        net, config = load_model(tracking.download(model_uri, Path(tmp)), device)
+    spec = data.DataSpec(data_dir=data_dir, **config["data"])
+    test_batches = data.batches(spec, False, "tensors", batch_size, device)
 
-        source_id = config["run_id"]
-        try:
-            params = writer.call("run_params", source_id)
-        except TrackingError:  # the source run is in another store: its config says enough
-            params = {}
-        params[Params.DEVICE] = str(device)
-        tags = device_tags(device, Stages.TEST, target.host) | {Tags.SOURCE_RUN_ID: source_id}
-        name = f"test-{device.type}-of-{config['trained_on']}-{source_id[:8]}"
-        run = writer.start_run(target.run_name, name, tags, system_metrics=0)
-        with run_closed(run) as stop:
+    source_id = config["run_id"]
+    # the source run may be in another store: its config says enough then
+    params = tracking.params_of(client, source_id) or {}
+    params[Params.DEVICE] = str(device)
+    tags = device_tags(device, Stages.TEST, target.host) | {Tags.SOURCE_RUN_ID: source_id}
+    name = target.run_name or tracking.unique_run_name(
+        client, experiment_id, f"test-{device}-of-{config['trained_on']}-{source_id[:8]}"
+    )
+    with interrupts_requested() as stop:
+        run = tracking.Run.start(client, experiment_id, name, tags)
+        with run_closed(run, stop):
             run.log_params(params)
             devices.synchronize(device)
             t0 = time.perf_counter()
@@ -415,10 +343,9 @@ def test(
                 {
                     **parity_probe(net, config["model"], device, test_batches),
                     Metrics.EVAL_TIME_S: eval_time,
-                    Metrics.WALL_TIME_S: time.perf_counter() - started,
                 }
             )
-            stop.check()
+            run.log_metrics({Metrics.WALL_TIME_S: seconds_since_process_start()})
     if not quiet:
         out.print(
             f"run {run.run_id}: model of run {source_id} on {device}: "

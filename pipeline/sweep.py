@@ -1,17 +1,23 @@
 """The sweep: every device against every workload size, as child runs of one parent run, and
 where each accelerator starts to beat the CPU."""
 
+import contextlib
 import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import mlflow
 from mlflow import MlflowClient
-from rich.table import Table
 
-from pipeline import console, devices, report, stages, tracking
+from pipeline import config, console, devices, plots, render, tracking
+from pipeline.config import Target, TrainConfig
 from pipeline.errors import UserError
+from pipeline.lifecycle import interrupts_requested, run_closed
 from pipeline.schema import Metrics, Params, Stages, Tags
 
 
@@ -57,57 +63,88 @@ def workload_flops(batch_size: int, hidden: int, layers: int) -> int:
     return batch_size * (784 * hidden + hidden * hidden * (layers - 1) + hidden * 10)
 
 
-def run(
+def sweep(
     grid: Grid,
-    base: stages.TrainConfig,
-    target: stages.Target,
+    base: TrainConfig,
+    target: Target,
     strict: bool = False,
     resume: str | None = None,
+    quiet: bool = False,
 ) -> str:
-    """Run every (device, batch size, width) not yet finished, one at a time; summarise.
+    """Run every (device, batch size, width) not yet finished, one at a time, each as a child
+    `train` process of its own under one parent run; summarise.
 
     Usage errors (a device missing under --strict, a parent that is not a sweep) are raised
     before anything is written."""
-    client = tracking.connect(target.tracking_uri)
+    client, experiment_id = tracking.open_experiment(
+        target.tracking_uri, target.experiment, target.host
+    )
     if resume:
         grid, base = _resumable(client, resume, base)
     device_list = usable_devices(grid.devices, strict)
-    if resume:
-        client.update_run(resume, status="RUNNING")
-        parent = tracking.Run(client, resume)
-    else:
-        experiment_id = tracking.experiment_id(client, target.experiment)
-        parent = tracking.Run.start(
-            client,
-            experiment_id,
-            target.run_name or tracking.unique_run_name(client, experiment_id, "sweep"),
-            {Tags.STAGE: Stages.SWEEP, **tracking.environment_tags()},
-        )
-        parent.log_params({**grid.as_params(), **base_params(base)})
-    with stages.run_closed(parent) as stop:
-        done = finished_children(client, parent.run_id)
-        for device in device_list:
-            for hidden in grid.hidden:
-                for batch_size in grid.batch_sizes:
-                    stop.check()  # a signal between two children stops here
-                    what = f"{device} batch {batch_size} hidden {hidden}"
-                    if (device, str(batch_size), str(hidden)) in done:
-                        console.err.print(f"already done: {what}")
-                        continue
-                    cfg = replace(base, device=device, batch_size=batch_size, hidden=hidden)
-                    child_target = replace(target, run_name=None, parent_run_id=parent.run_id)
-                    try:
-                        child = stages.train(cfg, child_target, quiet=True)
-                    except stages.Diverged as e:  # one bad size does not stop the sweep
-                        console.err.print(f"{what}: {e}")
-                        continue
-                    console.err.print(f"{what}: run {child} finished")
-        summary = summarise(client, parent.run_id, base.layers)
-        _log_summary(parent, summary)
+    with interrupts_requested() as stop:
+        if resume:
+            client.update_run(resume, status="RUNNING")
+            parent = tracking.Run(client, resume)
+            experiment_id = client.get_run(resume).info.experiment_id
+        else:
+            name = target.run_name or tracking.unique_run_name(client, experiment_id, "sweep")
+            tags = {Tags.STAGE: Stages.SWEEP, Tags.HOST: tracking.host_name(target.host)}
+            parent = tracking.Run.start(client, experiment_id, name, tags)
+            parent.log_params({**grid.as_params(), **base_params(base)})
+            experiment_id = client.get_run(parent.run_id).info.experiment_id  # mlflow run's
+        with run_closed(parent, stop):
+            done = finished_children(client, parent.run_id)
+            for device in device_list:
+                for hidden in grid.hidden:
+                    for batch_size in grid.batch_sizes:
+                        stop.check()  # a signal between two children stops here
+                        what = f"{device} batch {batch_size} hidden {hidden}"
+                        if (device, str(batch_size), str(hidden)) in done:
+                            console.err.print(f"already done: {what}")
+                            continue
+                        cfg = replace(base, device=device, batch_size=batch_size, hidden=hidden)
+                        code = _train_child(cfg, target, parent.run_id, experiment_id, stop)
+                        stop.check()
+                        if not quiet or code:
+                            outcome = "finished" if code == 0 else f"failed (exit code {code})"
+                            console.err.print(f"{what}: {outcome}")
+            summary = summarise(client, parent.run_id, base.layers)
+            _log_summary(parent, summary, quiet)
     return parent.run_id
 
 
-def base_params(base: stages.TrainConfig) -> dict[str, object]:
+def child_command(cfg: TrainConfig, target: Target, parent_id: str) -> list[str]:
+    """`python -m pipeline train` for one combination, under the parent run."""
+    args = [sys.executable, "-m", "pipeline", "train", "--quiet", *config.train_args(cfg)]
+    args += ["--parent-run-id", parent_id]
+    return args + (["--host", target.host] if target.host else [])
+
+
+def _train_child(cfg, target: Target, parent_id: str, experiment_id: str, stop) -> int:
+    """Train one combination in a fresh process (no warm caches, allocator or CUDA context
+    carried over from the one before); return its exit code. A signal for the sweep is passed
+    on to the child, which ends its own run KILLED."""
+    env = {k: v for k, v in os.environ.items() if k not in CHILD_UNSET}
+    # In the environment, not on the command line, which `ps` shows to everyone.
+    env["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
+    env["MLFLOW_EXPERIMENT_ID"] = experiment_id
+    child = subprocess.Popen(child_command(cfg, target, parent_id), env=env)
+    while True:
+        try:
+            return child.wait(timeout=0.2)
+        except subprocess.TimeoutExpired:
+            if stop.signal is not None and child.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.send_signal(stop.signal)
+                return child.wait()
+
+
+# The child is a run of its own in the parent's experiment, whatever named ours.
+CHILD_UNSET = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID")
+
+
+def base_params(base: TrainConfig) -> dict[str, object]:
     """What every child shares, logged on the parent so that --resume can rebuild it."""
     return {
         Params.DATASET: base.data.name,
@@ -120,7 +157,7 @@ def base_params(base: stages.TrainConfig) -> dict[str, object]:
     }
 
 
-def base_from_params(p: dict[str, str], base: stages.TrainConfig) -> stages.TrainConfig:
+def base_from_params(p: dict[str, str], base: TrainConfig) -> TrainConfig:
     def size(key: str) -> int | None:
         return None if p[key] == "all" else int(p[key])
 
@@ -141,7 +178,7 @@ def base_from_params(p: dict[str, str], base: stages.TrainConfig) -> stages.Trai
     )
 
 
-def _resumable(client: MlflowClient, run_id: str, base: stages.TrainConfig):
+def _resumable(client: MlflowClient, run_id: str, base: TrainConfig):
     """The grid and shared settings of the sweep to resume, read from its parent run."""
     try:
         run = client.get_run(run_id)
@@ -168,7 +205,7 @@ def children(client: MlflowClient, parent_id: str) -> list:
 def finished_children(client: MlflowClient, parent_id: str) -> set[tuple[str, str, str]]:
     return {
         (
-            r.data.params[Params.DEVICE],
+            r.data.tags.get(Tags.DEVICE) or r.data.params[Params.DEVICE],
             r.data.params[Params.BATCH_SIZE],
             r.data.params[Params.HIDDEN],
         )
@@ -184,9 +221,8 @@ def summarise(client: MlflowClient, parent_id: str, layers: int) -> dict:
         if r.info.status != "FINISHED" or Metrics.SAMPLES_PER_S not in r.data.metrics:
             continue
         key = (int(r.data.params[Params.HIDDEN]), int(r.data.params[Params.BATCH_SIZE]))
-        rows.setdefault(key, {})[r.data.params[Params.DEVICE]] = r.data.metrics[
-            Metrics.SAMPLES_PER_S
-        ]
+        device = r.data.tags.get(Tags.DEVICE) or r.data.params[Params.DEVICE]  # what ran
+        rows.setdefault(key, {})[device] = r.data.metrics[Metrics.SAMPLES_PER_S]
     return crossover_table(rows, layers)
 
 
@@ -224,62 +260,20 @@ def crossover_table(rows: dict[tuple[int, int], dict[str, float]], layers: int) 
     return {"devices": device_names, "rows": table, "crossover": crossovers}
 
 
-def cells(row: dict, device_names: list[str]) -> list[str]:
-    """One table row's entries: samples/s, with the speed-up over the CPU where there is one."""
-    out = []
-    for d in device_names:
-        speed, up = row["samples_per_s"].get(d), row["speedup_vs_cpu"].get(d)
-        out.append("-" if speed is None else f"{speed:,.0f}" + (f" ({up:.2f}×)" if up else ""))
-    return out
-
-
-def render(summary: dict) -> Table:
-    table = Table(title="sweep: steady-state samples/s (speed-up over the CPU)")
-    for heading in ("hidden", "batch", *summary["devices"]):
-        table.add_column(heading)
-    for row in summary["rows"]:
-        table.add_row(str(row["hidden"]), str(row["batch_size"]), *cells(row, summary["devices"]))
-    return table
-
-
-def markdown(summary: dict) -> str:
-    lines = ["# Sweep", "", "Steady-state training samples/s (speed-up over the CPU).", ""]
-    lines.append("| hidden | batch | " + " | ".join(summary["devices"]) + " |")
-    lines.append("|---|---|" + "---|" * len(summary["devices"]))
-    for row in summary["rows"]:
-        entries = [str(row["hidden"]), str(row["batch_size"]), *cells(row, summary["devices"])]
-        lines.append("| " + " | ".join(entries) + " |")
-    lines += ["", "## Crossover", ""]
-    lines += crossover_lines(summary) or ["No accelerator in this sweep."]
-    return "\n".join(lines) + "\n"
-
-
-def crossover_lines(summary: dict) -> list[str]:
-    out = []
-    for device, where in summary["crossover"].items():
-        if isinstance(where, str):
-            out.append(f"- {device}: {where}")
-        else:
-            out.append(
-                f"- {device}: beats the CPU from hidden {where['hidden']}, batch "
-                f"{where['batch_size']} on ({where['speedup_vs_cpu']:.2f}×)"
-            )
-    return out
-
-
-def _log_summary(parent: tracking.Run, summary: dict) -> None:
-    console.out.print(render(summary))
-    for line in crossover_lines(summary) or ["no accelerator in this sweep"]:
+def _log_summary(parent: tracking.Run, summary: dict, quiet: bool) -> None:
+    if not quiet:
+        console.out.print(render.sweep_table(summary))
+    for line in render.crossover_lines(summary) or ["no accelerator in this sweep"]:
         console.out.print(line)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        (folder / "sweep.md").write_text(markdown(summary))
+        (folder / "sweep.md").write_text(render.sweep_markdown(summary))
         (folder / "sweep.json").write_text(json.dumps(summary, indent=2))
-        report.plot_sweep(summary, folder / "throughput.png")
+        plots.plot_sweep(summary, folder / "throughput.png")
         parent.log_artifacts(folder)
     parent.set_tags(
         {
             Tags.NOTE: f"Sweep finished {time.strftime('%Y-%m-%d %H:%M')}. "
-            + " ".join(crossover_lines(summary))
+            + " ".join(render.crossover_lines(summary))
         }
     )

@@ -1,15 +1,13 @@
-"""All MLflow access: connecting, creating runs, batched metric writes, ending runs, and the
-writer process's loop that does all this for a training process (see pipeline.writer)."""
+"""All MLflow access: connecting, where runs go, creating runs, batched writes, ending runs,
+downloading a logged model, and closing runs whose process died."""
 
 import importlib.metadata
-import json
 import logging
 import os
 import platform
 import re
+import socket
 import subprocess
-import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -18,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
+import psutil
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
@@ -162,8 +161,21 @@ def unique_run_name(client: MlflowClient, experiment_id: str, name: str) -> str:
     return candidate
 
 
-def experiment_id(client: MlflowClient, name: str, create: bool = True) -> str:
-    """The id of the named experiment, created when missing (or UserError when create=False)."""
+DEFAULT_EXPERIMENT_ID = "0"  # MLflow's "Default", where `mlflow run` puts a run when none is named
+
+
+def experiment_id(client: MlflowClient, name: str | None, create: bool = True) -> str:
+    """Where runs go, one rule for every command and for `mlflow run`: the experiment named
+    (`--experiment`, MLFLOW_EXPERIMENT_NAME), created when missing unless create=False; else
+    the one `mlflow run` chose (MLFLOW_EXPERIMENT_ID); else MLflow's Default. UserError when
+    it cannot be used."""
+    if not name:
+        exp_id = os.environ.get("MLFLOW_EXPERIMENT_ID") or DEFAULT_EXPERIMENT_ID
+        try:
+            exp = client.get_experiment(exp_id)
+        except MlflowException:
+            raise UserError(f"experiment id {exp_id} does not exist in {redact(None)}") from None
+        return _usable(exp, exp.name)
     exp = client.get_experiment_by_name(name)
     if exp is None and create:
         try:
@@ -172,6 +184,10 @@ def experiment_id(client: MlflowClient, name: str, create: bool = True) -> str:
             exp = client.get_experiment_by_name(name)
     if exp is None:
         raise UserError(f"experiment '{name}' does not exist in {redact(None)}")
+    return _usable(exp, name)
+
+
+def _usable(exp, name: str) -> str:
     if exp.lifecycle_stage == "deleted":
         raise UserError(f"experiment '{name}' is deleted; restore it or choose another name")
     return exp.experiment_id
@@ -214,10 +230,18 @@ class Run:
 
     @classmethod
     def start(
-        cls, client: MlflowClient, experiment_id: str, name: str | None, tags: Mapping[str, str]
+        cls,
+        client: MlflowClient,
+        experiment_id: str,
+        name: str | None,
+        tags: Mapping[str, str],
+        join: bool = True,
     ) -> "Run":
-        """A new run, or the one `mlflow run` created for this process (MLFLOW_RUN_ID)."""
-        run_id = os.environ.get("MLFLOW_RUN_ID")
+        """A new run, or with `join` the one `mlflow run` created for this process
+        (MLFLOW_RUN_ID)."""
+        tags = {Tags.HOST: host_name(None), **environment_tags(), **tags}
+        tags[Tags.PID] = str(os.getpid())
+        run_id = os.environ.get("MLFLOW_RUN_ID") if join else None
         if run_id:
             run = cls(client, run_id)
             if name:
@@ -271,95 +295,62 @@ class Run:
         self.client.set_terminated(self.run_id, status)
 
 
-# --- the writer process (pipeline.writer) ----------------------------------------------------
-
-RUN_CALLS = {"log_params", "set_tags", "log_series", "log_metrics", "log_artifacts"}
-SESSION_CALLS = {"connect", "start_run", "log_curves", "end", "download", "run_params", "wait"}
-
-
-class Session:
-    """What the writer holds: the client, the experiment, at most one run."""
-
-    def __init__(self):
-        self.client = self.experiment_id = self.run = self.name = None
-        self.ended = False
-        self.tmp = tempfile.TemporaryDirectory()
-
-    def handle(self, op: str, args: list):
-        if op in RUN_CALLS:
-            return getattr(self.run, op)(*args)
-        if op in SESSION_CALLS:
-            return getattr(self, op)(*args)
-        raise ValueError(f"unknown call {op!r}")
-
-    def connect(self, tracking_uri: str | None, experiment: str) -> None:
-        self.client = connect(tracking_uri)
-        self.experiment_id = experiment_id(self.client, experiment)
-
-    def start_run(self, name, default_name: str, tags: dict, system_metrics: float) -> str:
-        self.name = name or unique_run_name(self.client, self.experiment_id, default_name)
-        tags = environment_tags() | tags
-        self.run = Run.start(self.client, self.experiment_id, self.name, tags)
-        if system_metrics:
-            self.run.start_system_metrics(system_metrics)
-        return self.run.run_id
-
-    def log_curves(self, losses: list[float], epochs: list) -> None:
-        from pipeline import report  # matplotlib, only once a run has ended well
-
-        with tempfile.TemporaryDirectory() as tmp:
-            report.plot_run(losses, epochs, self.name, Path(tmp) / "curves.png")
-            self.run.log_artifacts(Path(tmp))
-
-    def end(self, status: str) -> None:
-        self.run.end(status)
-        self.ended = True
-
-    def wait(self) -> None:
-        """Nothing: answered once every call before it is."""
-
-    def download(self, model_uri: str) -> str:
-        """A local copy of a model logged by `train` (kept until the writer exits)."""
-        try:
-            return mlflow.artifacts.download_artifacts(
-                artifact_uri=model_uri, dst_path=self.tmp.name
-            )
-        except Exception as e:
-            reason = redact_text(str(e)).strip().splitlines()[0]
-            message = f"no model logged by `pipeline train` at {model_uri}: {reason}"
-            raise UserError(message) from None
-
-    def run_params(self, run_id: str) -> dict[str, str]:
-        return dict(self.client.get_run(run_id).data.params)
-
-    def close(self) -> None:
-        """The input closed: end a run the training process left open."""
-        self.tmp.cleanup()
-        if self.run is None or self.ended:
-            return
-        reason = "the training process exited without ending the run"
-        self.run.set_tags({Tags.FAILURE_REASON: reason})
-        self.run.end("KILLED")
-
-
-def serve() -> None:
-    """The writer process: carry out calls from stdin until it closes; answer each on stdout."""
-    replies = os.fdopen(os.dup(1), "w", encoding="utf-8")
-    os.dup2(2, 1)  # whatever else prints to stdout goes to stderr, not into the replies
-    session = Session()
-    for line in sys.stdin:
-        op, args = json.loads(line)
-        try:
-            reply = {"result": session.handle(op, args)}
-        except UserError as e:
-            reply = {"error": str(e), "user": True}
-        except Exception as e:
-            text = redact_text(f"{type(e).__name__}: {e}").strip().splitlines()
-            reply = {"error": f"could not {op.replace('_', ' ')}: {text[0]}"}
-        replies.write(json.dumps(reply) + "\n")
-        replies.flush()
+def download(model_uri: str, dst: Path) -> Path:
+    """A local copy of an artifact folder such as runs:/<id>/model (or UserError)."""
     try:
-        session.close()
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst)))
     except Exception as e:
-        print(f"error: could not end the run: {redact_text(str(e))}", file=sys.stderr)
-        sys.exit(1)
+        reason = redact_text(str(e)).strip().splitlines()[0]
+        raise UserError(f"no model logged by `pipeline train` at {model_uri}: {reason}") from None
+
+
+def params_of(client: MlflowClient, run_id: str) -> dict[str, str] | None:
+    """A run's params; None when this store has no such run."""
+    try:
+        return dict(client.get_run(run_id).data.params)
+    except MlflowException:
+        return None
+
+
+def host_name(given: str | None) -> str:
+    """The host name recorded on runs: --host / PIPELINE_HOST, else this machine's."""
+    return given or socket.gethostname()
+
+
+def open_experiment(
+    tracking_uri: str | None, experiment: str | None, host: str | None, create: bool = True
+) -> tuple[MlflowClient, str]:
+    """A checked client and the experiment id runs go to (see experiment_id). Runs in it that
+    a dead process on this host left RUNNING are closed first."""
+    client = connect(tracking_uri)
+    exp_id = experiment_id(client, experiment, create)
+    close_orphans(client, [exp_id], host_name(host))
+    return client, exp_id
+
+
+def close_orphans(client: MlflowClient, experiment_ids: list[str], host: str) -> list[str]:
+    """End KILLED the RUNNING runs of these experiments that a process on this host started and
+    that outlived it (SIGKILL, the out-of-memory killer); return their ids."""
+    closed = []
+    running = client.search_runs(
+        experiment_ids,
+        f"attributes.status = 'RUNNING' and tags.`{Tags.HOST}` = '{host}'",
+        max_results=1000,
+    )
+    for run in running:
+        pid = run.data.tags.get(Tags.PID, "")
+        if pid.isdigit() and not _alive(int(pid), run.info.start_time / 1000):
+            reason = f"process {pid} on host {host} exited without ending the run"
+            client.set_tag(run.info.run_id, Tags.FAILURE_REASON, reason)
+            client.set_terminated(run.info.run_id, "KILLED")
+            closed.append(run.info.run_id)
+    return closed
+
+
+def _alive(pid: int, run_started: float) -> bool:
+    """Whether the process that started a run at `run_started` (epoch seconds) still runs: a
+    process with that id started after the run is another one."""
+    try:
+        return psutil.Process(pid).create_time() <= run_started + 1
+    except psutil.Error:
+        return False

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import launch
-
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 for var in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID", "PIPELINE_HOST"):
     os.environ.pop(var, None)
@@ -48,26 +46,23 @@ def client(store):
 
 @pytest.fixture
 def cli(store, data_dir, capsys, monkeypatch, tmp_path):
-    """Run `python -m pipeline ...` in this process against the test's store."""
+    """Run `python -m pipeline ...` in this process against the test's store (the commands run
+    their stages in the process that parsed them, so this is the real path, minus the exec of
+    the interpreter; tests/test_journeys.py drives real processes)."""
     monkeypatch.chdir(tmp_path)  # artifacts (./mlruns) stay inside the test's folder
-    # train and test run here instead of in a program of their own (exec): tests patch this
-    # process. Tests that start real processes (run_process, pipeline_process) get the exec.
-    monkeypatch.setattr(launch, "IN_PROCESS", True)
 
     def run(*args: str, data: bool = True) -> Result:
         from pipeline import cli as cli_module
 
         argv = ["pipeline", *args]
-        if "--tracking-uri" not in args:
+        if "--tracking-uri" not in args and args[0] != "devices":
             argv += ["--tracking-uri", store]
         if data and args[0] in ("train", "test", "sweep"):
             argv += ["--data-dir", str(data_dir)]
-        monkeypatch.setattr(sys, "argv", argv)
         capsys.readouterr()
-        with pytest.raises(SystemExit) as exit_info:
-            cli_module.main()
+        code = cli_module.run(argv[1:])
         out = capsys.readouterr()
-        return Result(exit_info.value.code, out.out, out.err)
+        return Result(code, out.out, out.err)
 
     return run
 
@@ -85,7 +80,7 @@ def pipeline_process(*args: str, **kw) -> Result:
     return run_process(sys.executable, "-m", "pipeline", *args, **kw)
 
 
-def only_run(client, experiment: str = "device-comparison"):
+def only_run(client, experiment: str = "Default"):
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) == 1, [r.info.run_name for r in runs]

@@ -33,7 +33,7 @@ def test_compare_page_shows_both_runs(cli, tmp_path):
             args = ("train", "--device", "cpu", "--epochs", "2", *SMALL, *extra)
             assert cli(*args, "--tracking-uri", uri).code == 0
         client = MlflowClient(uri)
-        exp_id = client.get_experiment_by_name("device-comparison").experiment_id
+        exp_id = client.get_experiment_by_name("Default").experiment_id
         runs = client.search_runs([exp_id])
         ids = [r.info.run_id for r in runs]
         url = (

@@ -17,7 +17,7 @@ def assert_one_line_error(result, *expected: str) -> None:
 
 
 def assert_no_run(client) -> None:
-    exp = client.get_experiment_by_name("device-comparison")
+    exp = client.get_experiment_by_name("Default")
     assert exp is None or client.search_runs([exp.experiment_id]) == []
 
 

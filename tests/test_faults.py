@@ -1,4 +1,5 @@
-"""Faults: an unreachable server, interrupted runs, concurrent writers, divergence, bad input."""
+"""Faults: an unreachable server, interrupted and killed runs, concurrent writers, divergence,
+bad input."""
 
 import json
 import os
@@ -9,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 from conftest import SMALL, only_run
 from mlflow import MlflowClient
@@ -81,7 +81,7 @@ def wait_for_epochs(store: str, epochs: int, batches_per_epoch: int, proc: subpr
             raise AssertionError(f"train exited {proc.returncode}: {proc.communicate()[1]}")
         if client is None and Path(store.removeprefix("sqlite:///")).exists():
             client = MlflowClient(store)  # not before: that would create the store itself
-        exp = client.get_experiment_by_name("device-comparison") if client and not run_id else None
+        exp = client.get_experiment_by_name("Default") if client and not run_id else None
         if run_id is None and exp is not None:
             runs = client.search_runs([exp.experiment_id])
             run_id = runs[0].info.run_id if runs else None
@@ -101,7 +101,7 @@ def test_interrupted_run_ends_killed_with_its_metrics(store, data_dir, tmp_path,
     run_id = wait_for_epochs(store, 1, 100, proc)
     client = MlflowClient(store)
     time.sleep(0.3)  # into the next epoch: some losses wait in the buffer
-    os.killpg(proc.pid, signum)  # the whole group, as Ctrl-C does: the writer too
+    os.killpg(proc.pid, signum)  # the whole group, as Ctrl-C does
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == code, stderr
     assert "Traceback" not in stderr and "KILLED" in stderr
@@ -122,34 +122,42 @@ def test_interrupted_run_ends_killed_with_its_metrics(store, data_dir, tmp_path,
     assert result.returncode == 2 and "1 KILLED left out" in result.stderr
 
 
-def test_a_killed_training_process_leaves_no_run_running(store, data_dir):
-    """SIGKILL (or the out-of-memory killer) gives the training process no chance to end its
-    run; its writer sees it go and ends the run KILLED, keeping what was logged."""
+def test_a_killed_training_process_is_closed_by_the_next_command(store, data_dir, tmp_path):
+    """SIGKILL (or the out-of-memory killer) gives the process no chance to end its run: the
+    next command on that host sees the process gone and ends the run KILLED, keeping what
+    was logged."""
     proc = train_process(store, data_dir, "--train-size", "6400", "--epochs", "200")
     run_id = wait_for_epochs(store, 1, 100, proc)
     client = MlflowClient(store)
     proc.kill()
     proc.communicate(timeout=60)
-    deadline = time.time() + 60
-    while client.get_run(run_id).info.status == "RUNNING" and time.time() < deadline:
-        time.sleep(0.2)
+    assert client.get_run(run_id).info.status == "RUNNING"  # nothing could end it...
+    result = subprocess.run(  # ...until the next command on this host
+        [sys.executable, "-m", "pipeline", "compare", "--tracking-uri", store, "--no-fail"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert "1 KILLED left out" in result.stderr
     run = client.get_run(run_id)
     assert run.info.status == "KILLED"
-    assert "exited without ending the run" in run.data.tags[Tags.FAILURE_REASON]
+    host = run.data.tags[Tags.HOST]
+    assert run.data.tags[Tags.FAILURE_REASON] == (
+        f"process {proc.pid} on host {host} exited without ending the run"
+    )
     assert len(client.get_metric_history(run_id, Metrics.TEST_ACCURACY)) >= 1
 
 
-def test_a_killed_writer_stops_training_with_one_line(store, data_dir):
-    proc = train_process(store, data_dir, "--train-size", "6400", "--epochs", "200")
-    wait_for_epochs(store, 1, 100, proc)
-    (writer,) = psutil.Process(proc.pid).children()
-    writer.kill()
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 1
-    assert stderr.strip().splitlines() == [
-        "error: the tracking writer process was killed by SIGKILL; what it had not written "
-        "yet is lost, and its run may be left RUNNING"
-    ]
+def test_a_live_process_keeps_its_running_run(client):
+    """Only runs whose process is gone are closed: a run of a live process on this host, or
+    one recorded on another host, stays RUNNING."""
+    from pipeline import tracking
+
+    mine = tracking.Run.start(client, "0", "alive", {}).run_id
+    elsewhere = tracking.Run.start(client, "0", "elsewhere", {Tags.HOST: "other-box"}).run_id
+    client.set_tag(elsewhere, Tags.PID, "999999999")
+    assert tracking.close_orphans(client, ["0"], tracking.host_name(None)) == []
+    assert {client.get_run(r).info.status for r in (mine, elsewhere)} == {"RUNNING"}
 
 
 def test_four_concurrent_writers_on_one_new_sqlite_store(tmp_path, data_dir):
@@ -162,7 +170,7 @@ def test_four_concurrent_writers_on_one_new_sqlite_store(tmp_path, data_dir):
         _, err = p.communicate(timeout=240)
         assert p.returncode == 0, err
     client = MlflowClient(store)
-    runs = client.search_runs([client.get_experiment_by_name("device-comparison").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("Default").experiment_id])
     assert sorted(r.info.run_name for r in runs) == ["w0", "w1", "w2", "w3"]
     for r in runs:
         assert r.info.status == "FINISHED"
@@ -238,3 +246,40 @@ def test_losses_buffered_when_interrupted_are_flushed(cli, client, monkeypatch):
     steps = [m.step for m in client.get_metric_history(run.info.run_id, Metrics.TRAIN_LOSS)]
     assert steps == list(range(25))  # epoch 1's 20, and 5 of epoch 2
     assert len(client.get_metric_history(run.info.run_id, Metrics.TEST_ACCURACY)) == 1
+
+
+def test_a_signal_during_the_final_logging_ends_the_run_killed(cli, client, monkeypatch):
+    """Ctrl-C at any moment after the run exists, here while the model is being logged after
+    the last epoch: the run ends KILLED and the command exits 130, not FINISHED and 0."""
+    from pipeline import stages
+
+    original = stages._log_model
+
+    def log_then_interrupt(*args):
+        original(*args)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(stages, "_log_model", log_then_interrupt)
+    result = cli("train", "--device", "cpu", "--epochs", "1", *SMALL, "--no-system-metrics")
+    assert result.code == 130
+    assert "KILLED" in result.stderr and "Traceback" not in result.stderr
+    run = only_run(client)
+    assert run.info.status == "KILLED"
+    assert run.data.tags[Tags.FAILURE_REASON] == "interrupted by SIGINT"
+
+
+def test_sigterm_during_compare_ends_its_run_killed(cli, client, monkeypatch):
+    from pipeline import compare
+    from pipeline.schema import Stages
+
+    assert cli("train", "--device", "cpu", "--epochs", "1", *SMALL).code == 0
+
+    def terminated(*args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return []
+
+    monkeypatch.setattr(compare, "draw_groups", terminated)
+    result = cli("compare")
+    assert result.code == 143
+    (run,) = client.search_runs(["0"], f"tags.`{Tags.STAGE}` = '{Stages.COMPARE}'")
+    assert run.info.status == "KILLED"

@@ -1,12 +1,8 @@
 """Measurement quality: the instrument stays out of the measured process, warm-up kept out of
 the throughput, time to accuracy."""
 
-import json
-import os
-from pathlib import Path
-
 import pytest
-from conftest import SMALL, only_run, pipeline_process
+from conftest import SMALL, only_run
 
 from pipeline import loops, stages
 from pipeline.schema import Metrics, Params
@@ -51,39 +47,3 @@ def test_time_to_target_is_absent_when_never_reached(cli, client):
     args = ("train", "--device", "cpu", "--epochs", "1", *SMALL, "--target-accuracy", "1.0")
     assert cli(*args).code == 0
     assert Metrics.TIME_TO_TARGET_S not in only_run(client).data.metrics
-
-
-def test_the_training_process_holds_neither_mlflow_nor_the_cli(store, client, data_dir, tmp_path):
-    """The program that trains (pipeline.launch, which the CLI execs once the options are
-    parsed) holds torch and torchvision, as the quickstart's own process would: MLflow and what
-    it brings live in the writer process, and Typer and its pydantic stayed in the CLI."""
-    hook = tmp_path / "hook"  # every Python program started below records its modules at exit
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(
-        "import atexit, json, os, sys\n"
-        "def record():\n"
-        "    with open(os.environ['MODULES_LOG'], 'a') as f:\n"
-        "        names = sorted({m.split('.')[0] for m in sys.modules})\n"
-        "        f.write(json.dumps([sys.argv, names]) + '\\n')\n"
-        "atexit.register(record)\n"
-    )
-    log = tmp_path / "modules.jsonl"
-    paths = os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")]))
-    result = pipeline_process(
-        *("train", "--device", "cpu", *SMALL, "--epochs", "1", "--quiet"),
-        *("--data-dir", str(data_dir), "--tracking-uri", store),
-        env={"PYTHONPATH": paths, "MODULES_LOG": str(log)},
-        cwd=tmp_path,
-    )
-    assert result.code == 0, result.stderr
-    programs = {}  # the program's file name: (its argv, its top-level modules)
-    for argv, modules in map(json.loads, log.read_text().splitlines()):
-        programs[Path(argv[0]).name] = argv, set(modules)
-    trainer_argv, trainer = programs["launch.py"]
-    assert trainer_argv[1:] == ["train"]  # its options, the tracking URI among them, not in `ps`
-    assert {"torch", "torchvision", "pipeline"} <= trainer
-    assert not trainer & {"mlflow", "pandas", "pyarrow", "sqlalchemy", "alembic", "matplotlib"}
-    assert not trainer & {"typer", "click", "pydantic"}
-    assert "mlflow" in programs["writer.py"][1]  # the hook saw the other programs too
-    run = only_run(client)
-    assert run.info.status == "FINISHED" and Metrics.TEST_ACCURACY in run.data.metrics

@@ -108,7 +108,7 @@ def shared_server_flow(cli, port: int, tmp_path: Path, monkeypatch) -> None:
     assert sorted(r["host"] for r in group["runs"]) == ["alpha", "beta"]
 
     client = MlflowClient(plain)
-    exp_id = client.get_experiment_by_name("device-comparison").experiment_id
+    exp_id = client.get_experiment_by_name("Default").experiment_id
     runs = client.search_runs([exp_id])
     by_stage = {}
     for r in runs:

@@ -6,7 +6,7 @@ import json
 from conftest import SMALL
 from test_errors import assert_no_run
 
-from pipeline import sweep
+from pipeline import render, sweep
 from pipeline.schema import Params, Stages, Tags
 
 GRID = ["--devices", "cpu,cuda:3,mps", "--batch-sizes", "32,64", "--hidden", "16,32"]
@@ -14,7 +14,7 @@ SWEEP = ["sweep", *GRID, "--epochs", "1", *[a for a in SMALL if a != "--lr" and 
 
 
 def sweep_runs(client):
-    exp_id = client.get_experiment_by_name("device-comparison").experiment_id
+    exp_id = client.get_experiment_by_name("Default").experiment_id
     runs = client.search_runs([exp_id])
     parents = [r for r in runs if r.data.tags.get(Tags.STAGE) == Stages.SWEEP]
     kids = [r for r in runs if r.data.tags.get(Tags.PARENT)]
@@ -90,7 +90,8 @@ def test_crossover_is_the_smallest_workload_an_accelerator_wins():
     }
     assert summary["crossover"]["mps"] == "never in the range swept"
     assert summary["rows"][0]["speedup_vs_cpu"] == {"cuda:0": 0.8, "mps": 0.5}
-    assert "cuda:0: beats the CPU from hidden 512, batch 256 on (2.00×)" in sweep.markdown(summary)
+    expected = "cuda:0: beats the CPU from hidden 512, batch 256 on (2.00×)"
+    assert expected in render.sweep_markdown(summary)
 
 
 def test_bad_grid_is_a_usage_error(cli):

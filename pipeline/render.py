@@ -1,22 +1,14 @@
-"""What `compare` shows: terminal tables, a Markdown report, JSON, and plots."""
+"""What compare and sweep show: terminal tables, Markdown, JSON. Plain data in, text out."""
 
 import math
 from dataclasses import asdict
 from pathlib import Path
 
-from mlflow import MlflowClient
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.compare import (
-    Finding,
-    Group,
-    RunSummary,
-    Selection,
-    describe_left_out,
-    latest_cpu,
-    speed_ratio,
-)
+from pipeline.records import Finding, Group, RunSummary, Selection
+from pipeline.rules import latest_cpu, speed_ratio
 from pipeline.schema import Metrics, Params
 
 # (title, row key, format) of each column, in the terminal and in Markdown alike.
@@ -35,7 +27,6 @@ COLUMNS = [
     ("flags", "flags", "{}"),
 ]
 TITLE_PARAMS = (Params.DATASET, Params.MODEL, Params.BATCH_SIZE, Params.LR, Params.EPOCHS)
-MAX_PLOTTED_GROUPS = 6
 MAX_TERMINAL_GROUPS = 20
 
 
@@ -94,12 +85,19 @@ def cell(value, fmt: str) -> str:
 
 
 def print_terminal(
-    console: Console, groups: list[dict], findings: list[Finding], left_out: dict[str, int]
+    console: Console,
+    groups: list[dict],
+    findings: list[Finding],
+    left_out: dict[str, int],
+    quiet: bool = False,
 ) -> None:
+    """The tables (none when quiet), what was left out, and the findings."""
     flagged = {f.group for f in findings}
     shown = (
         groups if len(groups) <= MAX_TERMINAL_GROUPS else [g for g in groups if g["id"] in flagged]
     )
+    if quiet:
+        shown = []
     for group in shown:
         table = Table(title=group["title"], title_justify="left")
         for heading, _, _ in COLUMNS:
@@ -107,7 +105,7 @@ def print_terminal(
         for r in group["runs"]:
             table.add_row(*(cell(r[key], fmt) for _, key, fmt in COLUMNS))
         console.print(table)
-    if len(shown) < len(groups):
+    if len(shown) < len(groups) and not quiet:
         console.print(
             f"{len(groups) - len(shown)} groups without findings not shown (all are in report.md)"
         )
@@ -176,134 +174,51 @@ def _finite(value):
     return value
 
 
-def plot_groups(
-    client: MlflowClient,
-    groups: list[Group],
-    tables_: list[dict],
-    findings: list[Finding],
-    out_dir: Path,
-) -> list[Path]:
-    """One PNG per group worth a picture (flagged first, then several devices): the latest run of
-    each device and host, with its per-batch train_loss, test_accuracy per epoch, throughput."""
-    plt = _pyplot()
-    flagged = {f.group for f in findings}
-    shown = {t["id"] for t in tables_}
-    by_id = {g.id: g for g in groups}
-    candidates = [
-        by_id[i] for i in shown if i in flagged or len({r.device_type for r in by_id[i].runs}) > 1
-    ]
-    candidates.sort(key=lambda g: (g.id not in flagged, g.id))
-    paths = []
-    for group in candidates[:MAX_PLOTTED_GROUPS]:
-        latest: dict[tuple[str, str], RunSummary] = {}
-        for r in group.runs:
-            latest[(r.device, r.host)] = r
-        fig, (ax_loss, ax_acc, ax_speed) = plt.subplots(1, 3, figsize=(16, 4.5))
-        labels, speeds = [], []
-        for (device, host), r in sorted(latest.items()):
-            label = f"{device} @ {host}"
-            for ax, key in ((ax_loss, Metrics.TRAIN_LOSS), (ax_acc, Metrics.TEST_ACCURACY)):
-                history = client.get_metric_history(r.run_id, key)
-                ax.plot(
-                    [m.step for m in history],
-                    [m.value for m in history],
-                    label=label,
-                    marker="o" if key == Metrics.TEST_ACCURACY else None,
-                    linewidth=1,
-                )
-            labels.append(label)
-            speeds.append(r)
-        ax_loss.set(title="train_loss per batch", xlabel="batch", ylabel="loss")
-        ax_acc.set(title="test_accuracy per epoch", xlabel="epoch", ylabel="accuracy")
-        ax_acc.set_ylim(-0.03, 1.03)
-        key = next(
-            k
-            for k in (Metrics.SAMPLES_PER_S, Metrics.TRAIN_TIME_S, Metrics.WALL_TIME_S, "")
-            if not k or all(k in r.metrics for r in speeds)
-        )
-        ax_speed.bar(labels, [r.metrics.get(key, 0.0) for r in speeds], color="tab:blue")
-        ax_speed.set(
-            title="training throughput"
-            if key == Metrics.SAMPLES_PER_S
-            else f"{key} (lower is faster)",
-            ylabel=key,
-        )
-        ax_speed.tick_params(axis="x", labelrotation=20)
-        for ax in (ax_loss, ax_acc):
-            ax.legend(fontsize="small")
-        fig.suptitle(title(group), fontsize="medium")
-        fig.tight_layout()
-        path = out_dir / f"group-{group.id}.png"
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        paths.append(path)
-    return paths
+def describe_left_out(left_out: dict[str, int]) -> str:
+    return ", ".join(f"{n} {status}" for status, n in sorted(left_out.items()))
 
 
-def plot_run(
-    losses: list[float], epochs: list[tuple[int, float, float]], title_: str, path: Path
-) -> None:
-    """One train run's curves: every batch's loss; test accuracy and loss per epoch."""
-    plt = _pyplot()
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-    ax_loss.plot(range(len(losses)), losses, linewidth=0.8, label="train_loss (batch)")
-    steps_per_epoch = len(losses) / max(len(epochs), 1)
-    ax_loss.plot(
-        [e * steps_per_epoch - 1 for e, _, _ in epochs],
-        [loss for _, _, loss in epochs],
-        marker="o",
-        label="test_loss (epoch end)",
-    )
-    ax_loss.set(title="loss", xlabel="batch")
-    ax_loss.legend(fontsize="small")
-    ax_acc.plot([e for e, _, _ in epochs], [a for _, a, _ in epochs], marker="o")
-    ax_acc.set(title="test_accuracy", xlabel="epoch")
-    ax_acc.set_ylim(-0.03, 1.03)
-    fig.suptitle(title_, fontsize="medium")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+# --- sweep -----------------------------------------------------------------------------------
 
 
-def plot_sweep(summary: dict, path: Path) -> None:
-    """Throughput against batch size: a colour per device, a line style per width."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(9, 5))
-    widths = sorted({r["hidden"] for r in summary["rows"]})
-    styles = ["-", "--", ":", "-."]
-    for c, device in enumerate(summary["devices"]):
-        for w, hidden in enumerate(widths):
-            points = sorted(
-                (r["batch_size"], r["samples_per_s"][device])
-                for r in summary["rows"]
-                if r["hidden"] == hidden and device in r["samples_per_s"]
+def cells(row: dict, device_names: list[str]) -> list[str]:
+    """One table row's entries: samples/s, with the speed-up over the CPU where there is one."""
+    out = []
+    for d in device_names:
+        speed, up = row["samples_per_s"].get(d), row["speedup_vs_cpu"].get(d)
+        out.append("-" if speed is None else f"{speed:,.0f}" + (f" ({up:.2f}×)" if up else ""))
+    return out
+
+
+def sweep_table(summary: dict) -> Table:
+    table = Table(title="sweep: steady-state samples/s (speed-up over the CPU)")
+    for heading in ("hidden", "batch", *summary["devices"]):
+        table.add_column(heading)
+    for row in summary["rows"]:
+        table.add_row(str(row["hidden"]), str(row["batch_size"]), *cells(row, summary["devices"]))
+    return table
+
+
+def sweep_markdown(summary: dict) -> str:
+    lines = ["# Sweep", "", "Steady-state training samples/s (speed-up over the CPU).", ""]
+    lines.append("| hidden | batch | " + " | ".join(summary["devices"]) + " |")
+    lines.append("|---|---|" + "---|" * len(summary["devices"]))
+    for row in summary["rows"]:
+        entries = [str(row["hidden"]), str(row["batch_size"]), *cells(row, summary["devices"])]
+        lines.append("| " + " | ".join(entries) + " |")
+    lines += ["", "## Crossover", ""]
+    lines += crossover_lines(summary) or ["No accelerator in this sweep."]
+    return "\n".join(lines) + "\n"
+
+
+def crossover_lines(summary: dict) -> list[str]:
+    out = []
+    for device, where in summary["crossover"].items():
+        if isinstance(where, str):
+            out.append(f"- {device}: {where}")
+        else:
+            out.append(
+                f"- {device}: beats the CPU from hidden {where['hidden']}, batch "
+                f"{where['batch_size']} on ({where['speedup_vs_cpu']:.2f}×)"
             )
-            if points:
-                ax.plot(
-                    [x for x, _ in points],
-                    [y for _, y in points],
-                    marker="o",
-                    color=f"C{c}",
-                    linestyle=styles[w % len(styles)],
-                    label=f"{device}, hidden {hidden}",
-                )
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set(
-        xlabel="batch size",
-        ylabel="steady-state samples/s",
-        title="sweep: throughput against workload size",
-    )
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return out

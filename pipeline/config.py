@@ -1,0 +1,183 @@
+"""The option set, defined once: each option's type, check and help as a Typer annotation, the
+stage configurations the commands build from them, and the command line that gives back a
+configuration (what a sweep starts its children with).
+
+`MLproject` passes its parameters to these options; tests/test_config.py checks that every
+parameter there names an option here.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+
+def positive(value: float | None) -> float | None:
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"must be greater than 0, not {value}")
+    return value
+
+
+def whole_numbers(value: str) -> str:
+    """A comma-separated list of whole numbers of 1 or more."""
+    try:
+        numbers = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated whole numbers, not {value!r}") from None
+    if not numbers or min(numbers) < 1:
+        raise typer.BadParameter(f"expected comma-separated numbers of 1 or more, not {value!r}")
+    return value
+
+
+def split(value: str, kind: type = str) -> tuple:
+    return tuple(kind(v.strip()) for v in value.split(",") if v.strip())
+
+
+# --- where runs go, and what is printed: every command that logs takes these ----------------
+
+TrackingUri = Annotated[
+    str | None,
+    typer.Option(
+        envvar="MLFLOW_TRACKING_URI",
+        show_envvar=True,
+        help="MLflow tracking URI [default: MLflow's own, sqlite:///mlflow.db in this folder]",
+    ),
+]
+Experiment = Annotated[
+    str | None,
+    typer.Option(
+        envvar="MLFLOW_EXPERIMENT_NAME",
+        show_envvar=True,
+        help="MLflow experiment [default: the one `mlflow run` chose (MLFLOW_EXPERIMENT_ID), "
+        "else MLflow's Default]",
+    ),
+]
+Host = Annotated[
+    str | None,
+    typer.Option(
+        envvar="PIPELINE_HOST", show_envvar=True, help="Host name to record [default: hostname]"
+    ),
+]
+RunName = Annotated[str | None, typer.Option(help="Run name [default: what the run is]")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the outcome")]
+
+# --- the workload ----------------------------------------------------------------------------
+
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps")]
+Epochs = Annotated[int, typer.Option(min=1, help="Epochs")]
+BatchSize = Annotated[int, typer.Option(min=1, help="Batch size")]
+Lr = Annotated[float, typer.Option(callback=positive, help="SGD learning rate")]
+Seed = Annotated[int, typer.Option(help="Seed of the weights (and of the synthetic data)")]
+Dataset = Annotated[Literal["fashion-mnist", "mnist", "synthetic"], typer.Option(help="Data set")]
+DataDir = Annotated[
+    Path, typer.Option(help="Where data sets are stored or downloaded (torchvision layout)")
+]
+TrainSize = Annotated[
+    int | None, typer.Option(min=1, help="Training images [default: all; synthetic: 60000]")
+]
+TestSize = Annotated[
+    int | None, typer.Option(min=1, help="Test images [default: all; synthetic: 10000]")
+]
+Loader = Annotated[
+    Literal["tensors", "dataloader"],
+    typer.Option(
+        help="tensors: data held on the device, sliced; dataloader: the quickstart's "
+        "DataLoader + ToTensor"
+    ),
+]
+Hidden = Annotated[int, typer.Option(min=1, help="Width of each hidden layer")]
+Layers = Annotated[int, typer.Option(min=1, help="Number of hidden layers")]
+TargetAccuracy = Annotated[
+    float | None,
+    typer.Option(
+        min=0.0, max=1.0, help="Log time_to_target_s, the training time to this test accuracy"
+    ),
+]
+SystemMetrics = Annotated[bool, typer.Option(help="Log MLflow's system metrics (CPU, memory, GPU)")]
+SystemMetricsInterval = Annotated[
+    float, typer.Option(min=0.1, help="Seconds between system-metrics samples")
+]
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    name: str = "fashion-mnist"
+    data_dir: Path = Path("data")
+    seed: int = 0
+    train_size: int | None = None  # None: the whole data set (synthetic: 60,000)
+    test_size: int | None = None  # None: the whole data set (synthetic: 10,000)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What `train` does, as its options say."""
+
+    device: str = "auto"
+    data: DataSpec = field(default_factory=DataSpec)
+    model: str = "mlp"
+    hidden: int = 512
+    layers: int = 2
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+    loader: str = "tensors"
+    target_accuracy: float | None = None
+    system_metrics: float = 1.0  # seconds between system-metrics samples; 0: none
+
+    @property
+    def model_config(self) -> dict:
+        return {"model": self.model, "hidden": self.hidden, "layers": self.layers}
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a run is logged."""
+
+    experiment: str | None = None  # None: MLFLOW_EXPERIMENT_ID (mlflow run's), else Default
+    tracking_uri: str | None = None
+    run_name: str | None = None
+    host: str | None = None  # None: this machine's host name
+    parent_run_id: str | None = None  # a sweep's parent run
+
+
+def train_config(options: dict) -> TrainConfig:
+    """The configuration from `train`'s options (as Typer parsed and checked them)."""
+    o = options
+    return TrainConfig(
+        device=o["device"],
+        data=DataSpec(o["dataset"], o["data_dir"], o["seed"], o["train_size"], o["test_size"]),
+        hidden=o["hidden"],
+        layers=o["layers"],
+        epochs=o["epochs"],
+        batch_size=o["batch_size"],
+        lr=o["lr"],
+        seed=o["seed"],
+        loader=o["loader"],
+        target_accuracy=o["target_accuracy"],
+        system_metrics=o["system_metrics"] and o["system_metrics_interval"],
+    )
+
+
+def train_args(cfg: TrainConfig) -> list[str]:
+    """The `train` options that give back `cfg` (train_config's inverse)."""
+    args = {
+        "--device": cfg.device,
+        "--dataset": cfg.data.name,
+        "--data-dir": str(cfg.data.data_dir),
+        "--train-size": cfg.data.train_size,
+        "--test-size": cfg.data.test_size,
+        "--hidden": cfg.hidden,
+        "--layers": cfg.layers,
+        "--epochs": cfg.epochs,
+        "--batch-size": cfg.batch_size,
+        "--lr": repr(cfg.lr),
+        "--seed": cfg.seed,
+        "--loader": cfg.loader,
+        "--target-accuracy": cfg.target_accuracy,
+    }
+    out = [a for k, v in args.items() if v is not None for a in (k, str(v))]
+    if cfg.system_metrics:
+        return [*out, "--system-metrics-interval", repr(cfg.system_metrics)]
+    return [*out, "--no-system-metrics"]

@@ -1,0 +1,108 @@
+"""The plain data compare works on: a run as search_runs returns it, a group of comparable
+runs, what was selected for judgement, a finding, the tolerances. No I/O here."""
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from pipeline.schema import NOT_GROUPING_PARAMS, Params, Tags
+
+DEFAULT_CLASSES = 10
+
+
+@dataclass
+class RunSummary:
+    """One finished run as compare sees it: what search_runs returns, flattened."""
+
+    run_id: str
+    name: str
+    experiment_id: str
+    start_time: int
+    status: str
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+    @property
+    def device(self) -> str:
+        """The device that ran: the tag, as the `device` param may hold a request (`auto`)."""
+        return self.tags.get(Tags.DEVICE) or self.params.get(Params.DEVICE, "?")
+
+    @property
+    def device_type(self) -> str:
+        return self.tags.get(Tags.DEVICE_TYPE) or self.device.split(":")[0]
+
+    @property
+    def host(self) -> str:
+        return self.tags.get(Tags.HOST, "?")
+
+    @property
+    def device_name(self) -> str:
+        return self.tags.get(Tags.DEVICE_NAME, "")
+
+    @property
+    def group_key(self) -> tuple[tuple[str, str], ...]:
+        return tuple(
+            sorted(
+                (k, canonical(v)) for k, v in self.params.items() if k not in NOT_GROUPING_PARAMS
+            )
+        )
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.params.get("num_classes", DEFAULT_CLASSES))
+
+
+def canonical(value: str) -> str:
+    """One spelling per number, so that lr "1e-3" and "0.001" group together."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return str(int(number)) if number.is_integer() else repr(number)
+
+
+@dataclass
+class Finding:
+    run_id: str
+    category: str  # speed | accuracy
+    kind: str
+    severity: str  # error | warning
+    message: str
+    device: str = ""
+    host: str = ""
+    run_name: str = ""
+    group: int | None = None
+    values: dict = field(default_factory=dict)
+
+
+@dataclass
+class Group:
+    id: int
+    params: dict[str, str]
+    runs: list[RunSummary]  # oldest first
+
+
+@dataclass
+class Selection:
+    """What `load` found: comparable finished runs, and what it left out."""
+
+    runs: list[RunSummary]  # finished train runs, oldest first (history included)
+    judged: set[str]  # ids of the runs to judge (all, unless --run-id / --latest narrowed it)
+    left_out: dict[str, int]  # status -> count of unfinished or failed runs not compared
+    failed: list[RunSummary]  # FAILED runs (their failure reason may be a finding)
+    experiment_ids: list[str]
+    tests: list[RunSummary] = field(default_factory=list)  # finished `test` runs to judge
+
+
+@dataclass
+class Tolerances:
+    speed: float = 0.10
+    accuracy: float = 0.02
+    history: int = 5
+
+
+def groups_of(runs: list[RunSummary]) -> list[Group]:
+    by_key: dict[tuple, list[RunSummary]] = defaultdict(list)
+    for r in runs:
+        by_key[r.group_key].append(r)
+    return [Group(i, dict(key), members) for i, (key, members) in enumerate(by_key.items(), 1)]

@@ -1,0 +1,390 @@
+"""Query finished runs, group comparable ones, and flag speed regressions and accuracy anomalies.
+
+Pure functions over pipeline.records: `judge` applies the rules below and returns findings.
+The two rules that need a metric history get it from a function they are handed
+(`History`), so that compare fetches histories only for the runs that need them.
+
+Rules (tolerances are options of `pipeline compare`):
+- accelerator-slower-than-cpu: a cuda/mps run's steady-state throughput is below the latest
+  CPU run of its group on the same host by more than the speed tolerance.
+- slower-than-history: a run's throughput is below the median of the last N earlier finished
+  runs of its group, device type and host by more than max(speed tolerance, 3 × the history's
+  scaled median absolute deviation / median): ordinary scatter never flags, a real slowdown does.
+- accuracy-mismatch: final test accuracy differs from the group's CPU run by more than the
+  accuracy tolerance (absolute); when the test losses agree, the device's metric computation is
+  suspect, not its training.
+- accuracy-inconsistent-with-loss: accuracy at or below chance (1/classes) while the test loss
+  is well below ln(classes): impossible for a working evaluation.
+- non-finite-loss, diverged: NaN or infinite losses (finished runs), or a run stopped for them.
+- loss-not-falling: the last tenth of the per-batch training losses is not at least 1% below
+  the first tenth (histories fetched only for runs whose final loss is near chance level).
+- accuracy-below-history: final accuracy below the median of its history by more than
+  max(accuracy tolerance, 3 × scaled MAD).
+- device-numerics: the parity probe agreed with the CPU on fewer than 99% of argmaxes.
+"""
+
+import math
+import statistics
+from collections.abc import Callable
+
+from pipeline.records import Finding, Group, RunSummary, Selection, Tolerances, groups_of
+from pipeline.schema import Metrics, Params, Tags
+
+SPEED, ACCURACY = "speed", "accuracy"
+ERROR, WARNING = "error", "warning"
+MAD_SCALE = 1.4826  # MAD × this estimates the standard deviation of normal noise
+NOISE_SIGMAS = 3.0
+MIN_HISTORY = 2
+PARITY_MIN_AGREEMENT = 0.99
+WELL_BELOW_CHANCE_LOSS = 0.8  # "well below ln(classes)": below this fraction of it
+LOSS_MUST_FALL = 0.01
+
+
+# (run id, metric key) -> [(step, value), ...]: a metric's history, as compare reads it
+History = Callable[[str, str], list[tuple[int, float]]]
+
+
+# A run's speed, in order of preference: steady-state throughput, else the training time,
+# else the whole command's time (the times inverted: higher is faster).
+SPEED_FIGURES = (Metrics.SAMPLES_PER_S, Metrics.TRAIN_TIME_S, Metrics.WALL_TIME_S)
+
+
+def speed_figure(runs: list[RunSummary]) -> str | None:
+    """The first of SPEED_FIGURES that every one of the runs has (finite and positive)."""
+    for key in SPEED_FIGURES:
+        if all(0 < r.metrics.get(key, math.nan) < math.inf for r in runs):
+            return key
+    return None
+
+
+def speed(run: RunSummary, key: str) -> float:
+    """The run's speed by that figure, higher is faster."""
+    value = run.metrics[key]
+    return value if key == Metrics.SAMPLES_PER_S else 1.0 / value
+
+
+def speed_ratio(run: RunSummary, base: RunSummary) -> float | None:
+    """run's speed / base's speed on the first figure both have (higher: run is faster)."""
+    key = speed_figure([run, base])
+    return speed(run, key) / speed(base, key) if key else None
+
+
+def noise_threshold(history: list[float], floor: float, relative: bool) -> tuple[float, float]:
+    """(median, allowed drop) of a history: the drop is max(floor, 3 × scaled MAD)."""
+    median = statistics.median(history)
+    mad = statistics.median(abs(h - median) for h in history) * MAD_SCALE
+    spread = NOISE_SIGMAS * mad / median if relative and median else NOISE_SIGMAS * mad
+    return median, max(floor, spread)
+
+
+def latest_cpu(group: Group, host: str | None = None) -> RunSummary | None:
+    cpus = [r for r in group.runs if r.device_type == "cpu" and (host is None or r.host == host)]
+    return cpus[-1] if cpus else None
+
+
+def history_of(run: RunSummary, group: Group, n: int) -> list[RunSummary]:
+    earlier = [
+        r
+        for r in group.runs
+        if r.device_type == run.device_type and r.host == run.host and r.start_time < run.start_time
+    ]
+    return earlier[-n:]
+
+
+def judge(selection: Selection, tol: Tolerances, history: History | None = None):
+    """All findings, and the groups they refer to."""
+    groups = groups_of(selection.runs)
+    findings: list[Finding] = []
+    for group in groups:
+        for run in group.runs:
+            if run.run_id not in selection.judged:
+                continue
+            for f in _check_run(run, group, tol, history):
+                f.device, f.host, f.run_name, f.group = run.device, run.host, run.name, group.id
+                findings.append(f)
+    for run in selection.failed:
+        reason = run.tags.get(Tags.FAILURE_REASON, "")
+        if reason.startswith("diverged"):
+            findings.append(
+                Finding(
+                    run.run_id,
+                    ACCURACY,
+                    "diverged",
+                    ERROR,
+                    f"{run.device} run stopped: {reason}",
+                    run.device,
+                    run.host,
+                    run.name,
+                )
+            )
+    by_id = {r.run_id: r for r in selection.runs}
+    for test_run in selection.tests:
+        findings += _evaluation_vs_source(test_run, by_id, tol)
+    return findings, groups
+
+
+def _evaluation_vs_source(run: RunSummary, train_runs: dict, tol: Tolerances) -> list[Finding]:
+    """A `test` run evaluates a train run's final weights on some device: the same weights
+    must score the same everywhere, so a gap means the evaluation on one device is broken."""
+    source = train_runs.get(run.tags.get(Tags.SOURCE_RUN_ID, ""))
+    acc = run.metrics.get(Metrics.TEST_ACCURACY)
+    if source is None or acc is None or Metrics.TEST_ACCURACY not in source.metrics:
+        return []
+    source_acc = source.metrics[Metrics.TEST_ACCURACY]
+    if abs(acc - source_acc) <= tol.accuracy:
+        return []
+    return [
+        Finding(
+            run.run_id,
+            ACCURACY,
+            "evaluation-mismatch",
+            ERROR,
+            f"the weights trained on {source.device} score {acc:.1%} evaluated on "
+            f"{run.device} but {source_acc:.1%} on {source.device}: with the same weights, the "
+            f"evaluation on {run.device if acc < source_acc else source.device} is suspect",
+            run.device,
+            run.host,
+            run.name,
+            values={
+                "test_accuracy": acc,
+                "source_test_accuracy": source_acc,
+                "source_run_id": source.run_id,
+            },
+        )
+    ]
+
+
+def _check_run(run, group, tol, history) -> list[Finding]:
+    return [
+        *_speed_vs_cpu(run, group, tol),
+        *_speed_vs_history(run, group, tol),
+        *_non_finite(run),
+        *_accuracy_vs_loss(run),
+        *_accuracy_vs_cpu(run, group, tol, history),
+        *_accuracy_vs_history(run, group, tol),
+        *_parity(run),
+        *_loss_not_falling(run, history),
+    ]
+
+
+def _speed_vs_cpu(run, group, tol) -> list[Finding]:
+    cpu = latest_cpu(group, run.host)
+    if run.device_type == "cpu" or cpu is None:
+        return []
+    found = []
+    ratio = speed_ratio(run, cpu)
+    if ratio is not None and ratio < 1 - tol.speed:
+        found.append(
+            Finding(
+                run.run_id,
+                SPEED,
+                "accelerator-slower-than-cpu",
+                WARNING,
+                f"{run.device} trains at {ratio:.2f}× the speed of the CPU on {run.host} "
+                f"({1 / ratio:.2f}× slower; tolerance {tol.speed:.0%})",
+                values={"speed_vs_cpu": ratio, "cpu_run_id": cpu.run_id},
+            )
+        )
+    a, b = run.metrics.get(Metrics.TIME_TO_TARGET_S), cpu.metrics.get(Metrics.TIME_TO_TARGET_S)
+    if a and b and a > b * (1 + tol.speed):
+        found.append(
+            Finding(
+                run.run_id,
+                SPEED,
+                "accelerator-slower-to-target",
+                WARNING,
+                f"{run.device} reached the target accuracy in {a:.2f} s, the CPU in {b:.2f} s",
+                values={"time_to_target_s": a, "cpu_time_to_target_s": b},
+            )
+        )
+    return found
+
+
+def _speed_vs_history(run, group, tol) -> list[Finding]:
+    key = speed_figure([run])
+    if key is None:
+        return []
+    earlier = history_of(run, group, tol.history)
+    history = [speed(h, key) for h in earlier if speed_figure([h]) == key]
+    if len(history) < MIN_HISTORY:
+        return []
+    median, allowed = noise_threshold(history, tol.speed, relative=True)
+    ratio = speed(run, key) / median
+    if ratio >= 1 - allowed:
+        return []
+    return [
+        Finding(
+            run.run_id,
+            SPEED,
+            "slower-than-history",
+            WARNING,
+            f"{run.device} on {run.host} ran at {ratio:.2f}× the median speed of its last "
+            f"{len(history)} runs (allowed drop {allowed:.0%})",
+            values={"speed_vs_history": ratio, "history_runs": len(history)},
+        )
+    ]
+
+
+def _non_finite(run) -> list[Finding]:
+    bad = [
+        k
+        for k in (Metrics.TRAIN_LOSS, Metrics.TEST_LOSS)
+        if k in run.metrics and not math.isfinite(run.metrics[k])
+    ]
+    if not bad:
+        return []
+    return [
+        Finding(
+            run.run_id,
+            ACCURACY,
+            "non-finite-loss",
+            ERROR,
+            f"{run.device}: {', '.join(f'{k} is {run.metrics[k]}' for k in bad)}",
+        )
+    ]
+
+
+def _accuracy_vs_loss(run) -> list[Finding]:
+    acc, loss = run.metrics.get(Metrics.TEST_ACCURACY), run.metrics.get(Metrics.TEST_LOSS)
+    if acc is None or loss is None or not math.isfinite(loss):
+        return []
+    classes = run.num_classes
+    chance, chance_loss = 1 / classes, math.log(classes)
+    if acc <= chance and loss < WELL_BELOW_CHANCE_LOSS * chance_loss:
+        return [
+            Finding(
+                run.run_id,
+                ACCURACY,
+                "accuracy-inconsistent-with-loss",
+                ERROR,
+                f"{run.device}: test accuracy {acc:.1%} is at or below chance ({chance:.0%}) while "
+                f"the test loss {loss:.3f} is well below ln({classes}) = {chance_loss:.3f}: "
+                "the accuracy computation on this device is suspect",
+                values={"test_accuracy": acc, "test_loss": loss},
+            )
+        ]
+    return []
+
+
+def _accuracy_vs_cpu(run, group, tol, history) -> list[Finding]:
+    cpu = latest_cpu(group)
+    acc = run.metrics.get(Metrics.TEST_ACCURACY)
+    if run.device_type == "cpu" or cpu is None or acc is None:
+        return []
+    cpu_acc = cpu.metrics.get(Metrics.TEST_ACCURACY)
+    if cpu_acc is None or abs(acc - cpu_acc) <= tol.accuracy:
+        return []
+    epoch = run.params.get(Params.EPOCHS, "last")
+    loss, cpu_loss = run.metrics.get(Metrics.TEST_LOSS), cpu.metrics.get(Metrics.TEST_LOSS)
+    losses_agree = (
+        loss is not None
+        and cpu_loss is not None
+        and abs(loss - cpu_loss) <= max(0.05 * abs(cpu_loss), 0.01)
+    )
+    epochs_apart = _epochs_apart(run, cpu, tol, history)
+    where = f"after epoch {epoch}"
+    if len(epochs_apart) > 1:
+        every = str(len(epochs_apart)) == epoch
+        where += f" (and in {'every epoch' if every else f'{len(epochs_apart)} epochs'})"
+    message = f"{run.device} test accuracy {acc:.1%} vs {cpu_acc:.1%} on the CPU {where}"
+    if losses_agree:
+        message += (
+            f", while the test losses agree ({loss:.3f} vs {cpu_loss:.3f}): the metric "
+            f"computation on {run.device_type} is suspect, not the training"
+        )
+    elif loss is not None and cpu_loss is not None:
+        message += f", and the test losses differ too ({loss:.3f} vs {cpu_loss:.3f})"
+    return [
+        Finding(
+            run.run_id,
+            ACCURACY,
+            "accuracy-mismatch",
+            ERROR,
+            message,
+            values={
+                "test_accuracy": acc,
+                "cpu_test_accuracy": cpu_acc,
+                "losses_agree": losses_agree,
+                "cpu_run_id": cpu.run_id,
+                "epochs_apart": epochs_apart,
+            },
+        )
+    ]
+
+
+def _epochs_apart(run, cpu, tol, history) -> list[int]:
+    """The epochs at which the accuracies differ (histories fetched for flagged pairs only)."""
+    if history is None:
+        return []
+    mine = dict(history(run.run_id, Metrics.TEST_ACCURACY))
+    theirs = dict(history(cpu.run_id, Metrics.TEST_ACCURACY))
+    return sorted(s for s in mine.keys() & theirs.keys() if abs(mine[s] - theirs[s]) > tol.accuracy)
+
+
+def _accuracy_vs_history(run, group, tol) -> list[Finding]:
+    acc = run.metrics.get(Metrics.TEST_ACCURACY)
+    history = [
+        h.metrics[Metrics.TEST_ACCURACY]
+        for h in history_of(run, group, tol.history)
+        if Metrics.TEST_ACCURACY in h.metrics
+    ]
+    if acc is None or len(history) < MIN_HISTORY:
+        return []
+    median, allowed = noise_threshold(history, tol.accuracy, relative=False)
+    if acc >= median - allowed:
+        return []
+    return [
+        Finding(
+            run.run_id,
+            ACCURACY,
+            "accuracy-below-history",
+            ERROR,
+            f"{run.device} on {run.host}: test accuracy {acc:.1%} vs a median of {median:.1%} "
+            f"over its last {len(history)} runs",
+            values={"test_accuracy": acc, "history_median": median},
+        )
+    ]
+
+
+def _parity(run) -> list[Finding]:
+    agreement = run.metrics.get(Metrics.PARITY_ARGMAX_AGREEMENT)
+    if agreement is None or agreement >= PARITY_MIN_AGREEMENT:
+        return []
+    diff = run.metrics.get(Metrics.PARITY_MAX_ABS_LOGIT_DIFF, float("nan"))
+    return [
+        Finding(
+            run.run_id,
+            ACCURACY,
+            "device-numerics",
+            ERROR,
+            f"{run.device}: the same weights and inputs give the CPU's prediction for only "
+            f"{agreement:.1%} of test images (max logit difference {diff:.3g})",
+            values={"parity_argmax_agreement": agreement, "parity_max_abs_logit_diff": diff},
+        )
+    ]
+
+
+def _loss_not_falling(run, history) -> list[Finding]:
+    final = run.metrics.get(Metrics.TRAIN_LOSS)
+    if history is None or final is None or not math.isfinite(final):
+        return []
+    if final < WELL_BELOW_CHANCE_LOSS * math.log(run.num_classes):
+        return []  # clearly learned something: no need to read the history
+    losses = [value for _, value in sorted(history(run.run_id, Metrics.TRAIN_LOSS))]  # by step
+    if len(losses) < 2:
+        return []
+    tenth = max(1, len(losses) // 10)
+    first, last = statistics.fmean(losses[:tenth]), statistics.fmean(losses[-tenth:])
+    if last <= first * (1 - LOSS_MUST_FALL):
+        return []
+    return [
+        Finding(
+            run.run_id,
+            ACCURACY,
+            "loss-not-falling",
+            WARNING,
+            f"{run.device}: the training loss did not fall (first tenth {first:.3f}, "
+            f"last tenth {last:.3f})",
+            values={"first": first, "last": last},
+        )
+    ]
