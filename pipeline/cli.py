@@ -175,6 +175,28 @@ def sweep(
     sweeping.sweep(grid, base, target, strict, resume, quiet)
 
 
+@app.command()
+def doctor(
+    device: c.Device = "auto",
+    output_json: Annotated[Path | None, typer.Option(help="Write the checks as JSON")] = None,
+    no_fail: Annotated[
+        bool, typer.Option("--no-fail", help="Exit 0 even when a check fails")
+    ] = False,
+    experiment: c.Experiment = None,
+    run_name: c.RunName = None,
+    tracking_uri: c.TrackingUri = None,
+    host: c.Host = None,
+    quiet: c.Quiet = False,
+) -> None:
+    """Check a device's operations against the CPU's; name those that give wrong results.
+    Exit 1 when a check fails."""
+    from pipeline import stages
+
+    target = c.Target(experiment, tracking_uri, run_name, host)
+    if stages.doctor(device, target, output_json, quiet) and not no_fail:
+        raise typer.Exit(1)
+
+
 @app.command("devices")
 def list_devices() -> None:
     """List this machine's devices and what the installed torch was built with."""

@@ -79,38 +79,57 @@ def load(
             raise
         raise UserError(f"bad --filter: {str(e).splitlines()[0]}") from None
     own_run = os.environ.get("MLFLOW_RUN_ID")  # under `mlflow run -e compare`: our own run
-    tests = [
-        r
-        for r in found
-        if r.tags.get(Tags.STAGE) == Stages.TEST
-        and r.status == "FINISHED"
-        and (not run_ids or r.run_id in run_ids)
-    ]
-    found = [
-        r
-        for r in found
-        if r.tags.get(Tags.STAGE, Stages.TRAIN) == Stages.TRAIN and r.run_id != own_run
-    ]
-    if run_ids:
-        found = [r for r in found if r.run_id in run_ids or r.status == "FINISHED"]
-    finished = [r for r in found if r.status == "FINISHED"]
-    failed = [r for r in found if r.status == "FAILED"]
-    left_out = Counter(r.status for r in found if r.status != "FINISHED")
-    judged = {r.run_id for r in finished}
-    if run_ids:
-        judged &= set(run_ids)
+    found = [r for r in found if r.run_id != own_run and r.stage in (Stages.TRAIN, Stages.TEST)]
+    selecting = bool(run_ids or filter_string or latest_only)
+    chosen = [r for r in found if r.run_id in run_ids] if run_ids else found
     if latest_only:
-        latest: dict = {}
-        for r in finished:  # oldest first: the last one written wins
-            if r.run_id in judged:
-                latest[(r.group_key, r.device_type, r.host)] = r.run_id
-        judged = set(latest.values())
-    if not finished and not failed:
+        chosen = latest_of_each(chosen)
+    judged = {r.run_id for r in chosen if judgeable(r, selecting)}
+    left_out = Counter(r.status for r in chosen if r.run_id not in judged)
+    finished = [r for r in found if r.stage == Stages.TRAIN and r.status == "FINISHED"]
+    failed = [r for r in found if r.stage == Stages.TRAIN and r.status != "FINISHED"]
+    tests = [r for r in found if r.stage == Stages.TEST and r.run_id in judged]
+    if not judged:
         name = client.get_experiment(experiment_ids[0]).name if experiment_ids else ""
         where = f"experiment '{name}'" if not run_ids else "the given runs"
         extra = f" ({render.describe_left_out(left_out)} left out)" if left_out else ""
         raise UserError(f"no finished train runs to compare in {where}{extra}")
-    return Selection(finished, judged, dict(left_out), failed, experiment_ids, tests)
+    sources = {r.run_id for r in finished}
+    doctors = {
+        (r.device, r.host): r  # oldest first: the latest wins
+        for r in map(summarize, search_all(client, experiment_ids, DOCTOR_RUNS))
+    }
+    return Selection(
+        runs=finished,
+        judged=judged,
+        left_out=dict(left_out),
+        failed=[r for r in failed if r.run_id in judged],
+        experiment_ids=experiment_ids,
+        tests=tests,
+        unsourced=[t for t in tests if t.tags.get(Tags.SOURCE_RUN_ID) not in sources],
+        doctors=doctors,
+    )
+
+
+DOCTOR_RUNS = f"tags.`{Tags.STAGE}` = '{Stages.DOCTOR}' and attributes.status = 'FINISHED'"
+
+
+def judgeable(run: RunSummary, selecting: bool) -> bool:
+    """Whether a run is judged. A run still RUNNING never is. Selected runs (--run-id,
+    --filter, --latest) are judged whatever their status; without a selection, finished runs
+    are, and FAILED ones that stopped because their loss diverged."""
+    if run.status == "RUNNING":
+        return False
+    diverged = run.tags.get(Tags.FAILURE_REASON, "").startswith("diverged")
+    return selecting or run.status == "FINISHED" or (run.status == "FAILED" and diverged)
+
+
+def latest_of_each(runs: list[RunSummary]) -> list[RunSummary]:
+    """The latest run, whatever its status, of each stage, group, device that ran, and host."""
+    latest: dict = {}
+    for r in runs:  # oldest first: the last one written wins
+        latest[(r.stage, r.group_key, r.device, r.host)] = r
+    return list(latest.values())
 
 
 # --- the compare stage: report, log a run of its own, tag flagged runs -----------------------
@@ -140,8 +159,9 @@ def run(
     )
     findings, groups = rules.judge(selection, opts.tolerances, history_reader(client))
     tables = render.tables(selection, groups, findings)
-    render.print_terminal(console.out, tables, findings, selection.left_out, quiet)
-    as_json = render.to_json(tables, findings, selection.left_out)
+    unsourced = render.describe_unsourced(selection.unsourced)
+    render.print_terminal(console.out, tables, findings, selection.left_out, quiet, unsourced)
+    as_json = render.to_json(tables, findings, selection.left_out, unsourced)
     if opts.output_json:
         opts.output_json.write_text(json.dumps(as_json, indent=2))
 
@@ -179,7 +199,7 @@ def run(
                 folder = Path(tmp)
                 pictures = draw_groups(client, groups, tables, findings, folder)
                 (folder / "report.md").write_text(
-                    render.markdown(tables, findings, selection.left_out, pictures)
+                    render.markdown(tables, findings, selection.left_out, pictures, unsourced)
                 )
                 (folder / "findings.json").write_text(json.dumps(as_json, indent=2))
                 run.log_artifacts(folder)
@@ -256,9 +276,7 @@ def _tag_flags(client, selection: Selection, findings: list) -> None:
     kinds: dict[str, set[str]] = {}
     for f in findings:
         kinds.setdefault(f.run_id, set()).add(f.kind)
-    for r in selection.runs:
-        if r.run_id not in selection.judged:
-            continue
+    for r in selection.judged_runs:
         flags = ",".join(sorted(kinds.get(r.run_id, ())))
         if flags == r.tags.get(Tags.FLAGS, ""):
             continue

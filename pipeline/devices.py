@@ -63,6 +63,19 @@ def name(device: torch.device) -> str:
     return cpu_name()
 
 
+def driver_version(device: torch.device) -> str | None:
+    """The NVIDIA driver's version for a cuda device (through nvidia-ml-py); None elsewhere."""
+    if device.type != "cuda":
+        return None
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return str(pynvml.nvmlSystemGetDriverVersion())
+    except Exception:  # no NVML: a ROCm build, or a driver without it
+        return None
+
+
 def cpu_name() -> str:
     if platform.system() == "Darwin":  # on Apple silicon this names the SoC, e.g. "Apple M1"
         try:

@@ -11,7 +11,7 @@ DEFAULT_CLASSES = 10
 
 @dataclass
 class RunSummary:
-    """One finished run as compare sees it: what search_runs returns, flattened."""
+    """One run as compare sees it: what search_runs returns, flattened."""
 
     run_id: str
     name: str
@@ -30,6 +30,10 @@ class RunSummary:
     @property
     def device_type(self) -> str:
         return self.tags.get(Tags.DEVICE_TYPE) or self.device.split(":")[0]
+
+    @property
+    def stage(self) -> str:
+        return self.tags.get(Tags.STAGE, "train")
 
     @property
     def host(self) -> str:
@@ -64,7 +68,7 @@ def canonical(value: str) -> str:
 @dataclass
 class Finding:
     run_id: str
-    category: str  # speed | accuracy
+    category: str  # speed | accuracy | run (a selected run that did not finish)
     kind: str
     severity: str  # error | warning
     message: str
@@ -84,14 +88,24 @@ class Group:
 
 @dataclass
 class Selection:
-    """What `load` found: comparable finished runs, and what it left out."""
+    """What `load` found: the runs to judge, the finished runs they are judged against, and
+    what it left out."""
 
-    runs: list[RunSummary]  # finished train runs, oldest first (history included)
-    judged: set[str]  # ids of the runs to judge (all, unless --run-id / --latest narrowed it)
-    left_out: dict[str, int]  # status -> count of unfinished or failed runs not compared
-    failed: list[RunSummary]  # FAILED runs (their failure reason may be a finding)
+    runs: list[RunSummary]  # finished train runs, oldest first: the groups and histories
+    judged: set[str]  # ids of the runs to judge, of any stage and status
+    left_out: dict[str, int]  # status -> count of runs not judged for their status
+    failed: list[RunSummary]  # judged train runs that did not finish (FAILED, KILLED)
     experiment_ids: list[str]
-    tests: list[RunSummary] = field(default_factory=list)  # finished `test` runs to judge
+    tests: list[RunSummary] = field(default_factory=list)  # judged `test` runs
+    unsourced: list[RunSummary] = field(default_factory=list)  # tests whose source is not read
+    doctors: dict[tuple[str, str], "RunSummary"] = field(default_factory=dict)  # latest doctor
+    # run of each (device, host)
+
+    @property
+    def judged_runs(self) -> list[RunSummary]:
+        """Every judged run: train (finished or not) and test."""
+        every = [r for r in self.runs if r.run_id in self.judged]
+        return every + self.failed + self.tests
 
 
 @dataclass

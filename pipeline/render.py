@@ -9,7 +9,7 @@ from rich.table import Table
 
 from pipeline.records import Finding, Group, RunSummary, Selection
 from pipeline.rules import latest_cpu, speed_ratio
-from pipeline.schema import Metrics, Params
+from pipeline.schema import Metrics, Params, Tags
 
 # (title, row key, format) of each column, in the terminal and in Markdown alike.
 COLUMNS = [
@@ -90,6 +90,7 @@ def print_terminal(
     findings: list[Finding],
     left_out: dict[str, int],
     quiet: bool = False,
+    unsourced: str = "",
 ) -> None:
     """The tables (none when quiet), what was left out, and the findings."""
     flagged = {f.group for f in findings}
@@ -111,6 +112,8 @@ def print_terminal(
         )
     if left_out:
         console.print(f"left out (not finished): {describe_left_out(left_out)}")
+    if unsourced:
+        console.print(unsourced, markup=False, highlight=False)
     if not findings:
         console.print("[green]no findings[/green]")
         return
@@ -126,12 +129,18 @@ def print_terminal(
 
 
 def markdown(
-    groups: list[dict], findings: list[Finding], left_out: dict[str, int], plots: list[Path]
+    groups: list[dict],
+    findings: list[Finding],
+    left_out: dict[str, int],
+    plots: list[Path],
+    unsourced: str = "",
 ) -> str:
     lines = ["# Device comparison", ""]
     lines += [f"{len(findings)} finding(s) in {sum(len(g['runs']) for g in groups)} runs.", ""]
     if left_out:
         lines += [f"Left out (not finished): {describe_left_out(left_out)}.", ""]
+    if unsourced:
+        lines += [unsourced[0].upper() + unsourced[1:] + ".", ""]
     if findings:
         lines += ["## Findings", ""]
         for f in findings:
@@ -153,12 +162,15 @@ def markdown(
     return "\n".join(lines)
 
 
-def to_json(groups: list[dict], findings: list[Finding], left_out: dict[str, int]) -> dict:
+def to_json(
+    groups: list[dict], findings: list[Finding], left_out: dict[str, int], unsourced: str = ""
+) -> dict:
     return _finite(
         {
             "findings": [asdict(f) for f in findings],
             "groups": groups,
             "left_out": left_out,
+            "notes": [unsourced] if unsourced else [],
         }
     )
 
@@ -176,6 +188,16 @@ def _finite(value):
 
 def describe_left_out(left_out: dict[str, int]) -> str:
     return ", ".join(f"{n} {status}" for status, n in sorted(left_out.items()))
+
+
+def describe_unsourced(tests: list[RunSummary]) -> str:
+    """One line for the test runs whose source run is not among the runs read."""
+    if not tests:
+        return ""
+    names = ", ".join(
+        f"{t.name or t.run_id} (source {t.tags.get(Tags.SOURCE_RUN_ID, '?')[:8]})" for t in tests
+    )
+    return f"judged without their source run, which is not among the runs read: {names}"
 
 
 # --- sweep -----------------------------------------------------------------------------------
@@ -222,3 +244,38 @@ def crossover_lines(summary: dict) -> list[str]:
                 f"{where['batch_size']} on ({where['speedup_vs_cpu']:.2f}×)"
             )
     return out
+
+
+# --- doctor ----------------------------------------------------------------------------------
+
+DOCTOR_COLUMNS = ("status", "family", "name", "shape", "dtype", "layout")
+
+
+def doctor_table(rows: list[dict], device: str) -> Table:
+    """One row a check, failures first (as given)."""
+    table = Table(title=f"doctor: {device} against the CPU", title_justify="left")
+    for heading in (*DOCTOR_COLUMNS, "max abs diff", "mismatch", "tolerance", "what"):
+        table.add_column(heading, overflow="fold")
+    colour = {"fail": "red", "unsupported": "yellow", "pass": "green"}
+    for r in rows:
+        status = f"[{colour[r['status']]}]{r['status']}[/{colour[r['status']]}]"
+        table.add_row(
+            status,
+            *(str(r[k]) for k in DOCTOR_COLUMNS[1:]),
+            cell(r["max_abs_diff"], "{:.3g}"),
+            cell(r["mismatch_fraction"], "{:.1%}"),
+            f"{r['tolerance']:g}" if r["tolerance"] else "exact",
+            r["detail"] or (r["reference"] if r["status"] != "pass" else ""),
+        )
+    return table
+
+
+def doctor_summary(rows: list[dict], device: str) -> str:
+    count = {s: sum(r["status"] == s for r in rows) for s in ("pass", "fail", "unsupported")}
+    line = f"{device}: {count['pass']} of {len(rows)} checks passed"
+    if count["fail"]:
+        failed = ", ".join(r["name"] for r in rows if r["status"] == "fail")
+        line += f"; {count['fail']} failed: {failed}"
+    if count["unsupported"]:
+        line += f"; {count['unsupported']} unsupported"
+    return line

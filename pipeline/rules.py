@@ -1,8 +1,21 @@
-"""Query finished runs, group comparable ones, and flag speed regressions and accuracy anomalies.
+"""compare's rules: flag speed regressions and accuracy anomalies.
 
-Pure functions over pipeline.records: `judge` applies the rules below and returns findings.
-The two rules that need a metric history get it from a function they are handed
-(`History`), so that compare fetches histories only for the runs that need them.
+Pure functions over pipeline.records: `judge` applies every rule that can apply to each
+judged run and returns findings. The rules that need a metric history get it from a function
+they are handed (`History`), so that compare fetches histories only for the runs that need
+them.
+
+Every finding that compares a run with a baseline (another device's run, its own history,
+the run whose weights a test run evaluated) names what differs between the two in the
+environment the runs record (`changed`): torch, CUDA, driver, device name, host, Python,
+MLflow, pipeline version, git commit.
+
+A speed finding says how sure it is. When both sides have at least MIN_SAMPLES steady-state
+epoch times (the epochs after the first of one run, or of the runs of a history), a one-sided
+Mann-Whitney U test asks whether the run's epochs are slower than the baseline's, and a
+bootstrap gives a confidence interval of the speed ratio median(baseline) / median(run). The
+finding is an error when the slowdown exceeds the tolerance and p < ALPHA; a slowdown past
+the tolerance that the samples cannot confirm is a warning, "unconfirmed (n samples)".
 
 Rules (tolerances are options of `pipeline compare`):
 - accelerator-slower-than-cpu: a cuda/mps run's steady-state throughput is below the latest
@@ -21,16 +34,23 @@ Rules (tolerances are options of `pipeline compare`):
 - accuracy-below-history: final accuracy below the median of its history by more than
   max(accuracy tolerance, 3 × scaled MAD).
 - device-numerics: the parity probe agreed with the CPU on fewer than 99% of argmaxes.
+- evaluation-mismatch: a test run scores differently from the run whose weights it evaluated.
+- run-failed, run-killed: a selected run that did not finish.
+
+`test` runs go through the rules that need no group: non-finite-loss,
+accuracy-inconsistent-with-loss, device-numerics, and evaluation-mismatch when their source
+run is among those read.
 """
 
 import math
 import statistics
+from collections import Counter
 from collections.abc import Callable
 
 from pipeline.records import Finding, Group, RunSummary, Selection, Tolerances, groups_of
 from pipeline.schema import Metrics, Params, Tags
 
-SPEED, ACCURACY = "speed", "accuracy"
+SPEED, ACCURACY, RUN = "speed", "accuracy", "run"
 ERROR, WARNING = "error", "warning"
 MAD_SCALE = 1.4826  # MAD × this estimates the standard deviation of normal noise
 NOISE_SIGMAS = 3.0
@@ -38,6 +58,8 @@ MIN_HISTORY = 2
 PARITY_MIN_AGREEMENT = 0.99
 WELL_BELOW_CHANCE_LOSS = 0.8  # "well below ln(classes)": below this fraction of it
 LOSS_MUST_FALL = 0.01
+MIN_SAMPLES = 5  # per side, for the rank test
+ALPHA = 0.05
 
 
 # (run id, metric key) -> [(step, value), ...]: a metric's history, as compare reads it
@@ -77,50 +99,162 @@ def noise_threshold(history: list[float], floor: float, relative: bool) -> tuple
     return median, max(floor, spread)
 
 
+# What a run records of its environment: (name in a finding's values, tag, label in a message).
+ENVIRONMENT = (
+    ("torch_version", Tags.TORCH_VERSION, "torch"),
+    ("cuda_version", Tags.TORCH_CUDA, "CUDA"),
+    ("driver_version", Tags.GPU_DRIVER, "driver"),
+    ("device_name", Tags.DEVICE_NAME, "device"),
+    ("host", Tags.HOST, "host"),
+    ("python_version", Tags.PYTHON_VERSION, "Python"),
+    ("mlflow_version", Tags.MLFLOW_VERSION, "MLflow"),
+    ("pipeline_version", Tags.PIPELINE_VERSION, "pipeline"),
+    ("git_commit", Tags.GIT_COMMIT, "commit"),
+)
+
+
+def changed(
+    run: RunSummary, baseline: list[RunSummary], same_by_design: tuple[str, ...] = ()
+) -> dict[str, list[str]]:
+    """What differs in the recorded environment between a run and its baseline: name ->
+    [baseline's value, run's value]. A baseline of several runs counts by its most common
+    value. Names in `same_by_design` are left out (a GPU run and its CPU baseline differ in
+    device name by design)."""
+    diff = {}
+    for name, tag, _ in ENVIRONMENT:
+        ours = run.tags.get(tag)
+        theirs = [b.tags[tag] for b in baseline if tag in b.tags]
+        if name in same_by_design or ours is None or not theirs:
+            continue
+        usual = Counter(theirs).most_common(1)[0][0]
+        if usual != ours:
+            diff[name] = [usual, ours]
+    return diff
+
+
+def describe_changes(diff: dict[str, list[str]]) -> str:
+    """'; changed since the baseline: torch 2.13.0 -> 2.14.1', or nothing."""
+    if not diff:
+        return ""
+    label = {name: text for name, _, text in ENVIRONMENT}
+    parts = [f"{label[k]} {old} -> {new}" for k, (old, new) in diff.items()]
+    return "; changed since the baseline: " + ", ".join(parts)
+
+
+def steady_epoch_times(run: RunSummary, history: History | None) -> list[float]:
+    """The run's epoch times after the first (which carries one-time costs), by step; none
+    when the run has no per-epoch times or no history reader is given."""
+    if history is None or Metrics.EPOCH_TIME_S not in run.metrics:
+        return []
+    times = [value for _, value in sorted(history(run.run_id, Metrics.EPOCH_TIME_S))]
+    return times[1:] if len(times) > 1 else times
+
+
+def confidence(run_times: list[float], base_times: list[float]) -> dict:
+    """How sure a slowdown is: the samples per side; with MIN_SAMPLES or more on both sides,
+    the one-sided Mann-Whitney U p-value that the run's epochs take longer, and the 95%
+    bootstrap interval of the speed ratio median(baseline) / median(run)."""
+    n = min(len(run_times), len(base_times))
+    if n < MIN_SAMPLES:
+        return {"samples": n}
+    import numpy as np
+    from scipy import stats
+
+    p_value = stats.mannwhitneyu(run_times, base_times, alternative="greater").pvalue
+
+    def ratio(base, ours, axis=-1):
+        return np.median(base, axis=axis) / np.median(ours, axis=axis)
+
+    interval = stats.bootstrap(
+        (base_times, run_times), ratio, n_resamples=2000, method="percentile", rng=0
+    ).confidence_interval
+    return {"samples": n, "p_value": float(p_value), "ratio_ci": [interval.low, interval.high]}
+
+
+def speed_severity(sure: dict) -> tuple[str, str]:
+    """(severity, what to add to the message) of a slowdown past the tolerance."""
+    if sure.get("p_value", 1.0) < ALPHA:
+        low, high = sure["ratio_ci"]
+        return (
+            ERROR,
+            f"; confirmed (p = {sure['p_value']:.2g} over {sure['samples']}+ epochs a side, "
+            f"speed ratio 95% CI {low:.2f}-{high:.2f})",
+        )
+    return WARNING, f"; unconfirmed ({sure['samples']} samples)"
+
+
 def latest_cpu(group: Group, host: str | None = None) -> RunSummary | None:
     cpus = [r for r in group.runs if r.device_type == "cpu" and (host is None or r.host == host)]
     return cpus[-1] if cpus else None
 
 
 def history_of(run: RunSummary, group: Group, n: int) -> list[RunSummary]:
+    """The last n earlier finished runs of the run's group on the same device and host."""
     earlier = [
         r
         for r in group.runs
-        if r.device_type == run.device_type and r.host == run.host and r.start_time < run.start_time
+        if r.device == run.device and r.host == run.host and r.start_time < run.start_time
     ]
     return earlier[-n:]
 
 
 def judge(selection: Selection, tol: Tolerances, history: History | None = None):
-    """All findings, and the groups they refer to."""
+    """All findings on the judged runs, and the groups of the finished train runs."""
     groups = groups_of(selection.runs)
     findings: list[Finding] = []
+
+    def add(run: RunSummary, found: list[Finding], group: int | None = None) -> None:
+        for f in found:
+            f.device, f.host, f.run_name, f.group = run.device, run.host, run.name, group
+            if f.kind in NAMES_AN_OPERATION:
+                f.message += doctor_note(run, selection.doctors)
+            findings.append(f)
+
     for group in groups:
         for run in group.runs:
-            if run.run_id not in selection.judged:
-                continue
-            for f in _check_run(run, group, tol, history):
-                f.device, f.host, f.run_name, f.group = run.device, run.host, run.name, group.id
-                findings.append(f)
+            if run.run_id in selection.judged:
+                add(run, _check_run(run, group, tol, history), group.id)
     for run in selection.failed:
-        reason = run.tags.get(Tags.FAILURE_REASON, "")
-        if reason.startswith("diverged"):
-            findings.append(
-                Finding(
-                    run.run_id,
-                    ACCURACY,
-                    "diverged",
-                    ERROR,
-                    f"{run.device} run stopped: {reason}",
-                    run.device,
-                    run.host,
-                    run.name,
-                )
-            )
+        add(run, _unfinished(run))
     by_id = {r.run_id: r for r in selection.runs}
-    for test_run in selection.tests:
-        findings += _evaluation_vs_source(test_run, by_id, tol)
+    for run in selection.tests:
+        add(run, [*_single_run(run), *_evaluation_vs_source(run, by_id, tol)])
     return findings, groups
+
+
+# Findings that mean one of the device's operations gives wrong results.
+NAMES_AN_OPERATION = {
+    "accuracy-mismatch",
+    "accuracy-inconsistent-with-loss",
+    "evaluation-mismatch",
+    "device-numerics",
+    "non-finite-loss",
+}
+
+
+def doctor_note(run: RunSummary, doctors: dict[tuple[str, str], RunSummary]) -> str:
+    """What the latest doctor run of the run's device and host found, or how to run one."""
+    doctor = doctors.get((run.device, run.host))
+    if doctor is None:
+        return (
+            f"; to name the broken operation, run `python -m pipeline doctor --device "
+            f"{run.device}` on {run.host}"
+        )
+    found = doctor.tags.get(Tags.DOCTOR_FAILURES, "")
+    verdict = f"found: {found}" if found else "found every checked operation right"
+    return f"; doctor run {doctor.run_id[:8]} on this host {verdict}"
+
+
+def _unfinished(run: RunSummary) -> list[Finding]:
+    """A judged run that did not finish: stopped for a diverging loss, failed, or killed."""
+    reason = run.tags.get(Tags.FAILURE_REASON, "")
+    if run.status == "FAILED" and reason.startswith("diverged"):
+        return [
+            Finding(run.run_id, ACCURACY, "diverged", ERROR, f"{run.device} run stopped: {reason}")
+        ]
+    kind = "run-killed" if run.status == "KILLED" else "run-failed"
+    why = reason or "no reason recorded"
+    return [Finding(run.run_id, RUN, kind, ERROR, f"{run.device} run ended {run.status}: {why}")]
 
 
 def _evaluation_vs_source(run: RunSummary, train_runs: dict, tol: Tolerances) -> list[Finding]:
@@ -133,6 +267,7 @@ def _evaluation_vs_source(run: RunSummary, train_runs: dict, tol: Tolerances) ->
     source_acc = source.metrics[Metrics.TEST_ACCURACY]
     if abs(acc - source_acc) <= tol.accuracy:
         return []
+    diff = changed(run, [source], same_by_design=("device_name",))
     return [
         Finding(
             run.run_id,
@@ -141,14 +276,13 @@ def _evaluation_vs_source(run: RunSummary, train_runs: dict, tol: Tolerances) ->
             ERROR,
             f"the weights trained on {source.device} score {acc:.1%} evaluated on "
             f"{run.device} but {source_acc:.1%} on {source.device}: with the same weights, the "
-            f"evaluation on {run.device if acc < source_acc else source.device} is suspect",
-            run.device,
-            run.host,
-            run.name,
+            f"evaluation on {run.device if acc < source_acc else source.device} is suspect"
+            + describe_changes(diff),
             values={
                 "test_accuracy": acc,
                 "source_test_accuracy": source_acc,
                 "source_run_id": source.run_id,
+                "changed": diff,
             },
         )
     ]
@@ -156,33 +290,40 @@ def _evaluation_vs_source(run: RunSummary, train_runs: dict, tol: Tolerances) ->
 
 def _check_run(run, group, tol, history) -> list[Finding]:
     return [
-        *_speed_vs_cpu(run, group, tol),
-        *_speed_vs_history(run, group, tol),
-        *_non_finite(run),
-        *_accuracy_vs_loss(run),
+        *_speed_vs_cpu(run, group, tol, history),
+        *_speed_vs_history(run, group, tol, history),
+        *_single_run(run),
         *_accuracy_vs_cpu(run, group, tol, history),
         *_accuracy_vs_history(run, group, tol),
-        *_parity(run),
         *_loss_not_falling(run, history),
     ]
 
 
-def _speed_vs_cpu(run, group, tol) -> list[Finding]:
+def _single_run(run) -> list[Finding]:
+    """The rules that need nothing but the run itself."""
+    return [*_non_finite(run), *_accuracy_vs_loss(run), *_parity(run)]
+
+
+def _speed_vs_cpu(run, group, tol, history) -> list[Finding]:
     cpu = latest_cpu(group, run.host)
     if run.device_type == "cpu" or cpu is None:
         return []
     found = []
+    diff = changed(run, [cpu], same_by_design=("device_name",))
     ratio = speed_ratio(run, cpu)
     if ratio is not None and ratio < 1 - tol.speed:
+        sure = confidence(steady_epoch_times(run, history), steady_epoch_times(cpu, history))
+        severity, how_sure = speed_severity(sure)
         found.append(
             Finding(
                 run.run_id,
                 SPEED,
                 "accelerator-slower-than-cpu",
-                WARNING,
+                severity,
                 f"{run.device} trains at {ratio:.2f}× the speed of the CPU on {run.host} "
-                f"({1 / ratio:.2f}× slower; tolerance {tol.speed:.0%})",
-                values={"speed_vs_cpu": ratio, "cpu_run_id": cpu.run_id},
+                f"({1 / ratio:.2f}× slower; tolerance {tol.speed:.0%}){how_sure}"
+                + describe_changes(diff),
+                values={"speed_vs_cpu": ratio, "cpu_run_id": cpu.run_id, **sure, "changed": diff},
             )
         )
     a, b = run.metrics.get(Metrics.TIME_TO_TARGET_S), cpu.metrics.get(Metrics.TIME_TO_TARGET_S)
@@ -193,34 +334,43 @@ def _speed_vs_cpu(run, group, tol) -> list[Finding]:
                 SPEED,
                 "accelerator-slower-to-target",
                 WARNING,
-                f"{run.device} reached the target accuracy in {a:.2f} s, the CPU in {b:.2f} s",
-                values={"time_to_target_s": a, "cpu_time_to_target_s": b},
+                f"{run.device} reached the target accuracy in {a:.2f} s, the CPU in {b:.2f} s"
+                + describe_changes(diff),
+                values={"time_to_target_s": a, "cpu_time_to_target_s": b, "changed": diff},
             )
         )
     return found
 
 
-def _speed_vs_history(run, group, tol) -> list[Finding]:
+def _speed_vs_history(run, group, tol, history) -> list[Finding]:
     key = speed_figure([run])
     if key is None:
         return []
-    earlier = history_of(run, group, tol.history)
-    history = [speed(h, key) for h in earlier if speed_figure([h]) == key]
-    if len(history) < MIN_HISTORY:
+    earlier = [h for h in history_of(run, group, tol.history) if speed_figure([h]) == key]
+    if len(earlier) < MIN_HISTORY:
         return []
-    median, allowed = noise_threshold(history, tol.speed, relative=True)
+    median, allowed = noise_threshold([speed(h, key) for h in earlier], tol.speed, relative=True)
     ratio = speed(run, key) / median
     if ratio >= 1 - allowed:
         return []
+    base_times = [t for h in earlier for t in steady_epoch_times(h, history)]
+    sure = confidence(steady_epoch_times(run, history), base_times)
+    severity, how_sure = speed_severity(sure)
+    diff = changed(run, earlier)
     return [
         Finding(
             run.run_id,
             SPEED,
             "slower-than-history",
-            WARNING,
+            severity,
             f"{run.device} on {run.host} ran at {ratio:.2f}× the median speed of its last "
-            f"{len(history)} runs (allowed drop {allowed:.0%})",
-            values={"speed_vs_history": ratio, "history_runs": len(history)},
+            f"{len(earlier)} runs (allowed drop {allowed:.0%}){how_sure}" + describe_changes(diff),
+            values={
+                "speed_vs_history": ratio,
+                "history_runs": len(earlier),
+                **sure,
+                "changed": diff,
+            },
         )
     ]
 
@@ -294,19 +444,21 @@ def _accuracy_vs_cpu(run, group, tol, history) -> list[Finding]:
         )
     elif loss is not None and cpu_loss is not None:
         message += f", and the test losses differ too ({loss:.3f} vs {cpu_loss:.3f})"
+    diff = changed(run, [cpu], same_by_design=("device_name",))
     return [
         Finding(
             run.run_id,
             ACCURACY,
             "accuracy-mismatch",
             ERROR,
-            message,
+            message + describe_changes(diff),
             values={
                 "test_accuracy": acc,
                 "cpu_test_accuracy": cpu_acc,
                 "losses_agree": losses_agree,
                 "cpu_run_id": cpu.run_id,
                 "epochs_apart": epochs_apart,
+                "changed": diff,
             },
         )
     ]
@@ -323,16 +475,14 @@ def _epochs_apart(run, cpu, tol, history) -> list[int]:
 
 def _accuracy_vs_history(run, group, tol) -> list[Finding]:
     acc = run.metrics.get(Metrics.TEST_ACCURACY)
-    history = [
-        h.metrics[Metrics.TEST_ACCURACY]
-        for h in history_of(run, group, tol.history)
-        if Metrics.TEST_ACCURACY in h.metrics
-    ]
+    earlier = [h for h in history_of(run, group, tol.history) if Metrics.TEST_ACCURACY in h.metrics]
+    history = [h.metrics[Metrics.TEST_ACCURACY] for h in earlier]
     if acc is None or len(history) < MIN_HISTORY:
         return []
     median, allowed = noise_threshold(history, tol.accuracy, relative=False)
     if acc >= median - allowed:
         return []
+    diff = changed(run, earlier)
     return [
         Finding(
             run.run_id,
@@ -340,8 +490,8 @@ def _accuracy_vs_history(run, group, tol) -> list[Finding]:
             "accuracy-below-history",
             ERROR,
             f"{run.device} on {run.host}: test accuracy {acc:.1%} vs a median of {median:.1%} "
-            f"over its last {len(history)} runs",
-            values={"test_accuracy": acc, "history_median": median},
+            f"over its last {len(history)} runs" + describe_changes(diff),
+            values={"test_accuracy": acc, "history_median": median, "changed": diff},
         )
     ]
 

@@ -36,6 +36,7 @@ class Tags:
     STAGE = "pipeline.stage"  # train, test, compare, sweep
     TORCH_VERSION = "pipeline.torch_version"
     TORCH_CUDA = "pipeline.torch_cuda"
+    GPU_DRIVER = "pipeline.gpu_driver"  # cuda runs: the NVIDIA driver's version
     PYTHON_VERSION = "pipeline.python_version"
     PLATFORM = "pipeline.platform"
     MLFLOW_VERSION = "pipeline.mlflow_version"
@@ -45,6 +46,7 @@ class Tags:
     FAILURE_REASON = "pipeline.failure_reason"
     FLAGS = "pipeline.flags"  # set by compare: comma-separated finding kinds
     VERDICT = "pipeline.verdict"  # compare runs: flagged or clean
+    DOCTOR_FAILURES = "pipeline.doctor_failures"  # doctor runs: the checks that failed
     NOTE = "mlflow.note.content"  # the run's description in the MLflow UI
     PARENT = "mlflow.parentRunId"  # a sweep's children: the UI nests them under the parent
 
@@ -54,6 +56,7 @@ class Stages:
     TEST = "test"
     COMPARE = "compare"
     SWEEP = "sweep"  # the parent run of a sweep; its children are train runs
+    DOCTOR = "doctor"  # one device's operations checked against the CPU
 
 
 class Metrics:

@@ -276,6 +276,11 @@ class Run:
             self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()]
         )
 
+    def log_table(self, rows: list[dict], artifact_file: str) -> None:
+        """Rows as an MLflow table artifact, which the UI shows as a table."""
+        columns = {key: [row[key] for row in rows] for key in rows[0]} if rows else {}
+        self.client.log_table(self.run_id, columns, artifact_file)
+
     def log_artifacts(self, local_dir: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
 

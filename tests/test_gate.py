@@ -1,0 +1,212 @@
+"""compare as a CI gate: the selection is the judgement, every run is judged by every rule that
+can apply to it, every flagged run carries its flags, and findings say what changed and how
+sure they are. Runs are logged straight through MlflowClient, as another script would."""
+
+import math
+
+import pytest
+from mlflow.entities import Metric
+from test_compare import QUICKSTART, compare_json, kinds, log_run
+
+from pipeline import rules
+from pipeline.records import RunSummary, Selection, Tolerances
+from pipeline.schema import Metrics, Params, Stages, Tags
+
+DIVERGED = {Tags.FAILURE_REASON: "diverged: train_loss became nan at step 9 (epoch 1)"}
+
+
+def test_a_failure_outside_the_selection_does_not_fail_the_gate(cli, client, tmp_path):
+    """Last month's diverged run fails a plain compare, but not tonight's --latest or
+    --run-id gate, whose runs are healthy."""
+    old = log_run(client, "cpu", status="FAILED", train_loss={0: math.nan}, tags=DIVERGED)
+    tonight = log_run(client, "cpu")
+    result, report = compare_json(cli, tmp_path)
+    assert kinds(report, old) == ["diverged"] and result.code == 1
+    for selection in (["--latest"], ["--run-id", tonight]):
+        result, report = compare_json(cli, tmp_path, *selection)
+        assert report["findings"] == [] and result.code == 0, selection
+
+
+def test_selected_runs_are_judged_whatever_their_status(cli, client, tmp_path):
+    log_run(client, "cpu")
+    killed = log_run(
+        client, "cuda:0", status="KILLED", tags={Tags.FAILURE_REASON: "interrupted by SIGTERM"}
+    )
+    failed = log_run(client, "cuda:0", status="FAILED", tags={Tags.FAILURE_REASON: "OOM"})
+    result, report = compare_json(cli, tmp_path)  # no selection: left out, as before
+    assert report["findings"] == [] and report["left_out"] == {"FAILED": 1, "KILLED": 1}
+    result, report = compare_json(cli, tmp_path, "--run-id", killed, "--run-id", failed)
+    assert result.code == 1
+    assert kinds(report, killed) == ["run-killed"] and kinds(report, failed) == ["run-failed"]
+    message = next(f["message"] for f in report["findings"] if f["run_id"] == killed)
+    assert "KILLED" in message and "interrupted by SIGTERM" in message
+    # --latest takes the latest run of the group, device and host, whatever its status
+    result, report = compare_json(cli, tmp_path, "--latest")
+    assert kinds(report) == ["run-failed"] and result.code == 1
+
+
+def test_latest_keys_on_the_device_that_ran(cli, client, tmp_path):
+    """Two GPUs on one host: a broken second one is judged, not hidden behind the first."""
+    log_run(client, "cpu")
+    log_run(client, "cuda:0")
+    broken = log_run(client, "cuda:1", accuracy=[0.5, 0.6, 0.0], test_loss=[1.8, 1.2, 0.8])
+    result, report = compare_json(cli, tmp_path, "--latest")
+    assert "accuracy-mismatch" in kinds(report, broken) and result.code == 1
+    assert {r["device"] for g in report["groups"] for r in g["runs"]} == {
+        "cpu",
+        "cuda:0",
+        "cuda:1",
+    }
+
+
+def log_test_run(client, source_id: str, device: str, accuracy: float, loss: float) -> str:
+    return log_run(
+        client,
+        device,
+        accuracy=[accuracy],
+        test_loss=[loss],
+        train_loss={},
+        tags={Tags.STAGE: Stages.TEST, Tags.SOURCE_RUN_ID: source_id},
+    )
+
+
+def test_a_test_run_without_its_source_is_still_judged(cli, client, tmp_path):
+    """0% accuracy at a test loss of 0.55 is impossible for a working evaluation, source or
+    not; the missing source is said in one line."""
+    orphan = log_test_run(client, "0123456789abcdef0123456789abcdef", "mps", 0.0, 0.55)
+    result, report = compare_json(cli, tmp_path)
+    assert kinds(report, orphan) == ["accuracy-inconsistent-with-loss"] and result.code == 1
+    lines = [line for line in result.stdout.splitlines() if "without their source" in line]
+    assert len(lines) == 1 and "01234567" in lines[0]
+    assert report["notes"] == [lines[0].strip()]
+
+
+def test_every_flagged_run_carries_its_flags_and_loses_them_when_clean(cli, client, tmp_path):
+    cpu = log_run(client, "cpu", accuracy=[0.7])
+    wrong = log_test_run(client, cpu, "mps", 0.6, 0.9)  # the same weights score 10 points less
+    diverged = log_run(client, "cuda:0", status="FAILED", train_loss={0: math.nan}, tags=DIVERGED)
+    result, report = compare_json(cli, tmp_path)
+    assert kinds(report, wrong) == ["evaluation-mismatch"] and result.code == 1
+    for run_id, kind in ((wrong, "evaluation-mismatch"), (diverged, "diverged")):
+        tags = client.get_run(run_id).data.tags
+        assert tags[Tags.FLAGS] == kind
+        assert f"Latest compare: flagged {kind}." in tags[Tags.NOTE]
+    # a wider tolerance: the test run is clean again and loses both
+    result, report = compare_json(cli, tmp_path, "--accuracy-tolerance", "0.2", "--run-id", wrong)
+    assert report["findings"] == [] and result.code == 0
+    tags = client.get_run(wrong).data.tags
+    assert Tags.FLAGS not in tags and "Latest compare: no findings." in tags[Tags.NOTE]
+
+
+def test_findings_say_what_changed_since_the_baseline(cli, client, tmp_path):
+    env = {
+        Tags.TORCH_VERSION: "2.13.0",
+        Tags.PYTHON_VERSION: "3.11.7",
+        Tags.GIT_COMMIT: "aaaa",
+    }
+    for speed in (10_000, 10_200, 9_900, 10_100, 10_000):
+        log_run(client, "cpu", summary={Metrics.SAMPLES_PER_S: speed}, tags=env)
+    slow = log_run(
+        client,
+        "cpu",
+        summary={Metrics.SAMPLES_PER_S: 6_000},
+        tags={**env, Tags.TORCH_VERSION: "2.14.1", Tags.GIT_COMMIT: "bbbb"},
+    )
+    result, report = compare_json(cli, tmp_path)
+    (finding,) = [f for f in report["findings"] if f["run_id"] == slow]
+    assert finding["kind"] == "slower-than-history" and result.code == 1
+    assert finding["values"]["changed"] == {
+        "torch_version": ["2.13.0", "2.14.1"],
+        "git_commit": ["aaaa", "bbbb"],
+    }
+    assert (
+        "changed since the baseline: torch 2.13.0 -> 2.14.1, commit aaaa -> bbbb"
+        in (finding["message"])
+    )
+
+
+def test_an_accelerator_baseline_does_not_count_the_device_name_as_a_change():
+    cpu = summary("c", "cpu", {Tags.DEVICE_NAME: "Xeon", Tags.TORCH_VERSION: "2.14.1"})
+    gpu = summary("g", "cuda:0", {Tags.DEVICE_NAME: "H100", Tags.TORCH_VERSION: "2.14.1"})
+    assert rules.changed(gpu, [cpu], same_by_design=("device_name",)) == {}
+    assert rules.changed(gpu, [cpu]) == {"device_name": ["Xeon", "H100"]}
+
+
+def epochs(client, run_id: str, times: list[float]) -> None:
+    client.log_batch(
+        run_id, metrics=[Metric(Metrics.EPOCH_TIME_S, t, 0, i + 1) for i, t in enumerate(times)]
+    )
+
+
+def test_a_slowdown_the_epochs_confirm_is_an_error(cli, client, tmp_path):
+    cpu = log_run(client, "cpu", summary={Metrics.SAMPLES_PER_S: 20_000})
+    gpu = log_run(client, "cuda:0", summary={Metrics.SAMPLES_PER_S: 10_000})
+    epochs(client, cpu, [1.5, 1.00, 1.01, 0.99, 1.02, 1.00, 0.98])
+    epochs(client, gpu, [3.0, 2.00, 2.02, 1.98, 2.01, 2.00, 1.99])
+    result, report = compare_json(cli, tmp_path)
+    (finding,) = report["findings"]
+    assert finding["severity"] == "error" and result.code == 1
+    values = finding["values"]
+    assert values["samples"] == 6 and values["p_value"] < 0.01
+    low, high = values["ratio_ci"]
+    assert low <= 0.5 <= high and high < 0.9  # the ratio, and clear of the tolerance
+    assert "confirmed (p = " in finding["message"]
+
+
+def test_a_slowdown_the_epochs_cannot_confirm_is_a_warning(cli, client, tmp_path):
+    cpu = log_run(client, "cpu", summary={Metrics.SAMPLES_PER_S: 10_000})
+    gpu = log_run(client, "cuda:0", summary={Metrics.SAMPLES_PER_S: 8_000})
+    epochs(client, cpu, [1.5, 1.0, 2.0, 1.1, 1.9, 1.2, 1.8])
+    epochs(client, gpu, [1.5, 1.9, 1.0, 2.1, 1.1, 1.8, 1.3])
+    result, report = compare_json(cli, tmp_path)
+    (finding,) = report["findings"]
+    assert finding["severity"] == "warning" and result.code == 1  # flagged, unconfirmed
+    assert finding["values"]["p_value"] >= 0.05
+    assert "unconfirmed (6 samples)" in finding["message"]
+
+
+def test_too_few_epochs_to_decide_is_a_warning_that_says_so(cli, client, tmp_path):
+    cpu = log_run(client, "cpu", summary={Metrics.SAMPLES_PER_S: 20_000})
+    gpu = log_run(client, "cuda:0", summary={Metrics.SAMPLES_PER_S: 10_000})
+    epochs(client, cpu, [1.5, 1.0, 1.0])
+    epochs(client, gpu, [3.0, 2.0, 2.0])
+    result, report = compare_json(cli, tmp_path)
+    (finding,) = report["findings"]
+    assert finding["severity"] == "warning" and "p_value" not in finding["values"]
+    assert result.code == 1
+    assert "unconfirmed (2 samples)" in finding["message"]
+
+
+def summary(run_id: str, device: str, tags: dict, **metrics: float) -> RunSummary:
+    return RunSummary(
+        run_id,
+        run_id,
+        "0",
+        0,
+        "FINISHED",
+        {**QUICKSTART, Params.DEVICE: device},
+        dict(metrics),
+        {Tags.HOST: "box", **tags},
+    )
+
+
+def test_the_loss_history_is_read_in_step_order():
+    """A store may return points in any order: the rule sorts them by step."""
+    run = summary("r", "cpu", {}, **{Metrics.TRAIN_LOSS: 1.9})
+    falling = [(s, 2.3 - 0.02 * s) for s in range(20)]  # 2.30 down to 1.92
+
+    def history(run_id, key):
+        return list(reversed(falling))
+
+    selection = Selection([run], {"r"}, {}, [], ["0"])
+    findings, _ = rules.judge(selection, Tolerances(), history)
+    assert findings == []
+
+
+@pytest.mark.parametrize(("a", "b"), [("1e-3", "0.001"), ("64", "64.0"), ("0.5", "5e-1")])
+def test_numbers_group_by_value(cli, client, tmp_path, a, b):
+    log_run(client, "cpu", params={Params.LR: a})
+    log_run(client, "mps", params={Params.LR: b})
+    result, report = compare_json(cli, tmp_path)
+    assert len(report["groups"]) == 1 and len(report["groups"][0]["runs"]) == 2
+    assert result.code == 0
