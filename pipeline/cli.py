@@ -35,6 +35,9 @@ def train(
     train_size: c.TrainSize = None,
     test_size: c.TestSize = None,
     loader: c.Loader = "tensors",
+    model: c.Model = "mlp",
+    model_option: c.ModelOption = None,
+    precision: c.Precision = "fp32",
     hidden: c.Hidden = 512,
     layers: c.Layers = 2,
     target_accuracy: c.TargetAccuracy = None,
@@ -105,6 +108,12 @@ def compare_runs(
     no_fail: Annotated[
         bool, typer.Option("--no-fail", help="Exit 0 even when something is flagged")
     ] = False,
+    plots: Annotated[
+        bool,
+        typer.Option(
+            "--plots/--no-plots", help="Draw the flagged groups (at most 6) into the report"
+        ),
+    ] = True,
     tracking_uri: c.TrackingUri = None,
     host: c.Host = None,
     quiet: c.Quiet = False,
@@ -122,8 +131,9 @@ def compare_runs(
         tolerances=compare.Tolerances(speed_tolerance, accuracy_tolerance, history),
         output_json=output_json,
         output_dir=output_dir,
+        plots=plots,
     )
-    findings = compare.run(opts, tracking_uri, host, quiet)
+    findings = compare.compare(opts, tracking_uri, host, quiet)
     if findings and not no_fail:
         raise typer.Exit(1)
 
@@ -137,8 +147,14 @@ def sweep(
         str, typer.Option(callback=c.whole_numbers, help="Comma-separated batch sizes")
     ] = "64,256,1024",
     hidden: Annotated[
-        str, typer.Option(callback=c.whole_numbers, help="Comma-separated hidden-layer widths")
+        str, typer.Option(callback=c.whole_numbers, help="Comma-separated widths of the mlp")
     ] = "512,2048",
+    models: Annotated[
+        str, typer.Option(help="Comma-separated models: mlp, cnn, vit, package.module:factory")
+    ] = "mlp",
+    precisions: Annotated[
+        str, typer.Option(callback=c.precision_list, help="Comma-separated: fp32,tf32,bf16,fp16")
+    ] = "fp32",
     layers: c.Layers = 2,
     epochs: c.Epochs = 2,
     lr: c.Lr = 1e-3,
@@ -163,7 +179,13 @@ def sweep(
     own, under one parent run."""
     from pipeline import sweep as sweeping
 
-    grid = sweeping.Grid(c.split(devices), c.split(batch_sizes, int), c.split(hidden, int))
+    grid = sweeping.Grid(
+        c.split(devices),
+        c.split(batch_sizes, int),
+        c.split(hidden, int),
+        c.split(models),
+        c.split(precisions),
+    )
     base = c.TrainConfig(
         data=c.DataSpec(dataset, data_dir, seed, train_size, test_size),
         layers=layers,
@@ -214,14 +236,14 @@ def list_devices() -> None:
 def main() -> None:
     """The program: run the command, then leave at once. Python's own teardown of torch and
     MLflow takes a second or more after the run has ended; a run's wall_time_s would miss it."""
-    code = run(sys.argv[1:])
+    code = execute(sys.argv[1:])
     sys.stdout.flush()
     sys.stderr.flush()
     logging.shutdown()
     os._exit(code)
 
 
-def run(args: list[str]) -> int:
+def execute(args: list[str]) -> int:
     """Run one command line; return its exit code. The one place where outcomes become exit
     codes: 0 done; 1 compare flagged something, a run diverged, or the tracking store failed
     mid-run; 2 a usage error (one line, nothing logged); 130/143 interrupted by SIGINT/SIGTERM

@@ -144,9 +144,10 @@ class CompareOptions:
     tolerances: Tolerances = field(default_factory=Tolerances)
     output_json: Path | None = None
     output_dir: Path | None = None
+    plots: bool = True
 
 
-def run(
+def compare(
     opts: CompareOptions, tracking_uri: str | None, host: str | None = None, quiet: bool = False
 ) -> int:
     """Compare finished runs, report, log a compare run; return the number of findings.
@@ -197,7 +198,9 @@ def run(
             )
             with tempfile.TemporaryDirectory() as tmp:
                 folder = Path(tmp)
-                pictures = draw_groups(client, groups, tables, findings, folder)
+                pictures = (
+                    draw_groups(client, groups, tables, findings, folder) if opts.plots else []
+                )
                 (folder / "report.md").write_text(
                     render.markdown(tables, findings, selection.left_out, pictures, unsourced)
                 )
@@ -215,16 +218,16 @@ def run(
     return len(findings)
 
 
-def history_reader(client: MlflowClient) -> rules.History:
-    """A metric's history as (step, value) pairs, read from the store when a rule asks."""
+def history_reader(client: MlflowClient, known: dict | None = None) -> rules.History:
+    """A metric's history as (step, value) pairs: from `known` (read ahead), else read from
+    the store when a rule asks."""
 
     def history(run_id: str, key: str) -> list[tuple[int, float]]:
+        if known and (run_id, key) in known:
+            return known[(run_id, key)]
         return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
 
     return history
-
-
-MAX_PLOTTED_GROUPS = 6
 
 
 def draw_groups(
@@ -235,8 +238,9 @@ def draw_groups(
     out_dir: Path,
 ) -> list[Path]:
     """One PNG per group worth a picture (flagged first, then those with several devices), at
-    most MAX_PLOTTED_GROUPS: the latest run of each device and host, with its per-batch
-    train_loss, its test_accuracy per epoch, and its speed."""
+    most MAX_PLOTTED_GROUPS, each drawn once: the latest run of each device and host, with
+    its per-batch train_loss, its test_accuracy per epoch, and its speed. Histories are read
+    only for the runs drawn."""
     from pipeline import plots  # matplotlib, only when drawing
 
     flagged = {f.group for f in findings}
@@ -249,7 +253,7 @@ def draw_groups(
     candidates.sort(key=lambda g: (g.id not in flagged, g.id))
     history = history_reader(client)
     paths = []
-    for group in candidates[:MAX_PLOTTED_GROUPS]:
+    for group in candidates[: render.MAX_PLOTTED_GROUPS]:
         latest: dict[tuple[str, str], RunSummary] = {}
         for r in group.runs:  # oldest first: the last one wins
             latest[(r.device, r.host)] = r
@@ -265,7 +269,7 @@ def draw_groups(
             for r in shown
         ]
         path = out_dir / f"group-{group.id}.png"
-        plots.plot_group(render.title(group), series, key or "", path)
+        plots.plot_group(render.title(group, short=True), series, key or "", path)
         paths.append(path)
     return paths
 
@@ -276,18 +280,22 @@ def _tag_flags(client, selection: Selection, findings: list) -> None:
     kinds: dict[str, set[str]] = {}
     for f in findings:
         kinds.setdefault(f.run_id, set()).add(f.kind)
+    writes: dict[str, dict[str, str]] = {}
+    cleared = []
     for r in selection.judged_runs:
         flags = ",".join(sorted(kinds.get(r.run_id, ())))
         if flags == r.tags.get(Tags.FLAGS, ""):
             continue
         note = r.tags.get(Tags.NOTE, "").split(COMPARE_NOTE)[0].rstrip()
         if flags:
-            client.set_tag(r.run_id, Tags.FLAGS, flags)
             note += f"\n\n{COMPARE_NOTE}: flagged {flags.replace(',', ', ')}."
+            writes[r.run_id] = {Tags.FLAGS: flags, Tags.NOTE: note.lstrip()}
         else:
-            client.delete_tag(r.run_id, Tags.FLAGS)
             note += f"\n\n{COMPARE_NOTE}: no findings."
-        client.set_tag(r.run_id, Tags.NOTE, note.lstrip())
+            writes[r.run_id] = {Tags.NOTE: note.lstrip()}
+            cleared.append(r.run_id)
+    tracking.set_tags_of(client, writes)
+    tracking.delete_tag_of(client, cleared, Tags.FLAGS)
 
 
 COMPARE_NOTE = "Latest compare"

@@ -30,6 +30,16 @@ def whole_numbers(value: str) -> str:
     return value
 
 
+def precision_list(value: str) -> str:
+    wrong = [p for p in split(value) if p not in PRECISIONS]
+    if wrong or not split(value):
+        raise typer.BadParameter(f"expected some of {', '.join(PRECISIONS)}, not {value!r}")
+    return value
+
+
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+
+
 def split(value: str, kind: type = str) -> tuple:
     return tuple(kind(v.strip()) for v in value.split(",") if v.strip())
 
@@ -86,8 +96,23 @@ Loader = Annotated[
         "DataLoader + ToTensor"
     ),
 ]
-Hidden = Annotated[int, typer.Option(min=1, help="Width of each hidden layer")]
-Layers = Annotated[int, typer.Option(min=1, help="Number of hidden layers")]
+Model = Annotated[
+    str,
+    typer.Option(
+        help="mlp (the quickstart's), cnn, vit, or your own as package.module:factory "
+        "(a callable returning an nn.Module that maps [N, 1, 28, 28] to 10 logits)"
+    ),
+]
+ModelOption = Annotated[
+    list[str] | None,
+    typer.Option(help="KEY=VALUE passed to your model's factory (repeat the option)"),
+]
+Precision = Annotated[
+    Literal["fp32", "tf32", "bf16", "fp16"],
+    typer.Option(help="fp32; tf32 (CUDA matmuls); bf16 or fp16 (autocast on the device)"),
+]
+Hidden = Annotated[int, typer.Option(min=1, help="mlp: width of each hidden layer")]
+Layers = Annotated[int, typer.Option(min=1, help="mlp: number of hidden layers")]
 TargetAccuracy = Annotated[
     float | None,
     typer.Option(
@@ -118,6 +143,8 @@ class TrainConfig:
     model: str = "mlp"
     hidden: int = 512
     layers: int = 2
+    model_options: tuple[tuple[str, str], ...] = ()  # KEY=VALUE for a factory
+    precision: str = "fp32"
     epochs: int = 10
     batch_size: int = 64
     lr: float = 1e-3
@@ -128,7 +155,31 @@ class TrainConfig:
 
     @property
     def model_config(self) -> dict:
-        return {"model": self.model, "hidden": self.hidden, "layers": self.layers}
+        """What model.build takes (and what a logged model's config.json holds)."""
+        options = {k: number_or_text(v) for k, v in self.model_options}
+        return {"model": self.model, "hidden": self.hidden, "layers": self.layers} | (
+            {"options": options} if options else {}
+        )
+
+
+def number_or_text(value: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def key_values(pairs: list[str] | None) -> tuple[tuple[str, str], ...]:
+    """KEY=VALUE options as pairs (typer.BadParameter for one without '=')."""
+    out = []
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected KEY=VALUE, not {pair!r}")
+        out.append((key, value))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -148,8 +199,11 @@ def train_config(options: dict) -> TrainConfig:
     return TrainConfig(
         device=o["device"],
         data=DataSpec(o["dataset"], o["data_dir"], o["seed"], o["train_size"], o["test_size"]),
+        model=o["model"],
         hidden=o["hidden"],
         layers=o["layers"],
+        model_options=key_values(o["model_option"]),
+        precision=o["precision"],
         epochs=o["epochs"],
         batch_size=o["batch_size"],
         lr=o["lr"],
@@ -168,6 +222,8 @@ def train_args(cfg: TrainConfig) -> list[str]:
         "--data-dir": str(cfg.data.data_dir),
         "--train-size": cfg.data.train_size,
         "--test-size": cfg.data.test_size,
+        "--model": cfg.model,
+        "--precision": cfg.precision,
         "--hidden": cfg.hidden,
         "--layers": cfg.layers,
         "--epochs": cfg.epochs,
@@ -178,6 +234,7 @@ def train_args(cfg: TrainConfig) -> list[str]:
         "--target-accuracy": cfg.target_accuracy,
     }
     out = [a for k, v in args.items() if v is not None for a in (k, str(v))]
+    out += [a for k, v in cfg.model_options for a in ("--model-option", f"{k}={v}")]
     if cfg.system_metrics:
         return [*out, "--system-metrics-interval", repr(cfg.system_metrics)]
     return [*out, "--no-system-metrics"]

@@ -1,5 +1,6 @@
 """Everything device-specific lives here: which devices exist, their names, and synchronisation."""
 
+import contextlib
 import platform
 import subprocess
 from pathlib import Path
@@ -108,3 +109,69 @@ def build_info() -> dict[str, str]:
 def describe() -> list[tuple[str, str]]:
     """(device, name) for every device this machine has."""
     return [(d, name(torch.device(d))) for d in available()]
+
+
+# --- precision -------------------------------------------------------------------------------
+
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Precision:
+    """How a device computes: fp32; tf32 (CUDA's TensorFloat-32 matmuls and convolutions);
+    bf16 or fp16 through autocast on the device (fp16 with a gradient scaler)."""
+
+    def __init__(self, name: str, device: torch.device):
+        self.name, self.device = name, device
+        self.scaler = torch.amp.GradScaler(device.type) if name == "fp16" else None
+
+    def autocast(self):
+        """The context the forward pass and the loss run in."""
+        if self.name in AUTOCAST:
+            return torch.autocast(self.device.type, dtype=AUTOCAST[self.name])
+        if self.name == "tf32":
+            return _tf32()
+        return contextlib.nullcontext()
+
+    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """Backward pass and optimizer step (scaled for fp16), then zero the gradients."""
+        if self.scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        optimizer.zero_grad()
+
+
+@contextlib.contextmanager
+def _tf32():
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def precision(name: str, device: torch.device) -> Precision:
+    """The precision on the device, or UserError when the device cannot do it."""
+    if name not in PRECISIONS:
+        raise UserError(f"unknown precision '{name}' (expected {', '.join(PRECISIONS)})")
+    why = None
+    if name == "tf32" and (
+        device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 0)
+    ):
+        why = "TF32 needs a CUDA GPU of compute capability 8.0 or later"
+    elif name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        why = "this GPU has no bfloat16"
+    elif name in AUTOCAST:
+        try:
+            with torch.autocast(device.type, dtype=AUTOCAST[name]):
+                torch.ones(2, 2, device=device) @ torch.ones(2, 2, device=device)
+        except (RuntimeError, TypeError) as e:
+            why = str(e).strip().splitlines()[0]
+    if why:
+        raise UserError(f"precision {name} is not available on {device}: {why}")
+    return Precision(name, device)

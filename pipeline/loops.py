@@ -1,5 +1,6 @@
 """The train and test loops, with honest timers and no host synchronisation per batch."""
 
+import contextlib
 import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 from pipeline import devices
+from pipeline.devices import Precision
 
 
 class LossBuffer:
@@ -37,26 +39,31 @@ def train_epoch(
     optimizer: torch.optim.Optimizer,
     losses: LossBuffer,
     on_batch: Callable[[], None] = lambda: None,
+    precision: Precision | None = None,
 ) -> None:
     model.train()
+    precision = precision or Precision("fp32", torch.device("cpu"))
     loss_fn = nn.functional.cross_entropy
     for x, y in batches:
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+        with precision.autocast():
+            loss = loss_fn(model(x), y)
+        precision.step(loss, optimizer)
         losses.add(loss)
         on_batch()
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, batches: Iterable, precision: Precision | None = None
+) -> tuple[float, float]:
     """(mean of the batches' losses, fraction correct), as the quickstart computes them."""
     model.eval()
+    autocast = precision.autocast if precision else contextlib.nullcontext
     loss_sum, correct, samples, num_batches = 0.0, 0, 0, 0
     for x, y in batches:
-        logits = model(x)
-        loss_sum = loss_sum + nn.functional.cross_entropy(logits, y)
+        with autocast():
+            logits = model(x)
+            loss_sum = loss_sum + nn.functional.cross_entropy(logits, y)
         correct = correct + (logits.argmax(1) == y).sum()
         samples += len(y)
         num_batches += 1
@@ -85,6 +92,7 @@ def fit(
     device: torch.device,
     losses: LossBuffer,
     on_batch: Callable[[], None] = lambda: None,
+    precision: Precision | None = None,
 ) -> Iterator[Epoch]:
     """Train for `epochs`, testing after each; yield each epoch's figures.
 
@@ -96,10 +104,10 @@ def fit(
     for epoch in range(1, epochs + 1):
         devices.synchronize(device)
         t0 = time.perf_counter()
-        train_epoch(model, train_batches, optimizer, losses, on_batch)
+        train_epoch(model, train_batches, optimizer, losses, on_batch, precision)
         devices.synchronize(device)
         t1 = time.perf_counter()
-        test_loss, test_accuracy = evaluate(model, test_batches)
+        test_loss, test_accuracy = evaluate(model, test_batches, precision)
         devices.synchronize(device)
         t2 = time.perf_counter()
         yield Epoch(epoch, t1 - t0, t2 - t1, test_loss, test_accuracy)
@@ -114,17 +122,20 @@ def parity(
     cpu_model: nn.Module,
     batches: Iterable,
     num_batches: int = PARITY_BATCHES,
+    precision: Precision | None = None,
 ) -> tuple[float, float]:
-    """Same weights, same inputs, on the device and on the CPU.
+    """Same weights, same inputs, on the device (in its precision) and on the CPU (in fp32).
 
     Returns (largest absolute logit difference, fraction of inputs whose argmax agrees). The
     argmax of each side is taken on its own device, so a broken argmax shows up too.
     """
     device_model.eval()
     cpu_model.eval()
+    autocast = precision.autocast if precision else contextlib.nullcontext
     max_diff, agree, total = 0.0, 0, 0
     for x, _ in itertools.islice(batches, num_batches):
-        on_device = device_model(x)
+        with autocast():
+            on_device = device_model(x).float()
         on_cpu = cpu_model(x.cpu())
         max_diff = max(max_diff, float((on_device.cpu() - on_cpu).abs().max()))
         agree += int((on_device.argmax(1).cpu() == on_cpu.argmax(1)).sum())

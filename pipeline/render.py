@@ -28,6 +28,7 @@ COLUMNS = [
 ]
 TITLE_PARAMS = (Params.DATASET, Params.MODEL, Params.BATCH_SIZE, Params.LR, Params.EPOCHS)
 MAX_TERMINAL_GROUPS = 20
+MAX_PLOTTED_GROUPS = 6
 
 
 def row(run: RunSummary, group: Group, findings: list[Finding]) -> dict:
@@ -69,10 +70,12 @@ def tables(selection: Selection, groups: list[Group], findings: list[Finding]) -
     return out
 
 
-def title(group: Group) -> str:
+def title(group: Group, short: bool = False) -> str:
+    """'group 3: dataset=... model=... batch_size=...', every param, or (short) the main ones."""
     p = group.params
     parts = [f"{k}={p[k]}" for k in TITLE_PARAMS if k in p]
-    parts += [f"{k}={v}" for k, v in p.items() if k not in TITLE_PARAMS]
+    if not short:
+        parts += [f"{k}={v}" for k, v in p.items() if k not in TITLE_PARAMS]
     return f"group {group.id}: " + " ".join(parts)
 
 
@@ -159,6 +162,15 @@ def markdown(
         for plot in plots:
             if plot.stem == f"group-{group['id']}":
                 lines += [f"![{group['title']}]({plot.name})", ""]
+    drawn = {plot.stem for plot in plots}
+    undrawn = [str(g["id"]) for g in groups if f"group-{g['id']}" not in drawn]
+    if undrawn:
+        lines += [
+            f"No picture for group {', '.join(undrawn)}: compare draws the flagged groups first, "
+            f"then groups with several devices, at most {MAX_PLOTTED_GROUPS} (none with "
+            "--no-plots).",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -202,6 +214,8 @@ def describe_unsourced(tests: list[RunSummary]) -> str:
 
 # --- sweep -----------------------------------------------------------------------------------
 
+SWEEP_KEYS = ("model", "precision", "hidden", "batch_size")
+
 
 def cells(row: dict, device_names: list[str]) -> list[str]:
     """One table row's entries: samples/s, with the speed-up over the CPU where there is one."""
@@ -212,21 +226,25 @@ def cells(row: dict, device_names: list[str]) -> list[str]:
     return out
 
 
+def workload_cells(row: dict) -> list[str]:
+    return ["-" if row[k] is None else str(row[k]) for k in SWEEP_KEYS]
+
+
 def sweep_table(summary: dict) -> Table:
     table = Table(title="sweep: steady-state samples/s (speed-up over the CPU)")
-    for heading in ("hidden", "batch", *summary["devices"]):
+    for heading in ("model", "precision", "hidden", "batch", *summary["devices"]):
         table.add_column(heading)
     for row in summary["rows"]:
-        table.add_row(str(row["hidden"]), str(row["batch_size"]), *cells(row, summary["devices"]))
+        table.add_row(*workload_cells(row), *cells(row, summary["devices"]))
     return table
 
 
 def sweep_markdown(summary: dict) -> str:
     lines = ["# Sweep", "", "Steady-state training samples/s (speed-up over the CPU).", ""]
-    lines.append("| hidden | batch | " + " | ".join(summary["devices"]) + " |")
-    lines.append("|---|---|" + "---|" * len(summary["devices"]))
+    lines.append("| model | precision | hidden | batch | " + " | ".join(summary["devices"]) + " |")
+    lines.append("|---|---|---|---|" + "---|" * len(summary["devices"]))
     for row in summary["rows"]:
-        entries = [str(row["hidden"]), str(row["batch_size"]), *cells(row, summary["devices"])]
+        entries = [*workload_cells(row), *cells(row, summary["devices"])]
         lines.append("| " + " | ".join(entries) + " |")
     lines += ["", "## Crossover", ""]
     lines += crossover_lines(summary) or ["No accelerator in this sweep."]
@@ -234,15 +252,18 @@ def sweep_markdown(summary: dict) -> str:
 
 
 def crossover_lines(summary: dict) -> list[str]:
+    """Where each accelerator starts to beat the CPU, for each model and precision."""
     out = []
-    for device, where in summary["crossover"].items():
-        if isinstance(where, str):
-            out.append(f"- {device}: {where}")
-        else:
-            out.append(
-                f"- {device}: beats the CPU from hidden {where['hidden']}, batch "
-                f"{where['batch_size']} on ({where['speedup_vs_cpu']:.2f}×)"
-            )
+    for c in summary["crossover"]:
+        what = f"- {c['device']}, {c['model']} {c['precision']}"
+        if c["batch_size"] is None:
+            out.append(f"{what}: never in the range swept")
+            continue
+        width = f"hidden {c['hidden']}, " if c["hidden"] is not None else ""
+        out.append(
+            f"{what}: beats the CPU from {width}batch {c['batch_size']} on "
+            f"({c['speedup_vs_cpu']:.2f}×)"
+        )
     return out
 
 

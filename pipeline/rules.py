@@ -35,6 +35,8 @@ Rules (tolerances are options of `pipeline compare`):
   max(accuracy tolerance, 3 × scaled MAD).
 - device-numerics: the parity probe agreed with the CPU on fewer than 99% of argmaxes.
 - evaluation-mismatch: a test run scores differently from the run whose weights it evaluated.
+- precision-accuracy-loss: a tf32/bf16/fp16 run's final accuracy is more than the accuracy
+  tolerance below the fp32 run of the same model, data, device and host.
 - run-failed, run-killed: a selected run that did not finish.
 
 `test` runs go through the rules that need no group: non-finite-loss,
@@ -150,6 +152,19 @@ def steady_epoch_times(run: RunSummary, history: History | None) -> list[float]:
     return times[1:] if len(times) > 1 else times
 
 
+def speed_confidence(run: RunSummary, baseline: list[RunSummary], history: History | None) -> dict:
+    """confidence() of the run's steady epoch times against its baseline's. Histories only
+    where the rule needs them: none when the run's `epochs` param says it cannot have
+    MIN_SAMPLES steady epochs, and the baseline's only when the run's are enough."""
+    epochs = run.params.get(Params.EPOCHS, "")
+    if epochs.isdigit() and int(epochs) - 1 < MIN_SAMPLES:
+        return {"samples": max(int(epochs) - 1, min(int(epochs), 1))}
+    ours = steady_epoch_times(run, history)
+    if len(ours) < MIN_SAMPLES:
+        return {"samples": len(ours)}
+    return confidence(ours, [t for b in baseline for t in steady_epoch_times(b, history)])
+
+
 def confidence(run_times: list[float], base_times: list[float]) -> dict:
     """How sure a slowdown is: the samples per side; with MIN_SAMPLES or more on both sides,
     the one-sided Mann-Whitney U p-value that the run's epochs take longer, and the 95%
@@ -210,10 +225,13 @@ def judge(selection: Selection, tol: Tolerances, history: History | None = None)
                 f.message += doctor_note(run, selection.doctors)
             findings.append(f)
 
+    fp32 = fp32_twins(selection.runs)
     for group in groups:
         for run in group.runs:
             if run.run_id in selection.judged:
-                add(run, _check_run(run, group, tol, history), group.id)
+                found = _check_run(run, group, tol, history)
+                found += _precision_loss(run, fp32.get(twin_key(run)), tol)
+                add(run, found, group.id)
     for run in selection.failed:
         add(run, _unfinished(run))
     by_id = {r.run_id: r for r in selection.runs}
@@ -243,6 +261,52 @@ def doctor_note(run: RunSummary, doctors: dict[tuple[str, str], RunSummary]) -> 
     found = doctor.tags.get(Tags.DOCTOR_FAILURES, "")
     verdict = f"found: {found}" if found else "found every checked operation right"
     return f"; doctor run {doctor.run_id[:8]} on this host {verdict}"
+
+
+def twin_key(run: RunSummary) -> tuple:
+    """What a run shares with its fp32 twin: every grouping param but the precision, the
+    device that ran, and the host."""
+    return (
+        tuple(kv for kv in run.group_key if kv[0] != Params.PRECISION),
+        run.device,
+        run.host,
+    )
+
+
+def fp32_twins(runs: list[RunSummary]) -> dict[tuple, RunSummary]:
+    """The latest fp32 run of each twin key (runs without a precision param are fp32)."""
+    return {twin_key(r): r for r in runs if r.params.get(Params.PRECISION, "fp32") == "fp32"}
+
+
+def _precision_loss(run: RunSummary, twin: RunSummary | None, tol: Tolerances) -> list[Finding]:
+    """A tf32/bf16/fp16 run whose final accuracy is more than the tolerance below its fp32
+    twin's: the same model and data on the same device, in full precision."""
+    precision = run.params.get(Params.PRECISION, "fp32")
+    acc = run.metrics.get(Metrics.TEST_ACCURACY)
+    if precision == "fp32" or twin is None or acc is None:
+        return []
+    fp32_acc = twin.metrics.get(Metrics.TEST_ACCURACY)
+    if fp32_acc is None or acc >= fp32_acc - tol.accuracy:
+        return []
+    diff = changed(run, [twin])
+    return [
+        Finding(
+            run.run_id,
+            ACCURACY,
+            "precision-accuracy-loss",
+            ERROR,
+            f"{run.device} in {precision} reaches {acc:.1%} test accuracy, {fp32_acc - acc:.1%} "
+            f"below the same workload in fp32 on it ({fp32_acc:.1%}; tolerance "
+            f"{tol.accuracy:.1%})" + describe_changes(diff),
+            values={
+                "test_accuracy": acc,
+                "fp32_test_accuracy": fp32_acc,
+                "fp32_run_id": twin.run_id,
+                "precision": precision,
+                "changed": diff,
+            },
+        )
+    ]
 
 
 def _unfinished(run: RunSummary) -> list[Finding]:
@@ -312,7 +376,7 @@ def _speed_vs_cpu(run, group, tol, history) -> list[Finding]:
     diff = changed(run, [cpu], same_by_design=("device_name",))
     ratio = speed_ratio(run, cpu)
     if ratio is not None and ratio < 1 - tol.speed:
-        sure = confidence(steady_epoch_times(run, history), steady_epoch_times(cpu, history))
+        sure = speed_confidence(run, [cpu], history)
         severity, how_sure = speed_severity(sure)
         found.append(
             Finding(
@@ -353,8 +417,7 @@ def _speed_vs_history(run, group, tol, history) -> list[Finding]:
     ratio = speed(run, key) / median
     if ratio >= 1 - allowed:
         return []
-    base_times = [t for h in earlier for t in steady_epoch_times(h, history)]
-    sure = confidence(steady_epoch_times(run, history), base_times)
+    sure = speed_confidence(run, earlier, history)
     severity, how_sure = speed_severity(sure)
     diff = changed(run, earlier)
     return [
@@ -497,10 +560,17 @@ def _accuracy_vs_history(run, group, tol) -> list[Finding]:
 
 
 def _parity(run) -> list[Finding]:
+    """The parity probe found the device's predictions unlike the CPU's: fewer than 99% agree,
+    or, in bf16/fp16, more than a point fewer than the precision alone explains."""
     agreement = run.metrics.get(Metrics.PARITY_ARGMAX_AGREEMENT)
-    if agreement is None or agreement >= PARITY_MIN_AGREEMENT:
+    expected = run.metrics.get(Metrics.PARITY_PRECISION_ARGMAX_AGREEMENT, 1.0)
+    floor = min(PARITY_MIN_AGREEMENT, expected - (1 - PARITY_MIN_AGREEMENT))
+    if agreement is None or agreement >= floor:
         return []
     diff = run.metrics.get(Metrics.PARITY_MAX_ABS_LOGIT_DIFF, float("nan"))
+    gap = ""
+    if Metrics.PARITY_PRECISION_ARGMAX_AGREEMENT in run.metrics:
+        gap = f"; the precision alone explains {expected:.1%} agreement"
     return [
         Finding(
             run.run_id,
@@ -508,8 +578,12 @@ def _parity(run) -> list[Finding]:
             "device-numerics",
             ERROR,
             f"{run.device}: the same weights and inputs give the CPU's prediction for only "
-            f"{agreement:.1%} of test images (max logit difference {diff:.3g})",
-            values={"parity_argmax_agreement": agreement, "parity_max_abs_logit_diff": diff},
+            f"{agreement:.1%} of test images (max logit difference {diff:.3g}){gap}",
+            values={
+                "parity_argmax_agreement": agreement,
+                "parity_max_abs_logit_diff": diff,
+                "expected_agreement": expected,
+            },
         )
     ]
 

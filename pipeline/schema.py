@@ -8,7 +8,10 @@ The README's "Run schema" section documents each name.
 class Params:
     DEVICE = "device"
     DATASET = "dataset"
-    MODEL = "model"
+    MODEL = "model"  # mlp-784-512-512-10, cnn, vit, or package.module:factory as given
+    MODEL_OPTIONS = "model_options"  # KEY=VALUE,... passed to a factory
+    PRECISION = "precision"  # fp32, tf32, bf16, fp16
+    PARAMETERS = "parameters"  # the model's parameter count
     HIDDEN = "hidden"
     LAYERS = "layers"
     EPOCHS = "epochs"
@@ -72,3 +75,7 @@ class Metrics:
     TIME_TO_TARGET_S = "time_to_target_s"
     PARITY_MAX_ABS_LOGIT_DIFF = "parity_max_abs_logit_diff"
     PARITY_ARGMAX_AGREEMENT = "parity_argmax_agreement"
+    # bf16/fp16 runs: the CPU in that precision against the CPU in fp32, the expected gap
+    PARITY_PRECISION_MAX_ABS_LOGIT_DIFF = "parity_precision_max_abs_logit_diff"
+    PARITY_PRECISION_ARGMAX_AGREEMENT = "parity_precision_argmax_agreement"
+    FORWARD_FLOPS = "forward_flops_per_sample"  # one image's forward pass (torch's counter)

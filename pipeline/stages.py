@@ -23,13 +23,15 @@ from pipeline.lifecycle import Diverged, interrupts_requested, run_closed
 from pipeline.schema import Metrics, Params, Stages, Tags
 
 
-def train_params(cfg: TrainConfig, device: torch.device, train_size: int, test_size: int) -> dict:
+def train_params(
+    cfg: TrainConfig, device: torch.device, train_size: int, test_size: int, net: torch.nn.Module
+) -> dict:
     params = {
         Params.DEVICE: str(device),
         Params.DATASET: cfg.data.name,
         Params.MODEL: model.describe(cfg.model_config),
-        Params.HIDDEN: cfg.hidden,
-        Params.LAYERS: cfg.layers,
+        Params.PRECISION: cfg.precision,
+        Params.PARAMETERS: model.parameter_count(net),
         Params.EPOCHS: cfg.epochs,
         Params.BATCH_SIZE: cfg.batch_size,
         Params.LR: cfg.lr,
@@ -39,6 +41,10 @@ def train_params(cfg: TrainConfig, device: torch.device, train_size: int, test_s
         Params.TRAIN_SIZE: train_size,
         Params.TEST_SIZE: test_size,
     }
+    if cfg.model == "mlp":
+        params |= {Params.HIDDEN: cfg.hidden, Params.LAYERS: cfg.layers}
+    if cfg.model_options:
+        params[Params.MODEL_OPTIONS] = ",".join(f"{k}={v}" for k, v in cfg.model_options)
     if cfg.target_accuracy is not None:
         params[Params.TARGET_ACCURACY] = cfg.target_accuracy
     return params
@@ -58,7 +64,9 @@ def device_tags(device: torch.device, stage: str, host: str | None) -> dict[str,
 
 
 def default_run_name(cfg: TrainConfig, device: torch.device) -> str:
-    return f"{device.type}-{cfg.data.name}-{cfg.model}{cfg.hidden}x{cfg.layers}-bs{cfg.batch_size}"
+    """What a run is: cpu-fashion-mnist-mlp512x2-fp32-bs64, mps-synthetic-cnn-bf16-bs256."""
+    workload = {"mlp": f"mlp{cfg.hidden}x{cfg.layers}"}.get(cfg.model, cfg.model.split(":")[-1])
+    return f"{device.type}-{cfg.data.name}-{workload}-{cfg.precision}-bs{cfg.batch_size}"
 
 
 def seconds_since_process_start() -> float:
@@ -93,12 +101,15 @@ def train(cfg: TrainConfig, target: Target, quiet: bool = False) -> str:
     data is not usable. Once the run exists it always ends FINISHED, FAILED or KILLED.
     """
     device = devices.resolve(cfg.device)
+    precision = devices.precision(cfg.precision, device)
+    model.checked(cfg.model_config)  # a bad --model is one line, before anything is logged
     client, experiment_id = tracking.open_experiment(
         target.tracking_uri, target.experiment, target.host
     )
     train_batches = data.batches(cfg.data, True, cfg.loader, cfg.batch_size, device)
     test_batches = data.batches(cfg.data, False, cfg.loader, cfg.batch_size, device)
     net = model.initialised(cfg.model_config, cfg.seed, device)
+    flops = model.forward_flops(net)
     losses = loops.LossBuffer(len(train_batches), device)
 
     tags = device_tags(device, Stages.TRAIN, target.host)
@@ -112,15 +123,17 @@ def train(cfg: TrainConfig, target: Target, quiet: bool = False) -> str:
         if cfg.system_metrics:
             run.start_system_metrics(cfg.system_metrics)
         with run_closed(run, stop, before_kill=lambda: _flush_losses(run, losses)):
-            params = train_params(cfg, device, train_batches.num_samples, test_batches.num_samples)
+            sizes = train_batches.num_samples, test_batches.num_samples
+            params = train_params(cfg, device, *sizes, net)
             run.log_params(params)
             # Everything made so far lives to the end: out of the collector's way, so that
             # its passes during training scan only what training makes.
             gc.freeze()
             summary, epochs, all_losses = _train_loop(
-                cfg, device, net, train_batches, test_batches, losses, run, quiet, stop
+                cfg, device, net, train_batches, test_batches, losses, run, quiet, stop, precision
             )
-            summary |= parity_probe(net, cfg.model_config, device, test_batches)
+            summary[Metrics.FORWARD_FLOPS] = flops
+            summary |= parity_probe(net, cfg.model_config, device, test_batches, precision)
             _log_model(run, net, cfg, device)
             _log_curves(run, all_losses, epochs, name)
             run.set_tags({Tags.NOTE: describe_run(params, tags, summary, epochs[-1])})
@@ -147,7 +160,7 @@ def _flush_losses(run: tracking.Run, losses: loops.LossBuffer) -> list[float]:
     return values
 
 
-def _train_loop(cfg, device, net, train_batches, test_batches, losses, run, quiet, stop):
+def _train_loop(cfg, device, net, train_batches, test_batches, losses, run, quiet, stop, precision):
     """Run the epochs, logging each one's figures as soon as it ends.
 
     Returns (the run's totals, the epochs, every batch's loss)."""
@@ -165,7 +178,15 @@ def _train_loop(cfg, device, net, train_batches, test_batches, losses, run, quie
                 bar.advance(batch_task)
 
         for ep in loops.fit(
-            net, train_batches, test_batches, cfg.epochs, cfg.lr, device, losses, on_batch
+            net,
+            train_batches,
+            test_batches,
+            cfg.epochs,
+            cfg.lr,
+            device,
+            losses,
+            on_batch,
+            precision,
         ):
             first_step = losses.next_step
             values = _flush_losses(run, losses)
@@ -228,6 +249,7 @@ def describe_run(params: dict, tags: dict, summary: dict, last: loops.Epoch) -> 
         k: params[k]
         for k in (
             Params.MODEL,
+            Params.PRECISION,
             Params.DATASET,
             Params.EPOCHS,
             Params.BATCH_SIZE,
@@ -237,7 +259,8 @@ def describe_run(params: dict, tags: dict, summary: dict, last: loops.Epoch) -> 
         )
     }
     return (
-        f"{p[Params.MODEL]} trained on {p[Params.DATASET]} ({params[Params.TRAIN_SIZE]} images) "
+        f"{p[Params.MODEL]} ({p[Params.PRECISION]}) trained on {p[Params.DATASET]} "
+        f"({params[Params.TRAIN_SIZE]} images) "
         f"for {p[Params.EPOCHS]} epochs, batch {p[Params.BATCH_SIZE]}, lr {p[Params.LR]}, seed "
         f"{p[Params.SEED]}, loader {p[Params.LOADER]}, on {params[Params.DEVICE]} "
         f"({tags[Tags.DEVICE_NAME]}) at {tags[Tags.HOST]}: test accuracy "
@@ -254,17 +277,34 @@ def _print_summary(run_id: str, summary: dict) -> None:
     )
 
 
-def parity_probe(net: torch.nn.Module, config: dict, device: torch.device, batches) -> dict:
-    """On a non-CPU device: the parity metrics of the trained weights against the CPU."""
+def parity_probe(
+    net: torch.nn.Module,
+    config: dict,
+    device: torch.device,
+    batches,
+    precision: devices.Precision | None = None,
+) -> dict:
+    """On a non-CPU device: the trained weights on the device, in its precision, against the
+    CPU in fp32. For bf16 and fp16 also the gap the precision alone explains: the CPU in that
+    precision against the CPU in fp32."""
     if device.type == "cpu":
         return {}
     cpu_net = model.build(**config)
     cpu_net.load_state_dict({k: v.cpu() for k, v in net.state_dict().items()})
-    max_diff, agreement = loops.parity(net, cpu_net, batches)
-    return {
+    max_diff, agreement = loops.parity(net, cpu_net, batches, precision=precision)
+    found = {
         Metrics.PARITY_MAX_ABS_LOGIT_DIFF: max_diff,
         Metrics.PARITY_ARGMAX_AGREEMENT: agreement,
     }
+    if precision is not None and precision.name in devices.AUTOCAST:
+        on_cpu = devices.Precision(precision.name, torch.device("cpu"))
+        cpu_batches = ((x.cpu(), y) for x, y in batches)
+        gap, gap_agreement = loops.parity(cpu_net, cpu_net, cpu_batches, precision=on_cpu)
+        found |= {
+            Metrics.PARITY_PRECISION_MAX_ABS_LOGIT_DIFF: gap,
+            Metrics.PARITY_PRECISION_ARGMAX_AGREEMENT: gap_agreement,
+        }
+    return found
 
 
 # --- the model artifact ---------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""The sweep: every device against every workload size, as child runs of one parent run, and
-where each accelerator starts to beat the CPU."""
+"""The sweep: every device against every workload (model, precision, width, batch size), as
+child runs of one parent run, and where each accelerator starts to beat the CPU."""
 
 import contextlib
 import json
@@ -14,7 +14,7 @@ from pathlib import Path
 import mlflow
 from mlflow import MlflowClient
 
-from pipeline import config, console, devices, plots, render, tracking
+from pipeline import config, console, devices, model, plots, render, tracking
 from pipeline.config import Target, TrainConfig
 from pipeline.errors import UserError
 from pipeline.lifecycle import interrupts_requested, run_closed
@@ -25,13 +25,17 @@ from pipeline.schema import Metrics, Params, Stages, Tags
 class Grid:
     devices: tuple[str, ...]
     batch_sizes: tuple[int, ...]
-    hidden: tuple[int, ...]
+    hidden: tuple[int, ...]  # the MLP's widths; other models have none
+    models: tuple[str, ...] = ("mlp",)
+    precisions: tuple[str, ...] = ("fp32",)
 
     def as_params(self) -> dict[str, str]:
         return {
             "sweep_devices": ",".join(self.devices),
             "sweep_batch_sizes": ",".join(map(str, self.batch_sizes)),
             "sweep_hidden": ",".join(map(str, self.hidden)),
+            "sweep_models": ",".join(self.models),
+            "sweep_precisions": ",".join(self.precisions),
         }
 
     @classmethod
@@ -40,7 +44,31 @@ class Grid:
             tuple(params["sweep_devices"].split(",")),
             tuple(int(b) for b in params["sweep_batch_sizes"].split(",")),
             tuple(int(h) for h in params["sweep_hidden"].split(",")),
+            tuple(params.get("sweep_models", "mlp").split(",")),
+            tuple(params.get("sweep_precisions", "fp32").split(",")),
         )
+
+    def workloads(self, base: TrainConfig) -> list[TrainConfig]:
+        """Every (model, precision, width, batch size) as a configuration, device unset."""
+        return [
+            replace(base, model=m, precision=p, hidden=h, batch_size=b)
+            for m in self.models
+            for p in self.precisions
+            for h in (self.hidden if m == "mlp" else self.hidden[:1])
+            for b in self.batch_sizes
+        ]
+
+
+def workload_of(params: dict[str, str]) -> tuple[str, str, int | None, int]:
+    """(model, precision, width or None, batch size) of a child run, from its params; the
+    model as the sweep names it (mlp, whatever its width; cnn; vit; a factory reference)."""
+    mlp = params[Params.MODEL].startswith("mlp-")
+    return (
+        "mlp" if mlp else params[Params.MODEL],
+        params.get(Params.PRECISION, "fp32"),
+        int(params[Params.HIDDEN]) if mlp else None,
+        int(params[Params.BATCH_SIZE]),
+    )
 
 
 def usable_devices(wanted: tuple[str, ...], strict: bool) -> list[str]:
@@ -56,11 +84,6 @@ def usable_devices(wanted: tuple[str, ...], strict: bool) -> list[str]:
     if not usable:
         raise UserError("none of the listed devices is available here")
     return usable
-
-
-def workload_flops(batch_size: int, hidden: int, layers: int) -> int:
-    """Multiply-adds of one forward pass of a batch: the size a workload is ordered by."""
-    return batch_size * (784 * hidden + hidden * hidden * (layers - 1) + hidden * 10)
 
 
 def sweep(
@@ -96,22 +119,37 @@ def sweep(
         with run_closed(parent, stop):
             done = finished_children(client, parent.run_id)
             for device in device_list:
-                for hidden in grid.hidden:
-                    for batch_size in grid.batch_sizes:
-                        stop.check()  # a signal between two children stops here
-                        what = f"{device} batch {batch_size} hidden {hidden}"
-                        if (device, str(batch_size), str(hidden)) in done:
-                            console.err.print(f"already done: {what}")
-                            continue
-                        cfg = replace(base, device=device, batch_size=batch_size, hidden=hidden)
-                        code = _train_child(cfg, target, parent.run_id, experiment_id, stop)
-                        stop.check()
-                        if not quiet or code:
-                            outcome = "finished" if code == 0 else f"failed (exit code {code})"
-                            console.err.print(f"{what}: {outcome}")
-            summary = summarise(client, parent.run_id, base.layers)
+                for workload in grid.workloads(base):
+                    stop.check()  # a signal between two children stops here
+                    cfg = replace(workload, device=device)
+                    what = f"{device} {describe(cfg)}"
+                    if (device, *workload_of(child_params(cfg))) in done:
+                        console.err.print(f"already done: {what}")
+                        continue
+                    code = _train_child(cfg, target, parent.run_id, experiment_id, stop)
+                    stop.check()
+                    if not quiet or code:
+                        outcome = "finished" if code == 0 else f"failed (exit code {code})"
+                        console.err.print(f"{what}: {outcome}")
+            summary = summarise(client, parent.run_id)
             _log_summary(parent, summary, quiet)
     return parent.run_id
+
+
+def describe(cfg: TrainConfig) -> str:
+    """'mlp hidden 512 fp32 batch 64', 'cnn bf16 batch 256'."""
+    width = f" hidden {cfg.hidden}" if cfg.model == "mlp" else ""
+    return f"{cfg.model}{width} {cfg.precision} batch {cfg.batch_size}"
+
+
+def child_params(cfg: TrainConfig) -> dict[str, str]:
+    """The params a child logs that name its workload (as train logs them)."""
+    return {
+        Params.MODEL: model.describe(cfg.model_config),
+        Params.PRECISION: cfg.precision,
+        Params.HIDDEN: str(cfg.hidden),
+        Params.BATCH_SIZE: str(cfg.batch_size),
+    }
 
 
 def child_command(cfg: TrainConfig, target: Target, parent_id: str) -> list[str]:
@@ -202,61 +240,86 @@ def children(client: MlflowClient, parent_id: str) -> list:
     )
 
 
-def finished_children(client: MlflowClient, parent_id: str) -> set[tuple[str, str, str]]:
+def finished_children(client: MlflowClient, parent_id: str) -> set[tuple]:
+    """(device that ran, model, precision, width, batch size) of each finished child."""
     return {
-        (
-            r.data.tags.get(Tags.DEVICE) or r.data.params[Params.DEVICE],
-            r.data.params[Params.BATCH_SIZE],
-            r.data.params[Params.HIDDEN],
-        )
+        (r.data.tags.get(Tags.DEVICE) or r.data.params[Params.DEVICE], *workload_of(r.data.params))
         for r in children(client, parent_id)
         if r.info.status == "FINISHED"
     }
 
 
-def summarise(client: MlflowClient, parent_id: str, layers: int) -> dict:
+def summarise(client: MlflowClient, parent_id: str) -> dict:
     """Throughput per device for each workload, speed-ups over the CPU, and crossovers."""
-    rows: dict[tuple[int, int], dict[str, float]] = {}
+    records = []
     for r in children(client, parent_id):
-        if r.info.status != "FINISHED" or Metrics.SAMPLES_PER_S not in r.data.metrics:
+        m = r.data.metrics
+        if r.info.status != "FINISHED" or Metrics.SAMPLES_PER_S not in m:
             continue
-        key = (int(r.data.params[Params.HIDDEN]), int(r.data.params[Params.BATCH_SIZE]))
-        device = r.data.tags.get(Tags.DEVICE) or r.data.params[Params.DEVICE]  # what ran
-        rows.setdefault(key, {})[device] = r.data.metrics[Metrics.SAMPLES_PER_S]
-    return crossover_table(rows, layers)
-
-
-def crossover_table(rows: dict[tuple[int, int], dict[str, float]], layers: int) -> dict:
-    """Plain data in (throughput by (hidden, batch) and device), plain data out."""
-    ordered = sorted(rows, key=lambda k: workload_flops(k[1], k[0], layers))
-    device_names = sorted({d for r in rows.values() for d in r}, key=lambda d: (d != "cpu", d))
-    table = []
-    for hidden, batch in ordered:
-        speeds = rows[(hidden, batch)]
-        cpu = speeds.get("cpu")
-        table.append(
+        model, precision, hidden, batch = workload_of(r.data.params)
+        records.append(
             {
+                "model": model,
+                "precision": precision,
                 "hidden": hidden,
                 "batch_size": batch,
-                "flops_per_batch": workload_flops(batch, hidden, layers),
-                "samples_per_s": speeds,
-                "speedup_vs_cpu": {d: s / cpu for d, s in speeds.items() if d != "cpu" and cpu},
+                "device": r.data.tags.get(Tags.DEVICE) or r.data.params[Params.DEVICE],
+                "samples_per_s": m[Metrics.SAMPLES_PER_S],
+                "flops_per_sample": m.get(Metrics.FORWARD_FLOPS, 0.0),
             }
         )
-    crossovers = {}
-    for device in device_names:
-        if device == "cpu":
-            continue
-        first = next((r for r in table if r["speedup_vs_cpu"].get(device, 0) > 1), None)
-        crossovers[device] = (
+    return crossover_table(records)
+
+
+def crossover_table(records: list[dict]) -> dict:
+    """Plain data in (one record a child: its workload, device, samples/s and forward FLOPs
+    per sample), plain data out: a row per workload, ordered by FLOPs per batch within each
+    model and precision, with each device's samples/s and speed-up over the CPU; and for each
+    accelerator, model and precision, the smallest workload at which it beats the CPU."""
+    rows: dict[tuple, dict] = {}
+    for r in records:
+        key = (r["model"], r["precision"], r["hidden"], r["batch_size"])
+        row = rows.setdefault(
+            key,
             {
-                "hidden": first["hidden"],
-                "batch_size": first["batch_size"],
-                "speedup_vs_cpu": first["speedup_vs_cpu"][device],
-            }
-            if first
-            else "never in the range swept"
+                "model": r["model"],
+                "precision": r["precision"],
+                "hidden": r["hidden"],
+                "batch_size": r["batch_size"],
+                "flops_per_batch": r["flops_per_sample"] * r["batch_size"],
+                "samples_per_s": {},
+            },
         )
+        row["samples_per_s"][r["device"]] = r["samples_per_s"]
+    table = sorted(rows.values(), key=lambda r: (r["model"], r["precision"], r["flops_per_batch"]))
+    for row in table:
+        speeds = row["samples_per_s"]
+        cpu = speeds.get("cpu")
+        row["speedup_vs_cpu"] = {d: s / cpu for d, s in speeds.items() if d != "cpu" and cpu}
+    device_names = sorted(
+        {d for r in records for d in [r["device"]]}, key=lambda d: (d != "cpu", d)
+    )
+    crossovers = []
+    for device in device_names[1:] if "cpu" in device_names else device_names:
+        for workload in dict.fromkeys((r["model"], r["precision"]) for r in table):
+            mine = [
+                r
+                for r in table
+                if (r["model"], r["precision"]) == workload and device in r["samples_per_s"]
+            ]
+            if not mine:
+                continue  # this device never ran it
+            first = next((r for r in mine if r["speedup_vs_cpu"].get(device, 0) > 1), None)
+            crossovers.append(
+                {
+                    "device": device,
+                    "model": workload[0],
+                    "precision": workload[1],
+                    "hidden": first["hidden"] if first else None,
+                    "batch_size": first["batch_size"] if first else None,
+                    "speedup_vs_cpu": first["speedup_vs_cpu"][device] if first else None,
+                }
+            )
     return {"devices": device_names, "rows": table, "crossover": crossovers}
 
 

@@ -11,6 +11,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -307,6 +308,44 @@ def download(model_uri: str, dst: Path) -> Path:
     except Exception as e:
         reason = redact_text(str(e)).strip().splitlines()[0]
         raise UserError(f"no model logged by `pipeline train` at {model_uri}: {reason}") from None
+
+
+def _parallel(client: MlflowClient) -> int:
+    """Requests to have in flight at once: several to a server, where each waits on the
+    network; one to a local store."""
+    return PARALLEL_REQUESTS if client.tracking_uri.startswith(("http:", "https:")) else 1
+
+
+PARALLEL_REQUESTS = 8
+
+
+def histories(
+    client: MlflowClient, wanted: list[tuple[str, str]]
+) -> dict[tuple[str, str], list[tuple[int, float]]]:
+    """The (step, value) history of each (run id, metric key), read in parallel from a
+    server."""
+
+    def read(pair: tuple[str, str]) -> list[tuple[int, float]]:
+        return [(m.step, m.value) for m in client.get_metric_history(*pair)]
+
+    with ThreadPoolExecutor(_parallel(client)) as pool:
+        return dict(zip(wanted, pool.map(read, wanted), strict=True))
+
+
+def set_tags_of(client: MlflowClient, tags: dict[str, dict[str, str]]) -> None:
+    """Set each run's tags, one request a run (in parallel to a server)."""
+
+    def write(item: tuple[str, dict[str, str]]) -> None:
+        run_id, values = item
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in values.items()])
+
+    with ThreadPoolExecutor(_parallel(client)) as pool:
+        list(pool.map(write, tags.items()))
+
+
+def delete_tag_of(client: MlflowClient, run_ids: list[str], key: str) -> None:
+    with ThreadPoolExecutor(_parallel(client)) as pool:
+        list(pool.map(lambda run_id: client.delete_tag(run_id, key), run_ids))
 
 
 def params_of(client: MlflowClient, run_id: str) -> dict[str, str] | None:

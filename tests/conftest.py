@@ -60,7 +60,7 @@ def cli(store, data_dir, capsys, monkeypatch, tmp_path):
         if data and args[0] in ("train", "test", "sweep"):
             argv += ["--data-dir", str(data_dir)]
         capsys.readouterr()
-        code = cli_module.run(argv[1:])
+        code = cli_module.execute(argv[1:])
         out = capsys.readouterr()
         return Result(code, out.out, out.err)
 

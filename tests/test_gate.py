@@ -132,17 +132,23 @@ def test_an_accelerator_baseline_does_not_count_the_device_name_as_a_change():
     assert rules.changed(gpu, [cpu]) == {"device_name": ["Xeon", "H100"]}
 
 
-def epochs(client, run_id: str, times: list[float]) -> None:
+def timed_run(client, device: str, speed: float, times: list[float]) -> str:
+    """A run of len(times) epochs with those per-epoch times."""
+    run_id = log_run(
+        client,
+        device,
+        summary={Metrics.SAMPLES_PER_S: speed},
+        params={Params.EPOCHS: str(len(times))},
+    )
     client.log_batch(
         run_id, metrics=[Metric(Metrics.EPOCH_TIME_S, t, 0, i + 1) for i, t in enumerate(times)]
     )
+    return run_id
 
 
 def test_a_slowdown_the_epochs_confirm_is_an_error(cli, client, tmp_path):
-    cpu = log_run(client, "cpu", summary={Metrics.SAMPLES_PER_S: 20_000})
-    gpu = log_run(client, "cuda:0", summary={Metrics.SAMPLES_PER_S: 10_000})
-    epochs(client, cpu, [1.5, 1.00, 1.01, 0.99, 1.02, 1.00, 0.98])
-    epochs(client, gpu, [3.0, 2.00, 2.02, 1.98, 2.01, 2.00, 1.99])
+    timed_run(client, "cpu", 20_000, [1.5, 1.00, 1.01, 0.99, 1.02, 1.00, 0.98])
+    timed_run(client, "cuda:0", 10_000, [3.0, 2.00, 2.02, 1.98, 2.01, 2.00, 1.99])
     result, report = compare_json(cli, tmp_path)
     (finding,) = report["findings"]
     assert finding["severity"] == "error" and result.code == 1
@@ -154,10 +160,8 @@ def test_a_slowdown_the_epochs_confirm_is_an_error(cli, client, tmp_path):
 
 
 def test_a_slowdown_the_epochs_cannot_confirm_is_a_warning(cli, client, tmp_path):
-    cpu = log_run(client, "cpu", summary={Metrics.SAMPLES_PER_S: 10_000})
-    gpu = log_run(client, "cuda:0", summary={Metrics.SAMPLES_PER_S: 8_000})
-    epochs(client, cpu, [1.5, 1.0, 2.0, 1.1, 1.9, 1.2, 1.8])
-    epochs(client, gpu, [1.5, 1.9, 1.0, 2.1, 1.1, 1.8, 1.3])
+    timed_run(client, "cpu", 10_000, [1.5, 1.0, 2.0, 1.1, 1.9, 1.2, 1.8])
+    timed_run(client, "cuda:0", 8_000, [1.5, 1.9, 1.0, 2.1, 1.1, 1.8, 1.3])
     result, report = compare_json(cli, tmp_path)
     (finding,) = report["findings"]
     assert finding["severity"] == "warning" and result.code == 1  # flagged, unconfirmed
@@ -166,10 +170,8 @@ def test_a_slowdown_the_epochs_cannot_confirm_is_a_warning(cli, client, tmp_path
 
 
 def test_too_few_epochs_to_decide_is_a_warning_that_says_so(cli, client, tmp_path):
-    cpu = log_run(client, "cpu", summary={Metrics.SAMPLES_PER_S: 20_000})
-    gpu = log_run(client, "cuda:0", summary={Metrics.SAMPLES_PER_S: 10_000})
-    epochs(client, cpu, [1.5, 1.0, 1.0])
-    epochs(client, gpu, [3.0, 2.0, 2.0])
+    timed_run(client, "cpu", 20_000, [1.5, 1.0, 1.0])
+    timed_run(client, "cuda:0", 10_000, [3.0, 2.0, 2.0])
     result, report = compare_json(cli, tmp_path)
     (finding,) = report["findings"]
     assert finding["severity"] == "warning" and "p_value" not in finding["values"]

@@ -70,28 +70,54 @@ def test_resume_reruns_only_what_did_not_finish(cli, client):
     assert killed == [combo(victim)]  # re-run once, the rest left alone
 
 
-def test_crossover_is_the_smallest_workload_an_accelerator_wins():
-    rows = {
+def record(model, hidden, batch, device, speed, flops, precision="fp32"):
+    return {
+        "model": model,
+        "precision": precision,
+        "hidden": hidden,
+        "batch_size": batch,
+        "device": device,
+        "samples_per_s": speed,
+        "flops_per_sample": flops,
+    }
+
+
+def test_crossover_is_the_smallest_workload_an_accelerator_wins_for_each_model():
+    mlp = {512: 1_000_000, 2048: 10_000_000}  # forward FLOPs per sample
+    speeds = {
         (512, 64): {"cpu": 1000.0, "cuda:0": 800.0, "mps": 500.0},
         (512, 256): {"cpu": 1500.0, "cuda:0": 3000.0, "mps": 900.0},
         (2048, 64): {"cpu": 300.0, "cuda:0": 1200.0, "mps": 250.0},
     }
-    summary = sweep.crossover_table(rows, layers=2)
-    # ordered by work per batch: (512, 64) < (512, 256) < (2048, 64)
-    assert [(r["hidden"], r["batch_size"]) for r in summary["rows"]] == [
-        (512, 64),
-        (512, 256),
-        (2048, 64),
+    records = [
+        record("mlp", h, b, d, v, mlp[h]) for (h, b), by in speeds.items() for d, v in by.items()
     ]
-    assert summary["crossover"]["cuda:0"] == {
+    records += [  # the conv net: mps wins from batch 256 on
+        record("cnn", None, 64, "cpu", 500.0, 20_000_000),
+        record("cnn", None, 64, "mps", 400.0, 20_000_000),
+        record("cnn", None, 256, "cpu", 520.0, 20_000_000),
+        record("cnn", None, 256, "mps", 1500.0, 20_000_000),
+    ]
+    summary = sweep.crossover_table(records)
+    mlp_rows = [(r["hidden"], r["batch_size"]) for r in summary["rows"] if r["model"] == "mlp"]
+    assert mlp_rows == [(512, 64), (512, 256), (2048, 64)]  # by FLOPs per batch
+    assert summary["devices"] == ["cpu", "cuda:0", "mps"]
+    found = {(c["device"], c["model"]): c for c in summary["crossover"]}
+    assert found[("cuda:0", "mlp")] == {
+        "device": "cuda:0",
+        "model": "mlp",
+        "precision": "fp32",
         "hidden": 512,
         "batch_size": 256,
         "speedup_vs_cpu": 2.0,
     }
-    assert summary["crossover"]["mps"] == "never in the range swept"
-    assert summary["rows"][0]["speedup_vs_cpu"] == {"cuda:0": 0.8, "mps": 0.5}
-    expected = "cuda:0: beats the CPU from hidden 512, batch 256 on (2.00×)"
-    assert expected in render.sweep_markdown(summary)
+    assert found[("mps", "mlp")]["batch_size"] is None
+    assert found[("mps", "cnn")]["batch_size"] == 256
+    assert ("cuda:0", "cnn") not in found  # it never ran the conv net
+    text = render.sweep_markdown(summary)
+    assert "- cuda:0, mlp fp32: beats the CPU from hidden 512, batch 256 on (2.00×)" in text
+    assert "- mps, cnn fp32: beats the CPU from batch 256 on (2.88×)" in text
+    assert "- mps, mlp fp32: never in the range swept" in text
 
 
 def test_bad_grid_is_a_usage_error(cli):

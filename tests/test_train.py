@@ -29,6 +29,8 @@ def test_train_logs_the_run_schema(cli, client):
         Params.DEVICE: "cpu",
         Params.DATASET: "synthetic",
         Params.MODEL: "mlp-784-512-512-10",
+        Params.PRECISION: "fp32",
+        Params.PARAMETERS: "669706",
         Params.HIDDEN: "512",
         Params.LAYERS: "2",
         Params.EPOCHS: "2",
@@ -183,13 +185,15 @@ def test_runs_read_well_in_the_ui(cli, client):
     assert cli(*args, "--no-system-metrics").code == 0
     runs = sorted(client.search_runs(["0"]), key=lambda r: r.info.start_time)
     assert [r.info.run_name for r in runs] == [
-        "cpu-synthetic-mlp512x2-bs64",
-        "cpu-synthetic-mlp512x2-bs64-2",
+        "cpu-synthetic-mlp512x2-fp32-bs64",
+        "cpu-synthetic-mlp512x2-fp32-bs64-2",
     ]
     first, second = runs
     note = first.data.tags[Tags.NOTE]
     accuracy = first.data.metrics[Metrics.TEST_ACCURACY]
-    assert note.startswith("mlp-784-512-512-10 trained on synthetic (6400 images) for 3 epochs")
+    assert note.startswith(
+        "mlp-784-512-512-10 (fp32) trained on synthetic (6400 images) for 3 epochs"
+    )
     assert f"test accuracy {accuracy:.1%}" in note and "samples/s" in note
     cpu_samples = client.get_metric_history(first.info.run_id, "system/cpu_utilization_percentage")
     assert len(cpu_samples) >= 2

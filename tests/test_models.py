@@ -1,0 +1,143 @@
+"""Workloads beyond the MLP: a conv net, a small vision transformer, the user's own model, and
+the precisions a device offers."""
+
+import pytest
+import torch
+from conftest import SMALL, only_run
+from test_compare import compare_json, kinds, log_run
+from test_errors import assert_no_run, assert_one_line_error
+
+from pipeline import model
+from pipeline.schema import Metrics, Params
+
+ONE_EPOCH = ("train", "--device", "cpu", "--epochs", "1", *SMALL, "--no-system-metrics")
+
+
+@pytest.mark.parametrize(("name", "logged"), [("cnn", "cnn"), ("vit", "vit")])
+def test_each_built_in_model_trains(cli, client, name, logged):
+    result = cli(*ONE_EPOCH, "--model", name)
+    assert result.code == 0, result.stderr
+    run = only_run(client)
+    assert run.info.status == "FINISHED"
+    assert run.data.params[Params.MODEL] == logged
+    assert Params.HIDDEN not in run.data.params  # the MLP's options say nothing here
+    net = model.build(name)
+    assert run.data.params[Params.PARAMETERS] == str(model.parameter_count(net))
+    assert run.data.metrics[Metrics.FORWARD_FLOPS] == model.forward_flops(net) > 0
+    assert run.info.run_name == f"cpu-synthetic-{name}-fp32-bs64"
+    assert len(client.get_metric_history(run.info.run_id, Metrics.TRAIN_LOSS)) == 10
+
+
+@pytest.mark.parametrize("name", model.BUILT_IN)
+def test_one_seed_gives_every_model_the_same_initial_weights(name):
+    config = {"model": name, "hidden": 32, "layers": 2}
+    a = model.initialised(config, 7, torch.device("cpu")).state_dict()
+    b = model.initialised(config, 7, torch.device("cpu")).state_dict()
+    c = model.initialised(config, 8, torch.device("cpu")).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a if a[k].numel() > 1)
+
+
+USER_MODELS = """
+from torch import nn
+
+def tiny(width=16):
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, width), nn.ReLU(), nn.Linear(width, 10))
+
+def wrong_shape():
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 3))
+
+def not_a_module():
+    return "a string"
+
+CONSTANT = 3
+"""
+
+
+@pytest.fixture
+def user_models(tmp_path):
+    (tmp_path / "mymodels.py").write_text(USER_MODELS)  # the cli fixture runs in tmp_path
+    yield "mymodels"
+    import sys
+
+    sys.modules.pop("mymodels", None)
+
+
+def test_your_own_model_from_the_current_folder(cli, client, user_models):
+    args = (*ONE_EPOCH, "--model", f"{user_models}:tiny", "--model-option", "width=8")
+    result = cli(*args)
+    assert result.code == 0, result.stderr
+    run = only_run(client)
+    assert run.data.params[Params.MODEL] == "mymodels:tiny"
+    assert run.data.params[Params.MODEL_OPTIONS] == "width=8"
+    assert run.data.params[Params.PARAMETERS] == str(784 * 8 + 8 + 8 * 10 + 10)
+    assert run.info.run_name == "cpu-synthetic-tiny-fp32-bs64"
+    # its logged model can be evaluated elsewhere: config.json rebuilds it
+    result = cli("test", "--model-uri", f"runs:/{run.info.run_id}/model", "--device", "cpu")
+    assert result.code == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("reference", "message"),
+    [
+        ("nosuchmodule:make", "cannot import nosuchmodule"),
+        ("mymodels:missing", "mymodels has no missing"),
+        ("mymodels:CONSTANT", "CONSTANT is not callable"),
+        ("mymodels:not_a_module", "the factory returned str"),
+        ("mymodels:wrong_shape", "maps [2, 1, 28, 28] to [2, 3], not [2, 10]"),
+        ("resnet", "unknown model 'resnet'"),
+    ],
+)
+def test_a_bad_model_reference_is_one_line_and_no_run(cli, client, user_models, reference, message):
+    result = cli(*ONE_EPOCH, "--model", reference)
+    assert_one_line_error(result, message)
+    assert_no_run(client)
+
+
+def test_bf16_on_the_cpu_through_autocast(cli, client, monkeypatch):
+    from pipeline import devices
+
+    entered = []
+    original = devices.Precision.autocast
+
+    def recording(self):
+        entered.append(self.name)
+        return original(self)
+
+    monkeypatch.setattr(devices.Precision, "autocast", recording)
+    assert cli(*ONE_EPOCH, "--precision", "bf16", "--run-name", "bf16").code == 0
+    assert cli(*ONE_EPOCH, "--run-name", "fp32").code == 0
+    runs = {r.info.run_name: r for r in client.search_runs(["0"])}
+    assert runs["bf16"].data.params[Params.PRECISION] == "bf16"
+    assert entered.count("bf16") >= 10  # every training batch, and the test batches
+
+    def losses(name):
+        history = client.get_metric_history(runs[name].info.run_id, Metrics.TRAIN_LOSS)
+        return [m.value for m in sorted(history, key=lambda m: m.step)]
+
+    bf16, fp32 = losses("bf16"), losses("fp32")
+    assert bf16 != fp32  # computed in bfloat16...
+    assert bf16 == pytest.approx(fp32, rel=0.05)  # ...from the same weights and batches
+
+
+def test_a_precision_the_device_lacks_is_one_line(cli, client):
+    result = cli(*ONE_EPOCH, "--precision", "tf32")
+    assert_one_line_error(result, "precision tf32 is not available on cpu")
+    assert_no_run(client)
+
+
+def test_precision_accuracy_loss(cli, client, tmp_path):
+    fp32 = log_run(client, "cuda:0", accuracy=[0.80], params={Params.PRECISION: "fp32"})
+    fine = log_run(client, "cuda:0", accuracy=[0.79], params={Params.PRECISION: "bf16"})
+    lossy = log_run(client, "cuda:0", accuracy=[0.70], params={Params.PRECISION: "fp16"})
+    elsewhere = log_run(
+        client, "cuda:0", host="other", accuracy=[0.5], params={Params.PRECISION: "bf16"}
+    )  # no fp32 run on that host: nothing to compare with
+    result, report = compare_json(cli, tmp_path)
+    assert kinds(report, lossy) == ["precision-accuracy-loss"] and result.code == 1
+    assert kinds(report, fine) == [] and kinds(report, fp32) == []
+    assert kinds(report, elsewhere) == []
+    (finding,) = report["findings"]
+    assert finding["values"]["fp32_run_id"] == fp32 and finding["values"]["precision"] == "fp16"
+    assert "in fp16 reaches 70.0% test accuracy, 10.0% below" in finding["message"]
+    assert len(report["groups"]) == 3  # precision is part of what groups runs
