@@ -100,3 +100,11 @@ def test_a_wrong_option_would_be_caught():
         parse_ours(["train", "--devcie", "cpu"])
     with pytest.raises(Exception, match="greater than or equal to 1"):
         parse_ours(["train", "--epochs", "0"])
+
+
+def test_the_readme_is_a_users_document():
+    """Pitch, set-up, journeys, reading a finding; details live in docs/."""
+    text = (ROOT / "README.md").read_text()
+    assert len(text) <= 12_000
+    for link in re.findall(r"\]\(((?:docs/|CONTRIBUTING)[^)#]+)\)", text):
+        assert (ROOT / link).exists(), link
