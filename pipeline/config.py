@@ -70,7 +70,9 @@ Host = Annotated[
     ),
 ]
 RunName = Annotated[str | None, typer.Option(help="Run name [default: what the run is]")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the outcome")]
+Quiet = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress, tables or per-epoch lines")
+]
 
 # --- the workload ----------------------------------------------------------------------------
 

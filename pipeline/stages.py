@@ -140,8 +140,7 @@ def train(cfg: TrainConfig, target: Target, quiet: bool = False) -> str:
             run.log_metrics(summary)
             summary[Metrics.WALL_TIME_S] = seconds_since_process_start()
             run.log_metrics({Metrics.WALL_TIME_S: summary[Metrics.WALL_TIME_S]})
-    if not quiet:
-        _print_summary(run.run_id, summary)
+    _print_summary(run.run_id, summary)  # the outcome, quiet or not
     return run.run_id
 
 

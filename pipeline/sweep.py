@@ -167,7 +167,10 @@ def _train_child(cfg, target: Target, parent_id: str, experiment_id: str, stop) 
     # In the environment, not on the command line, which `ps` shows to everyone.
     env["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
     env["MLFLOW_EXPERIMENT_ID"] = experiment_id
-    child = subprocess.Popen(child_command(cfg, target, parent_id), env=env)
+    # Its outcome line is the sweep's to print; its errors reach stderr.
+    child = subprocess.Popen(
+        child_command(cfg, target, parent_id), env=env, stdout=subprocess.DEVNULL
+    )
     while True:
         try:
             return child.wait(timeout=0.2)
