@@ -98,8 +98,8 @@ class Selection:
     experiment_ids: list[str]
     tests: list[RunSummary] = field(default_factory=list)  # judged `test` runs
     unsourced: list[RunSummary] = field(default_factory=list)  # tests whose source is not read
-    doctors: dict[tuple[str, str], "RunSummary"] = field(default_factory=dict)  # latest doctor
-    # run of each (device, host)
+    # the latest doctor run of each (device, host)
+    doctors: dict[tuple[str, str], RunSummary] = field(default_factory=dict)
 
     @property
     def judged_runs(self) -> list[RunSummary]:
