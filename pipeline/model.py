@@ -151,13 +151,15 @@ def parameter_count(net: nn.Module) -> int:
 
 
 def forward_flops(net: nn.Module) -> int:
-    """Floating-point operations of one forward pass of one image (torch's FLOP counter), in
-    training mode: in eval mode a transformer layer takes a fused path the counter cannot see."""
+    """Floating-point operations of one forward pass of one image on the CPU (torch's FLOP
+    counter), in training mode: in eval mode a transformer layer takes a fused path the
+    counter cannot see. Run it on a throwaway copy: training mode updates batch-norm
+    statistics."""
     from torch.utils.flop_counter import FlopCounterMode
 
     was_training = net.training
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        net.train()(torch.zeros(1, *IMAGE, device=next(net.parameters()).device))
+        net.train()(torch.zeros(1, *IMAGE))
     net.train(was_training)
     return counter.get_total_flops()

@@ -102,14 +102,14 @@ def train(cfg: TrainConfig, target: Target, quiet: bool = False) -> str:
     """
     device = devices.resolve(cfg.device)
     precision = devices.precision(cfg.precision, device)
-    model.checked(cfg.model_config)  # a bad --model is one line, before anything is logged
+    # A bad --model is one line, before anything is logged; the probe's FLOPs on the CPU.
+    flops = model.forward_flops(model.checked(cfg.model_config))
     client, experiment_id = tracking.open_experiment(
         target.tracking_uri, target.experiment, target.host
     )
     train_batches = data.batches(cfg.data, True, cfg.loader, cfg.batch_size, device)
     test_batches = data.batches(cfg.data, False, cfg.loader, cfg.batch_size, device)
     net = model.initialised(cfg.model_config, cfg.seed, device)
-    flops = model.forward_flops(net)
     losses = loops.LossBuffer(len(train_batches), device)
 
     tags = device_tags(device, Stages.TRAIN, target.host)
