@@ -48,9 +48,8 @@ def main() -> None:
                     if proc.returncode != 0:
                         print(f"{name}: exit {proc.returncode}: {proc.stderr.strip()[-300:]}")
                         continue
-                    run = MlflowClient(store).search_runs(
-                        ["0"], f"attributes.run_name = '{name}'"
-                    )[0]
+                    query = f"attributes.run_name = '{name}'"
+                    (run,) = MlflowClient(store).search_runs(["0"], query)
                     m, p = run.data.metrics, run.data.params
                     rows.append(
                         (

@@ -125,3 +125,24 @@ def test_bad_grid_is_a_usage_error(cli):
     assert result.code == 2 and "--batch-sizes" in result.stderr
     result = cli("sweep", "--resume", "0123456789abcdef")
     assert result.code == 2 and "no sweep run '0123456789abcdef' to resume" in result.stderr
+
+
+def test_models_and_precisions_are_axes_of_the_grid(cli, client):
+    from pipeline.config import TrainConfig
+
+    grid = sweep.Grid(("cpu",), (64, 256), (32, 64), ("mlp", "cnn"), ("fp32", "bf16"))
+    workloads = [
+        (w.model, w.precision, w.hidden, w.batch_size) for w in grid.workloads(TrainConfig())
+    ]
+    assert len(workloads) == 2 * 2 * 2 + 1 * 2 * 2  # the widths are the MLP's alone
+    assert ("cnn", "bf16", 32, 256) in workloads and ("cnn", "fp32", 64, 64) not in workloads
+
+    args = ["--devices", "cpu", "--batch-sizes", "64", "--hidden", "16", "--epochs", "1"]
+    small = [a for a in SMALL if a not in ("--lr", "0.05")]
+    result = cli("sweep", *args, "--models", "mlp,cnn", *small)
+    assert result.code == 0, result.stderr
+    (parent,), kids = sweep_runs(client)
+    assert parent.info.status == "FINISHED"
+    assert sorted(k.data.params["model"] for k in kids) == ["cnn", "mlp-784-16-16-10"]
+    assert "cpu, cnn fp32" not in result.stdout  # no accelerator: no crossover lines
+    assert "mlp" in result.stdout and "cnn" in result.stdout  # both rows in the table
