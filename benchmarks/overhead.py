@@ -9,7 +9,8 @@ SGD lr 1e-3, batch 64, a test pass after every epoch), each in a process of its 
   b  `pipeline train`, every batch's loss logged to MLflow (sqlite), with the default system
      metrics (one sample a second); b0 the same with --no-system-metrics;
   c  the quickstart's loop: DataLoader + ToTensor, loss.item() as the quickstart does.
-The four run in turn, --rounds times, so that slow drift of the machine hits all alike. It
+The four run in turn, --rounds times, each round starting one later than the one before, so
+that slow drift of the machine hits all alike and no variant always follows the same one. It
 prints each one's median epoch time (training + test pass; the median over rounds of each
 round's median), peak RSS, and the ratios, with the targets: b/a <= 1.05 (best round and
 median), and the peak RSS of all of b's processes together <= 1.3 x c's. With --repeat K it
@@ -218,9 +219,11 @@ def main() -> None:
         "c quickstart": lambda: run_bare_or_quickstart("quickstart", args.epochs, data_dir, env),
     }
     rounds: dict[str, list] = {name: [] for name in runners}
-    for _ in range(args.rounds):
-        for name, runner in runners.items():
-            rounds[name].append(runner())
+    names = list(runners)
+    for r in range(args.rounds):
+        # Each round starts one later, so that no variant always runs after the same one.
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            rounds[name].append(runners[name]())
     print(
         f"{args.epochs} epochs each, {args.rounds} rounds, synthetic 60,000/10,000, batch 64, "
         f"CPU ({os.cpu_count()} cores)"
