@@ -42,7 +42,7 @@ def train(
     layers: c.Layers = 2,
     target_accuracy: c.TargetAccuracy = None,
     system_metrics: c.SystemMetrics = True,
-    system_metrics_interval: c.SystemMetricsInterval = 1.0,
+    system_metrics_interval: c.SystemMetricsInterval = 10.0,
     parent_run_id: Annotated[
         str | None, typer.Option(help="Log the run as a child of this run (a sweep's parent)")
     ] = None,

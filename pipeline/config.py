@@ -123,7 +123,12 @@ TargetAccuracy = Annotated[
 ]
 SystemMetrics = Annotated[bool, typer.Option(help="Log MLflow's system metrics (CPU, memory, GPU)")]
 SystemMetricsInterval = Annotated[
-    float, typer.Option(min=0.1, help="Seconds between system-metrics samples")
+    float,
+    typer.Option(
+        min=0.1,
+        help="Seconds between system-metrics samples (each costs the training thread a few "
+        "ms: at 1 s, about 5% of an epoch on 2 cores)",
+    ),
 ]
 
 
@@ -153,7 +158,7 @@ class TrainConfig:
     seed: int = 0
     loader: str = "tensors"
     target_accuracy: float | None = None
-    system_metrics: float = 1.0  # seconds between system-metrics samples; 0: none
+    system_metrics: float = 10.0  # seconds between system-metrics samples; 0: none
 
     @property
     def model_config(self) -> dict:
