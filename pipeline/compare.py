@@ -222,12 +222,12 @@ def history_reader(client: MlflowClient, known: dict | None = None) -> rules.His
     """A metric's history as (step, value) pairs: from `known` (read ahead), else read from
     the store when a rule asks."""
 
-    def history(run_id: str, key: str) -> list[tuple[int, float]]:
+    def read(run_id: str, key: str) -> list[tuple[int, float]]:
         if known and (run_id, key) in known:
             return known[(run_id, key)]
-        return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+        return tracking.history(client, run_id, key)
 
-    return history
+    return read
 
 
 def draw_groups(

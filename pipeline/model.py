@@ -10,11 +10,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pipeline.data import NUM_CLASSES
 from pipeline.errors import UserError
 
 BUILT_IN = ("mlp", "cnn", "vit")
 IMAGE = (1, 28, 28)
-NUM_CLASSES = 10
 
 
 def build(

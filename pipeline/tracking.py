@@ -319,17 +319,18 @@ def _parallel(client: MlflowClient) -> int:
 PARALLEL_REQUESTS = 8
 
 
+def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    """A metric's history as (step, value) pairs."""
+    return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+
+
 def histories(
     client: MlflowClient, wanted: list[tuple[str, str]]
 ) -> dict[tuple[str, str], list[tuple[int, float]]]:
-    """The (step, value) history of each (run id, metric key), read in parallel from a
-    server."""
-
-    def read(pair: tuple[str, str]) -> list[tuple[int, float]]:
-        return [(m.step, m.value) for m in client.get_metric_history(*pair)]
-
+    """The history of each (run id, metric key), read in parallel from a server."""
     with ThreadPoolExecutor(_parallel(client)) as pool:
-        return dict(zip(wanted, pool.map(read, wanted), strict=True))
+        found = pool.map(lambda pair: history(client, *pair), wanted)
+        return dict(zip(wanted, found, strict=True))
 
 
 def set_tags_of(client: MlflowClient, tags: dict[str, dict[str, str]]) -> None:
