@@ -1,6 +1,7 @@
 """Everything device-specific lives here: which devices exist, their names, and synchronisation."""
 
 import contextlib
+import ctypes
 import platform
 import subprocess
 from pathlib import Path
@@ -10,6 +11,32 @@ import torch
 from pipeline.errors import UserError
 
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N, mps"
+
+# glibc's mallopt parameters (malloc.h) and the values the training process sets
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+TRIM_THRESHOLD, MMAP_THRESHOLD = 256 << 20, 32 << 20
+ALLOCATOR_KEEPS_FREED, ALLOCATOR_DEFAULT = "glibc, freed memory kept", "system default"
+
+
+def keep_freed_host_memory() -> str:
+    """Have the C allocator keep freed host memory for reuse; return what it does now.
+
+    Every batch frees and allocates the same few megabytes of host memory (activations,
+    gradients, the batch itself). glibc gives free memory at the top of its heap back to the
+    system once more than M_TRIM_THRESHOLD is free, and serves blocks over M_MMAP_THRESHOLD
+    with fresh mappings; by default both thresholds move with what the process has freed so
+    far, so whether an epoch takes 100,000 page faults or none depends on the heap's history,
+    that is on what else the process imported. Fixed thresholds (trim at 256 MiB, mappings
+    from 32 MiB, glibc's largest) make the reuse certain: the epoch's time is the work's, not
+    the allocator's luck. Elsewhere than glibc nothing changes. The answer is the run's tag
+    pipeline.host_allocator.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError, TypeError):  # not glibc: macOS, Windows, musl
+        return ALLOCATOR_DEFAULT
+    kept = mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) and mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    return ALLOCATOR_KEEPS_FREED if kept else ALLOCATOR_DEFAULT
 
 
 def available() -> list[str]:

@@ -108,6 +108,7 @@ ENVIRONMENT = (
     ("driver_version", Tags.GPU_DRIVER, "driver"),
     ("device_name", Tags.DEVICE_NAME, "device"),
     ("host", Tags.HOST, "host"),
+    ("host_allocator", Tags.HOST_ALLOCATOR, "host allocator"),
     ("python_version", Tags.PYTHON_VERSION, "Python"),
     ("mlflow_version", Tags.MLFLOW_VERSION, "MLflow"),
     ("pipeline_version", Tags.PIPELINE_VERSION, "pipeline"),

@@ -40,6 +40,7 @@ class Tags:
     TORCH_VERSION = "pipeline.torch_version"
     TORCH_CUDA = "pipeline.torch_cuda"
     GPU_DRIVER = "pipeline.gpu_driver"  # cuda runs: the NVIDIA driver's version
+    HOST_ALLOCATOR = "pipeline.host_allocator"  # train/test: whether freed memory is kept
     PYTHON_VERSION = "pipeline.python_version"
     PLATFORM = "pipeline.platform"
     MLFLOW_VERSION = "pipeline.mlflow_version"

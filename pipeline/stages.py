@@ -50,9 +50,10 @@ def train_params(
     return params
 
 
-def device_tags(device: torch.device, stage: str, host: str | None) -> dict[str, str]:
-    driver = devices.driver_version(device)
-    return ({Tags.GPU_DRIVER: driver} if driver else {}) | {
+def device_tags(
+    device: torch.device, stage: str, host: str | None, allocator: str | None = None
+) -> dict[str, str]:
+    tags = {
         Tags.STAGE: stage,
         Tags.DEVICE: str(device),
         Tags.DEVICE_TYPE: device.type,
@@ -61,6 +62,11 @@ def device_tags(device: torch.device, stage: str, host: str | None) -> dict[str,
         Tags.TORCH_VERSION: torch.__version__,
         Tags.TORCH_CUDA: torch.version.cuda or "none",
     }
+    if driver := devices.driver_version(device):
+        tags[Tags.GPU_DRIVER] = driver
+    if allocator:
+        tags[Tags.HOST_ALLOCATOR] = allocator
+    return tags
 
 
 def default_run_name(cfg: TrainConfig, device: torch.device) -> str:
@@ -102,6 +108,7 @@ def train(cfg: TrainConfig, target: Target, quiet: bool = False) -> str:
     """
     device = devices.resolve(cfg.device)
     precision = devices.precision(cfg.precision, device)
+    allocator = devices.keep_freed_host_memory()
     # A bad --model is one line, before anything is logged; the probe's FLOPs on the CPU.
     flops = model.forward_flops(model.checked(cfg.model_config))
     client, experiment_id = tracking.open_experiment(
@@ -112,7 +119,7 @@ def train(cfg: TrainConfig, target: Target, quiet: bool = False) -> str:
     net = model.initialised(cfg.model_config, cfg.seed, device)
     losses = loops.LossBuffer(len(train_batches), device)
 
-    tags = device_tags(device, Stages.TRAIN, target.host)
+    tags = device_tags(device, Stages.TRAIN, target.host, allocator)
     if target.parent_run_id:
         tags[Tags.PARENT] = target.parent_run_id
     name = target.run_name or tracking.unique_run_name(
@@ -355,6 +362,7 @@ def test(
 ) -> str:
     """Evaluate a logged model on a device; log a run of stage `test` pointing at its source."""
     device = devices.resolve(device_spec)
+    allocator = devices.keep_freed_host_memory()
     client, experiment_id = tracking.open_experiment(
         target.tracking_uri, target.experiment, target.host
     )
@@ -367,7 +375,9 @@ def test(
     # the source run may be in another store: its config says enough then
     params = tracking.params_of(client, source_id) or {}
     params[Params.DEVICE] = str(device)
-    tags = device_tags(device, Stages.TEST, target.host) | {Tags.SOURCE_RUN_ID: source_id}
+    tags = device_tags(device, Stages.TEST, target.host, allocator) | {
+        Tags.SOURCE_RUN_ID: source_id
+    }
     name = target.run_name or tracking.unique_run_name(
         client, experiment_id, f"test-{device}-of-{config['trained_on']}-{source_id[:8]}"
     )
