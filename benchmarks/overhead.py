@@ -15,7 +15,10 @@ The five run in turn, --rounds times, each round starting one later than the one
 that slow drift of the machine hits all alike and no variant always follows the same one. It
 prints each one's median epoch time (training + test pass; the median over rounds of each
 round's median), peak RSS, and the ratios, with the targets: b/a <= 1.05 (best round and
-median), and the peak RSS of all of b's processes together <= 1.3 x c's. With --repeat K it
+median), and the peak RSS of all of b's processes together <= 1.3 x c's. Then, inside this
+one process, a, a's loop over the pipeline's uint8 batches (a8) and `pipeline train` take
+turns, which splits b/a into what the data format costs and what the rest costs, free of
+the drift between processes. With --repeat K it
 runs b K more times and prints the coefficient of variation of the epoch time: the noise
 floor to set `compare --speed-tolerance` from.
 
@@ -46,18 +49,25 @@ def peak_rss_mib(pid: int | str = "self") -> float:
     return int(status.split("VmHWM:")[1].split()[0]) / 1024  # in kB
 
 
-def child(mode: str, epochs: int, data_dir: str) -> None:
-    """Runs inside the measured process; prints {"epochs": [seconds, ...], "rss_mib": peak}."""
+def bare_batches(split, scale_per_batch: bool):
+    """a's batches: views of the split preloaded as floats; or, with scale_per_batch, the
+    pipeline's own (uint8 kept, each batch scaled to floats when it is taken)."""
+    from pipeline import data
+
+    x, y = split.data.unsqueeze(1), split.targets
+    if scale_per_batch:
+        return data.TensorBatches(x, y, BATCH)
+    x = x.float() / 255
+    return [(x[i : i + BATCH], y[i : i + BATCH]) for i in range(0, len(y), BATCH)]
+
+
+def bare_epochs(train_batches, test_batches, epochs: int, quickstart: bool = False) -> list:
+    """The quickstart's MLP, trained from the seed: seconds of each epoch (training + test
+    pass). With `quickstart`, the loss printed every 100 batches and .item() per test batch,
+    as the quickstart does."""
     import torch
     from torch import nn
-    from torch.utils.data import DataLoader
-    from torchvision.transforms import ToTensor
 
-    from pipeline import data, devices
-
-    if mode.endswith("-kept"):
-        devices.keep_freed_host_memory()
-    spec = data.DataSpec("synthetic", Path(data_dir), SEED)
     torch.manual_seed(SEED)
     net = nn.Sequential(
         nn.Flatten(),
@@ -69,15 +79,6 @@ def child(mode: str, epochs: int, data_dir: str) -> None:
     )
     loss_fn = nn.CrossEntropyLoss()
     opt = torch.optim.SGD(net.parameters(), lr=LR)
-    if mode.startswith("bare"):
-        train, test = data.load(spec, True), data.load(spec, False)
-        x, y = train.data.unsqueeze(1).float() / 255, train.targets
-        tx, ty = test.data.unsqueeze(1).float() / 255, test.targets
-        train_batches = [(x[i : i + BATCH], y[i : i + BATCH]) for i in range(0, len(y), BATCH)]
-        test_batches = [(tx[i : i + BATCH], ty[i : i + BATCH]) for i in range(0, len(ty), BATCH)]
-    else:  # the quickstart
-        train_batches = DataLoader(data.load(spec, True, transform=ToTensor()), batch_size=BATCH)
-        test_batches = DataLoader(data.load(spec, False, transform=ToTensor()), batch_size=BATCH)
     times = []
     for _ in range(epochs):
         t0 = time.perf_counter()
@@ -87,14 +88,14 @@ def child(mode: str, epochs: int, data_dir: str) -> None:
             loss.backward()
             opt.step()
             opt.zero_grad()
-            if mode == "quickstart" and batch % 100 == 0:
+            if quickstart and batch % 100 == 0:
                 print(f"loss: {loss.item():>7f}", file=sys.stderr)
         net.eval()
         test_loss, correct = 0.0, 0.0
         with torch.no_grad():
             for xb, yb in test_batches:
                 pred = net(xb)
-                if mode == "quickstart":
+                if quickstart:
                     test_loss += loss_fn(pred, yb).item()
                     correct += (pred.argmax(1) == yb).type(torch.float).sum().item()
                 else:
@@ -102,40 +103,70 @@ def child(mode: str, epochs: int, data_dir: str) -> None:
                     correct += (pred.argmax(1) == yb).sum()
         float(test_loss), float(correct)
         times.append(time.perf_counter() - t0)
+    return times
+
+
+def child(mode: str, epochs: int, data_dir: str) -> None:
+    """Runs inside the measured process; prints {"epochs": [seconds, ...], "rss_mib": peak}."""
+    from torch.utils.data import DataLoader
+    from torchvision.transforms import ToTensor
+
+    from pipeline import data, devices
+
+    if mode.endswith("-kept"):
+        devices.keep_freed_host_memory()
+    spec = data.DataSpec("synthetic", Path(data_dir), SEED)
+    if mode.startswith("bare"):
+        train = bare_batches(data.load(spec, True), scale_per_batch=False)
+        test = bare_batches(data.load(spec, False), scale_per_batch=False)
+    else:
+        train = DataLoader(data.load(spec, True, transform=ToTensor()), batch_size=BATCH)
+        test = DataLoader(data.load(spec, False, transform=ToTensor()), batch_size=BATCH)
+    times = bare_epochs(train, test, epochs, quickstart=mode == "quickstart")
     print(json.dumps({"epochs": times, "rss_mib": peak_rss_mib()}))
 
 
-def loop_ab(data_dir: str, rounds: int) -> dict[str, list[float]]:
-    """In one process, alternating: a's bare training epoch against the pipeline's own
-    (loops.train_epoch over uint8 TensorBatches, every loss into the LossBuffer). Same process,
-    same CPU placement: only the loops differ, so this isolates their cost from machine noise."""
-    import torch
-    from torch import nn
+def same_process(data_dir: str, rounds: int) -> dict[str, list[float]]:
+    """In this one process, taking turns: a's epoch; a's loop over the pipeline's batches
+    (uint8, scaled per batch); and `pipeline train` itself (cli.execute, every loss logged).
+    Each figure is the faster of two epochs from a fresh model. One process, one allocator
+    setting (the pipeline's, set first), one CPU placement: the machine's drift between
+    processes is out, so a8/a is what the pipeline's data format costs and b/a8 what its
+    loop, timers and logging cost."""
+    from mlflow import MlflowClient
 
-    from pipeline import data, loops, model
+    from pipeline import cli, data, devices
 
-    train = data.load(data.DataSpec("synthetic", Path(data_dir), SEED), True)
-    x, y = train.data.unsqueeze(1).float() / 255, train.targets
-    bare = [(x[i : i + BATCH], y[i : i + BATCH]) for i in range(0, len(y), BATCH)]
-    ours = data.TensorBatches(train.data.unsqueeze(1), y, BATCH)
-    times: dict[str, list[float]] = {"a's loop": [], "pipeline's loop": []}
-    for _ in range(rounds):
-        for name in times:
-            net = model.initialised(
-                {"model": "mlp", "hidden": 512, "layers": 2}, SEED, torch.device("cpu")
-            )
-            opt = torch.optim.SGD(net.parameters(), lr=LR)
-            t0 = time.perf_counter()
-            if name == "a's loop":
-                for xb, yb in bare:
-                    nn.functional.cross_entropy(net(xb), yb).backward()
-                    opt.step()
-                    opt.zero_grad()
-            else:
-                buffer = loops.LossBuffer(len(ours), torch.device("cpu"))
-                loops.train_epoch(net, ours, opt, buffer)
-                buffer.drain()
-            times[name].append(time.perf_counter() - t0)
+    devices.keep_freed_host_memory()
+    spec = data.DataSpec("synthetic", Path(data_dir), SEED)
+    train, test = data.load(spec, True), data.load(spec, False)
+    batches = {
+        scaled: (bare_batches(train, scaled), bare_batches(test, scaled))
+        for scaled in (False, True)
+    }
+    store = f"sqlite:///{tempfile.mkdtemp()}/mlflow.db"
+    client = MlflowClient(store)
+
+    def pipeline_epochs() -> list[float]:
+        cli.execute(
+            [
+                *("train", "--device", "cpu", "--dataset", "synthetic", "--data-dir", data_dir),
+                *("--epochs", "2", "--quiet", "--tracking-uri", store),
+            ]
+        )
+        run = client.search_runs(["0"], order_by=["attributes.start_time DESC"])[0]
+        return [m.value for m in client.get_metric_history(run.info.run_id, "epoch_time_s")]
+
+    variants = {
+        "a": lambda: bare_epochs(*batches[False], epochs=2),
+        "a8": lambda: bare_epochs(*batches[True], epochs=2),
+        "b": pipeline_epochs,
+    }
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    names = list(variants)
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            times[name].append(min(variants[name]()))
     return times
 
 
@@ -259,16 +290,19 @@ def main() -> None:
         runs = [" ".join(f"{e:.2f}" for e in ep) + f" ({own:.0f})" for ep, (own, _) in results]
         print(f"  {name}: " + " | ".join(runs))
 
-    ab = loop_ab(data_dir, rounds=4)
-    (a_best, b_best), (a_med, b_med) = (
-        [min(v) for v in ab.values()],
-        [statistics.median(v) for v in ab.values()],
-    )
-    print(
-        "same process, training epochs alternating: "
-        + "; ".join(f"{k} " + " ".join(f"{t:.2f}" for t in v) for k, v in ab.items())
-    )
-    print(f"  pipeline's loop / a's loop: best {b_best / a_best:.3f}, median {b_med / a_med:.3f}")
+    same = same_process(data_dir, rounds=6)
+    print("same process, taking turns (epoch s, the faster of two from a fresh model):")
+    for name, times in same.items():
+        print(
+            f"  {name:3} best {min(times):.3f} median {statistics.median(times):.3f}: "
+            + " ".join(f"{t:.2f}" for t in times)
+        )
+    for which, pick in (("best", min), ("median", statistics.median)):
+        a, a8, b = (pick(same[k]) for k in ("a", "a8", "b"))
+        print(
+            f"  {which}: b/a = {b / a:.3f}; a8/a = {a8 / a:.3f} (the data format); "
+            f"b/a8 = {b / a8:.3f} (the loop, timers and logging)"
+        )
 
     if args.repeat:
         runs = [epochs for epochs, _ in rounds["b pipeline train"]]
