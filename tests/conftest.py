@@ -25,6 +25,13 @@ class Result:
     stderr: str
 
 
+@pytest.fixture(autouse=True)
+def in_own_folder(monkeypatch, tmp_path):
+    """Every test runs in a folder of its own: what a store writes next to the working
+    directory (./mlruns, artifacts) never lands in the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
     """One folder of synthetic data for the whole session (written once, as users' is)."""
@@ -45,11 +52,10 @@ def client(store):
 
 
 @pytest.fixture
-def cli(store, data_dir, capsys, monkeypatch, tmp_path):
+def cli(store, data_dir, capsys):
     """Run `python -m pipeline ...` in this process against the test's store (the commands run
     their stages in the process that parsed them, so this is the real path, minus the exec of
     the interpreter; tests/test_journeys.py drives real processes)."""
-    monkeypatch.chdir(tmp_path)  # artifacts (./mlruns) stay inside the test's folder
 
     def run(*args: str, data: bool = True) -> Result:
         from pipeline import cli as cli_module
