@@ -1,4 +1,5 @@
-"""Everything device-specific lives here: which devices exist, their names, and synchronisation."""
+"""Everything device-specific lives here: which devices exist, their names, synchronisation,
+precisions, and how the host allocator treats freed memory."""
 
 import contextlib
 import ctypes
