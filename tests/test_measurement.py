@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, SMALL, only_run
+from conftest import SMALL, only_run
 
 from pipeline import devices, loops, stages
 from pipeline.schema import Metrics, Params, Tags
@@ -79,7 +79,7 @@ def test_a_training_epoch_reuses_freed_host_memory(tmp_path):
     """Each batch frees and allocates the same megabytes; kept by the allocator, an epoch takes
     almost no page faults, whatever else the process has loaded (300 batches here)."""
     script = [sys.executable, "-c", EPOCH_FAULTS, "kept", str(tmp_path / "mlflow.db")]
-    done = subprocess.run(script, cwd=ROOT, capture_output=True, text=True, check=True)
+    done = subprocess.run(script, capture_output=True, text=True, check=True)
     assert int(done.stdout) < 300
 
 
