@@ -132,6 +132,17 @@ def test_an_accelerator_baseline_does_not_count_the_device_name_as_a_change():
     assert rules.changed(gpu, [cpu]) == {"device_name": ["Xeon", "H100"]}
 
 
+def test_a_change_of_host_allocator_is_named():
+    """A run measured with glibc's default allocator against one that kept freed memory."""
+    before = summary("b", "cpu", {Tags.HOST_ALLOCATOR: "system default"})
+    after = summary("a", "cpu", {Tags.HOST_ALLOCATOR: "glibc, freed memory kept"})
+    diff = rules.changed(after, [before])
+    assert diff == {"host_allocator": ["system default", "glibc, freed memory kept"]}
+    assert rules.describe_changes(diff) == (
+        "; changed since the baseline: host allocator system default -> glibc, freed memory kept"
+    )
+
+
 def timed_run(client, device: str, speed: float, times: list[float]) -> str:
     """A run of len(times) epochs with those per-epoch times."""
     run_id = log_run(
