@@ -155,6 +155,12 @@ def sweep(
     precisions: Annotated[
         str, typer.Option(callback=c.precision_list, help="Comma-separated: fp32,tf32,bf16,fp16")
     ] = "fp32",
+    repeats: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Runs of each cell, each in a fresh process (compare takes their median)"
+        ),
+    ] = 1,
     layers: c.Layers = 2,
     epochs: c.Epochs = 2,
     lr: c.Lr = 1e-3,
@@ -185,6 +191,7 @@ def sweep(
         c.split(hidden, int),
         c.split(models),
         c.split(precisions),
+        repeats,
     )
     base = c.TrainConfig(
         data=c.DataSpec(dataset, data_dir, seed, train_size, test_size),
@@ -267,7 +274,7 @@ def execute(args: list[str]) -> int:
     except Exception as e:
         if type(e).__module__.split(".")[0] != "mlflow":
             raise
-        from pipeline.tracking import redact_text
+        from pipeline.store import redact_text
 
         first = redact_text(str(e)).strip().splitlines() or [type(e).__name__]
         code = _fail(f"error: the tracking store failed: {first[0]}", 1)

@@ -14,10 +14,19 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from pipeline import console, render, rules, tracking
+from pipeline import console, render, rules, speed, store, tracking
 from pipeline.errors import UserError
 from pipeline.lifecycle import interrupts_requested, run_closed
-from pipeline.records import Finding, Group, RunSummary, Selection, Tolerances
+from pipeline.records import (
+    ACCURACY,
+    SPEED,
+    Finding,
+    Group,
+    History,
+    RunSummary,
+    Selection,
+    Tolerances,
+)
 from pipeline.schema import Metrics, Stages, Tags
 
 
@@ -56,9 +65,8 @@ def load(
     run_ids: Iterable[str] = (),
     filter_string: str = "",
     latest_only: bool = False,
-    host: str | None = None,
 ) -> Selection:
-    """Read the runs to compare (after closing those a dead process on this host left
+    """Read the runs to compare (after closing those a dead process on this machine left
     RUNNING); UserError when there is nothing to compare."""
     run_ids = list(run_ids)
     experiment_ids = []
@@ -71,7 +79,7 @@ def load(
             raise UserError(f"run '{run_id}' does not exist") from None
         if exp_id not in experiment_ids:
             experiment_ids.append(exp_id)
-    tracking.close_orphans(client, experiment_ids, tracking.host_name(host))
+    tracking.close_orphans(client, experiment_ids)
     try:
         found = [summarize(r) for r in search_all(client, experiment_ids, filter_string)]
     except MlflowException as e:
@@ -79,21 +87,23 @@ def load(
             raise
         raise UserError(f"bad --filter: {str(e).splitlines()[0]}") from None
     own_run = os.environ.get("MLFLOW_RUN_ID")  # under `mlflow run -e compare`: our own run
-    found = [r for r in found if r.run_id != own_run and r.stage in (Stages.TRAIN, Stages.TEST)]
     selecting = bool(run_ids or filter_string or latest_only)
+    stages = JUDGED_STAGES if selecting else (Stages.TRAIN, Stages.TEST)
+    found = [r for r in found if r.run_id != own_run and r.stage in stages]
     chosen = [r for r in found if r.run_id in run_ids] if run_ids else found
     if latest_only:
         chosen = latest_of_each(chosen)
     judged = {r.run_id for r in chosen if judgeable(r, selecting)}
     left_out = Counter(r.status for r in chosen if r.run_id not in judged)
     finished = [r for r in found if r.stage == Stages.TRAIN and r.status == "FINISHED"]
-    failed = [r for r in found if r.stage == Stages.TRAIN and r.status != "FINISHED"]
-    tests = [r for r in found if r.stage == Stages.TEST and r.run_id in judged]
     if not judged:
         name = client.get_experiment(experiment_ids[0]).name if experiment_ids else ""
         where = f"experiment '{name}'" if not run_ids else "the given runs"
         extra = f" ({render.describe_left_out(left_out)} left out)" if left_out else ""
         raise UserError(f"no finished train runs to compare in {where}{extra}")
+    tests = [
+        r for r in found if r.stage == Stages.TEST and r.status == "FINISHED" and r.run_id in judged
+    ]
     sources = {r.run_id for r in finished}
     doctors = {
         (r.device, r.host): r  # oldest first: the latest wins
@@ -103,7 +113,7 @@ def load(
         runs=finished,
         judged=judged,
         left_out=dict(left_out),
-        failed=[r for r in failed if r.run_id in judged],
+        unfinished=[r for r in found if r.run_id in judged and r.status != "FINISHED"],
         experiment_ids=experiment_ids,
         tests=tests,
         unsourced=[t for t in tests if t.tags.get(Tags.SOURCE_RUN_ID) not in sources],
@@ -111,6 +121,8 @@ def load(
     )
 
 
+# The stages whose runs a selection can judge: a compare run is the judge, never judged.
+JUDGED_STAGES = (Stages.TRAIN, Stages.TEST, Stages.SWEEP, Stages.DOCTOR)
 DOCTOR_RUNS = f"tags.`{Tags.STAGE}` = '{Stages.DOCTOR}' and attributes.status = 'FINISHED'"
 
 
@@ -154,10 +166,8 @@ def compare(
 
     The compare run ends FINISHED whenever the comparison itself worked, flagged or not: its
     tag `pipeline.verdict` (flagged or clean) and metric `findings` say which."""
-    client = tracking.connect(tracking_uri)
-    selection = load(
-        client, opts.experiment, opts.run_ids, opts.filter_string, opts.latest_only, host
-    )
+    client = store.connect(tracking_uri)
+    selection = load(client, opts.experiment, opts.run_ids, opts.filter_string, opts.latest_only)
     findings, groups = rules.judge(selection, opts.tolerances, history_reader(client))
     tables = render.tables(selection, groups, findings)
     unsourced = render.describe_unsourced(selection.unsourced)
@@ -192,8 +202,8 @@ def compare(
                     "runs_compared": len(selection.judged),
                     "runs_left_out": sum(selection.left_out.values()),
                     "findings": len(findings),
-                    "speed_findings": sum(f.category == rules.SPEED for f in findings),
-                    "accuracy_findings": sum(f.category == rules.ACCURACY for f in findings),
+                    "speed_findings": sum(f.category == SPEED for f in findings),
+                    "accuracy_findings": sum(f.category == ACCURACY for f in findings),
                 }
             )
             with tempfile.TemporaryDirectory() as tmp:
@@ -218,16 +228,9 @@ def compare(
     return len(findings)
 
 
-def history_reader(client: MlflowClient, known: dict | None = None) -> rules.History:
-    """A metric's history as (step, value) pairs: from `known` (read ahead), else read from
-    the store when a rule asks."""
-
-    def read(run_id: str, key: str) -> list[tuple[int, float]]:
-        if known and (run_id, key) in known:
-            return known[(run_id, key)]
-        return tracking.history(client, run_id, key)
-
-    return read
+def history_reader(client: MlflowClient) -> History:
+    """A metric's history as (step, value) pairs, read from the store when a rule asks."""
+    return lambda run_id, key: tracking.history(client, run_id, key)
 
 
 def draw_groups(
@@ -258,7 +261,7 @@ def draw_groups(
         for r in group.runs:  # oldest first: the last one wins
             latest[(r.device, r.host)] = r
         shown = [latest[k] for k in sorted(latest)]
-        key = rules.speed_figure(shown)
+        key = speed.speed_figure(shown)
         series = [
             plots.Series(
                 label=f"{r.device} @ {r.host}",

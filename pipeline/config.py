@@ -6,11 +6,15 @@ configuration (what a sweep starts its children with).
 parameter there names an option here.
 """
 
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
+
+from pipeline.schema import Params
 
 
 def positive(value: float | None) -> float | None:
@@ -198,6 +202,34 @@ class Target:
     run_name: str | None = None
     host: str | None = None  # None: this machine's host name
     parent_run_id: str | None = None  # a sweep's parent run
+
+
+# What a workload is, whoever launched it: the fields of the params `train` resolves (the data
+# set and its sizes as loaded, the model with its resolved shape, precision, optimizer, batch
+# size, lr, epochs, seed, loader). `mlflow run` logs its -P values first, defaults included
+# (`model=mlp`, `hidden=512` for a cnn, `device=auto`), and MLflow keeps a param's first value,
+# so runs are grouped by this, recorded as the tag pipeline.workload, not by their params.
+WORKLOAD = (
+    Params.DATASET,
+    Params.TRAIN_SIZE,
+    Params.TEST_SIZE,
+    Params.MODEL,
+    Params.MODEL_OPTIONS,
+    Params.PRECISION,
+    Params.OPTIMIZER,
+    Params.BATCH_SIZE,
+    Params.LR,
+    Params.EPOCHS,
+    Params.SEED,
+    Params.LOADER,
+)
+
+
+def workload(params: Mapping[str, object]) -> str:
+    """The tag pipeline.workload of a run with these resolved params: JSON, keys sorted."""
+    return json.dumps(
+        {k: str(params[k]) for k in WORKLOAD if k in params}, sort_keys=True, separators=(",", ":")
+    )
 
 
 def train_config(options: dict) -> TrainConfig:

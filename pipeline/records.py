@@ -1,12 +1,20 @@
 """The plain data compare works on: a run as search_runs returns it, a group of comparable
 runs, what was selected for judgement, a finding, the tolerances. No I/O here."""
 
+import json
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from pipeline.schema import NOT_GROUPING_PARAMS, Params, Tags
 
 DEFAULT_CLASSES = 10
+SPEED, ACCURACY, RUN = "speed", "accuracy", "run"  # a finding's category
+ERROR, WARNING = "error", "warning"  # its severity
+
+# (run id, metric key) -> [(step, value), ...]: a metric's history, as compare reads it
+History = Callable[[str, str], list[tuple[int, float]]]
 
 
 @dataclass
@@ -44,12 +52,20 @@ class RunSummary:
         return self.tags.get(Tags.DEVICE_NAME, "")
 
     @property
+    def parent(self) -> str:
+        """The sweep parent run this run is a child of, or ''."""
+        return self.tags.get(Tags.PARENT, "")
+
+    @cached_property
     def group_key(self) -> tuple[tuple[str, str], ...]:
-        return tuple(
-            sorted(
-                (k, canonical(v)) for k, v in self.params.items() if k not in NOT_GROUPING_PARAMS
-            )
-        )
+        """What makes runs comparable: the workload the pipeline recorded (pipeline.workload),
+        whoever launched it; for runs logged by other tools, every param but those in
+        NOT_GROUPING_PARAMS."""
+        try:
+            items = json.loads(self.tags[Tags.WORKLOAD]).items()
+        except (KeyError, ValueError, AttributeError):
+            items = ((k, v) for k, v in self.params.items() if k not in NOT_GROUPING_PARAMS)
+        return tuple(sorted((k, canonical(str(v))) for k, v in items))
 
     @property
     def num_classes(self) -> int:
@@ -94,18 +110,19 @@ class Selection:
     runs: list[RunSummary]  # finished train runs, oldest first: the groups and histories
     judged: set[str]  # ids of the runs to judge, of any stage and status
     left_out: dict[str, int]  # status -> count of runs not judged for their status
-    failed: list[RunSummary]  # judged train runs that did not finish (FAILED, KILLED)
+    unfinished: list[RunSummary]  # judged runs of any stage that did not finish
     experiment_ids: list[str]
-    tests: list[RunSummary] = field(default_factory=list)  # judged `test` runs
+    tests: list[RunSummary] = field(default_factory=list)  # judged finished `test` runs
     unsourced: list[RunSummary] = field(default_factory=list)  # tests whose source is not read
     # the latest doctor run of each (device, host)
     doctors: dict[tuple[str, str], RunSummary] = field(default_factory=dict)
 
     @property
     def judged_runs(self) -> list[RunSummary]:
-        """Every judged run: train (finished or not) and test."""
+        """Every judged run that a rule looks at: train (finished or not), test, and any
+        other stage's that did not finish."""
         every = [r for r in self.runs if r.run_id in self.judged]
-        return every + self.failed + self.tests
+        return every + self.unfinished + self.tests
 
 
 @dataclass
@@ -120,3 +137,35 @@ def groups_of(runs: list[RunSummary]) -> list[Group]:
     for r in runs:
         by_key[r.group_key].append(r)
     return [Group(i, dict(key), members) for i, (key, members) in enumerate(by_key.items(), 1)]
+
+
+def latest_cpu(group: Group, host: str | None = None) -> RunSummary | None:
+    cpus = [r for r in group.runs if r.device_type == "cpu" and (host is None or r.host == host)]
+    return cpus[-1] if cpus else None
+
+
+def history_of(run: RunSummary, group: Group, n: int) -> list[RunSummary]:
+    """The last n earlier finished runs of the run's group on the same device and host, not
+    counting its own repeats."""
+    earlier = [
+        r
+        for r in group.runs
+        if r.device == run.device
+        and r.host == run.host
+        and r.start_time < run.start_time
+        and not (run.parent and r.parent == run.parent)
+    ]
+    return earlier[-n:]
+
+
+def repeats(run: RunSummary, runs: list[RunSummary]) -> list[RunSummary]:
+    """The run and its repeats up to it: the runs of the same sweep parent, device and host
+    among `runs` (one group's), oldest first. A run outside a sweep is a measurement alone."""
+    if not run.parent:
+        return [run]
+    return [
+        r
+        for r in runs
+        if (r.parent, r.device, r.host) == (run.parent, run.device, run.host)
+        and r.start_time <= run.start_time
+    ]

@@ -1,15 +1,17 @@
 """What compare and sweep show: terminal tables, Markdown, JSON. Plain data in, text out."""
 
 import math
+import statistics
 from dataclasses import asdict
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from pipeline import evidence
 from pipeline.records import Finding, Group, RunSummary, Selection
-from pipeline.rules import latest_cpu, speed_ratio
 from pipeline.schema import Metrics, Params, Tags
+from pipeline.speed import speed_vs_cpu
 
 # (title, row key, format) of each column, in the terminal and in Markdown alike.
 COLUMNS = [
@@ -18,6 +20,7 @@ COLUMNS = [
     ("device name", "device_name", "{}"),
     ("wall s", "wall_time_s", "{:.2f}"),
     ("train s", "train_time_s", "{:.2f}"),
+    ("runs", "repeats", "{}"),
     ("samples/s", "samples_per_s", "{:,.0f}"),
     ("vs cpu", "speed_vs_cpu", "{:.2f}×"),
     ("to target s", "time_to_target_s", "{:.2f}"),
@@ -31,40 +34,57 @@ MAX_TERMINAL_GROUPS = 20
 MAX_PLOTTED_GROUPS = 6
 
 
-def row(run: RunSummary, group: Group, findings: list[Finding]) -> dict:
-    cpu = latest_cpu(group, run.host)
-    m = run.metrics
+def row(runs: list[RunSummary], group: Group, findings: list[Finding]) -> dict:
+    """One table row: a run, or a sweep cell's repeated runs as their medians (the latest
+    run's id and name), with the 95% interval of the median throughput."""
+    latest = runs[-1]
+
+    def median(key: str) -> float | None:
+        values = [r.metrics[key] for r in runs if key in r.metrics]
+        return statistics.median(values) if values else None
+
+    ids = {r.run_id for r in runs}
+    speeds = [r.metrics[Metrics.SAMPLES_PER_S] for r in runs if Metrics.SAMPLES_PER_S in r.metrics]
+    interval = list(evidence.median_interval(speeds)[1:]) if len(speeds) > 1 else None
     return {
-        "run_id": run.run_id,
-        "run_name": run.name,
-        "device": run.device,
-        "device_type": run.device_type,
-        "host": run.host,
-        "device_name": run.device_name,
-        "wall_time_s": m.get(Metrics.WALL_TIME_S),
-        "train_time_s": m.get(Metrics.TRAIN_TIME_S),
-        "samples_per_s": m.get(Metrics.SAMPLES_PER_S),
-        "speed_vs_cpu": speed_ratio(run, cpu) if cpu else None,
-        "time_to_target_s": m.get(Metrics.TIME_TO_TARGET_S),
-        "test_accuracy": m.get(Metrics.TEST_ACCURACY),
-        "test_loss": m.get(Metrics.TEST_LOSS),
-        "parity_argmax_agreement": m.get(Metrics.PARITY_ARGMAX_AGREEMENT),
-        "flags": ", ".join(sorted({f.kind for f in findings if f.run_id == run.run_id})),
+        "run_id": latest.run_id,
+        "run_name": latest.name,
+        "run_ids": [r.run_id for r in runs],
+        "repeats": len(runs),
+        "device": latest.device,
+        "device_type": latest.device_type,
+        "host": latest.host,
+        "device_name": latest.device_name,
+        "wall_time_s": median(Metrics.WALL_TIME_S),
+        "train_time_s": median(Metrics.TRAIN_TIME_S),
+        "samples_per_s": median(Metrics.SAMPLES_PER_S),
+        "samples_per_s_ci": interval,
+        "speed_vs_cpu": speed_vs_cpu(latest, group),
+        "time_to_target_s": median(Metrics.TIME_TO_TARGET_S),
+        "test_accuracy": median(Metrics.TEST_ACCURACY),
+        "test_loss": median(Metrics.TEST_LOSS),
+        "parity_argmax_agreement": median(Metrics.PARITY_ARGMAX_AGREEMENT),
+        "flags": ", ".join(sorted({f.kind for f in findings if f.run_id in ids})),
     }
 
 
 def tables(selection: Selection, groups: list[Group], findings: list[Finding]) -> list[dict]:
-    """Each group that holds a judged run: its params and one row per judged run."""
+    """Each group that holds a judged run: its params and one row per judged run, a sweep
+    cell's repeats (same parent, device and host) making one row."""
     out = []
     for group in groups:
-        judged = [r for r in group.runs if r.run_id in selection.judged]
-        if judged:
+        rows: dict[tuple | str, list[RunSummary]] = {}
+        for r in group.runs:
+            if r.run_id in selection.judged:
+                key = (r.parent, r.device, r.host) if r.parent else r.run_id
+                rows.setdefault(key, []).append(r)
+        if rows:
             out.append(
                 {
                     "id": group.id,
                     "title": title(group),
                     "params": group.params,
-                    "runs": [row(r, group, findings) for r in judged],
+                    "runs": [row(runs, group, findings) for runs in rows.values()],
                 }
             )
     return out
@@ -77,6 +97,14 @@ def title(group: Group, short: bool = False) -> str:
     if not short:
         parts += [f"{k}={v}" for k, v in p.items() if k not in TITLE_PARAMS]
     return f"group {group.id}: " + " ".join(parts)
+
+
+def row_cell(r: dict, key: str, fmt: str) -> str:
+    """A table row's entry; repeated runs' throughput with its interval."""
+    if key == "samples_per_s" and r.get("samples_per_s_ci"):
+        low, high = r["samples_per_s_ci"]
+        return f"{cell(r[key], fmt)} ({low:,.0f}–{high:,.0f})"
+    return cell(r[key], fmt)
 
 
 def cell(value, fmt: str) -> str:
@@ -107,7 +135,7 @@ def print_terminal(
         for heading, _, _ in COLUMNS:
             table.add_column(heading, overflow="fold")
         for r in group["runs"]:
-            table.add_row(*(cell(r[key], fmt) for _, key, fmt in COLUMNS))
+            table.add_row(*(row_cell(r, key, fmt) for _, key, fmt in COLUMNS))
         console.print(table)
     if len(shown) < len(groups) and not quiet:
         console.print(
@@ -157,7 +185,7 @@ def markdown(
         lines.append("| " + " | ".join(h for h, _, _ in COLUMNS) + " |")
         lines.append("|" + "---|" * len(COLUMNS))
         for r in group["runs"]:
-            lines.append("| " + " | ".join(cell(r[k], fmt) for _, k, fmt in COLUMNS) + " |")
+            lines.append("| " + " | ".join(row_cell(r, k, fmt) for _, k, fmt in COLUMNS) + " |")
         lines.append("")
         for plot in plots:
             if plot.stem == f"group-{group['id']}":

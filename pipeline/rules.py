@@ -5,17 +5,11 @@ judged run and returns findings. The rules that need a metric history get it fro
 they are handed (`History`), so that compare fetches histories only for the runs that need
 them.
 
-Every finding that compares a run with a baseline (another device's run, its own history,
-the run whose weights a test run evaluated) names what differs between the two in the
-environment the runs record (`changed`): torch, CUDA, driver, device name, host, Python,
-MLflow, pipeline version, git commit.
-
-A speed finding says how sure it is. When both sides have at least MIN_SAMPLES steady-state
-epoch times (the epochs after the first of one run, or of the runs of a history), a one-sided
-Mann-Whitney U test asks whether the run's epochs are slower than the baseline's, and a
-bootstrap gives a confidence interval of the speed ratio median(baseline) / median(run). The
-finding is an error when the slowdown exceeds the tolerance and p < ALPHA; a slowdown past
-the tolerance that the samples cannot confirm is a warning, "unconfirmed (n samples)".
+Every finding that compares a run with a baseline names what differs between the two in the
+environment the runs record (pipeline.environment). A speed finding says how sure it is
+(pipeline.evidence): confirmed, unconfirmed or insufficient data. A sweep's repeated runs of
+one cell (same group, device, host and parent) are one measurement: speed rules take them
+together, and their finding is reported on the latest of them.
 
 Rules (tolerances are options of `pipeline compare`):
 - accelerator-slower-than-cpu: a cuda/mps run's steady-state throughput is below the latest
@@ -37,7 +31,7 @@ Rules (tolerances are options of `pipeline compare`):
 - evaluation-mismatch: a test run scores differently from the run whose weights it evaluated.
 - precision-accuracy-loss: a tf32/bf16/fp16 run's final accuracy is more than the accuracy
   tolerance below the fp32 run of the same model, data, device and host.
-- run-failed, run-killed: a selected run that did not finish.
+- run-failed, run-killed: a selected run of any stage that did not finish.
 
 `test` runs go through the rules that need no group: non-finite-loss,
 accuracy-inconsistent-with-loss, device-numerics, and evaluation-mismatch when their source
@@ -46,172 +40,29 @@ run is among those read.
 
 import math
 import statistics
-from collections import Counter
-from collections.abc import Callable
 
-from pipeline.records import Finding, Group, RunSummary, Selection, Tolerances, groups_of
+from pipeline import evidence, speed
+from pipeline.environment import changed, describe_changes
+from pipeline.records import (
+    ACCURACY,
+    ERROR,
+    RUN,
+    WARNING,
+    Finding,
+    History,
+    RunSummary,
+    Selection,
+    Tolerances,
+    groups_of,
+    history_of,
+    latest_cpu,
+    repeats,
+)
 from pipeline.schema import Metrics, Params, Tags
 
-SPEED, ACCURACY, RUN = "speed", "accuracy", "run"
-ERROR, WARNING = "error", "warning"
-MAD_SCALE = 1.4826  # MAD × this estimates the standard deviation of normal noise
-NOISE_SIGMAS = 3.0
-MIN_HISTORY = 2
 PARITY_MIN_AGREEMENT = 0.99
 WELL_BELOW_CHANCE_LOSS = 0.8  # "well below ln(classes)": below this fraction of it
 LOSS_MUST_FALL = 0.01
-MIN_SAMPLES = 5  # per side, for the rank test
-ALPHA = 0.05
-
-
-# (run id, metric key) -> [(step, value), ...]: a metric's history, as compare reads it
-History = Callable[[str, str], list[tuple[int, float]]]
-
-
-# A run's speed, in order of preference: steady-state throughput, else the training time,
-# else the whole command's time (the times inverted: higher is faster).
-SPEED_FIGURES = (Metrics.SAMPLES_PER_S, Metrics.TRAIN_TIME_S, Metrics.WALL_TIME_S)
-
-
-def speed_figure(runs: list[RunSummary]) -> str | None:
-    """The first of SPEED_FIGURES that every one of the runs has (finite and positive)."""
-    for key in SPEED_FIGURES:
-        if all(0 < r.metrics.get(key, math.nan) < math.inf for r in runs):
-            return key
-    return None
-
-
-def speed(run: RunSummary, key: str) -> float:
-    """The run's speed by that figure, higher is faster."""
-    value = run.metrics[key]
-    return value if key == Metrics.SAMPLES_PER_S else 1.0 / value
-
-
-def speed_ratio(run: RunSummary, base: RunSummary) -> float | None:
-    """run's speed / base's speed on the first figure both have (higher: run is faster)."""
-    key = speed_figure([run, base])
-    return speed(run, key) / speed(base, key) if key else None
-
-
-def noise_threshold(history: list[float], floor: float, relative: bool) -> tuple[float, float]:
-    """(median, allowed drop) of a history: the drop is max(floor, 3 × scaled MAD)."""
-    median = statistics.median(history)
-    mad = statistics.median(abs(h - median) for h in history) * MAD_SCALE
-    spread = NOISE_SIGMAS * mad / median if relative and median else NOISE_SIGMAS * mad
-    return median, max(floor, spread)
-
-
-# What a run records of its environment: (name in a finding's values, tag, label in a message).
-ENVIRONMENT = (
-    ("torch_version", Tags.TORCH_VERSION, "torch"),
-    ("cuda_version", Tags.TORCH_CUDA, "CUDA"),
-    ("driver_version", Tags.GPU_DRIVER, "driver"),
-    ("device_name", Tags.DEVICE_NAME, "device"),
-    ("host", Tags.HOST, "host"),
-    ("host_allocator", Tags.HOST_ALLOCATOR, "host allocator"),
-    ("python_version", Tags.PYTHON_VERSION, "Python"),
-    ("mlflow_version", Tags.MLFLOW_VERSION, "MLflow"),
-    ("pipeline_version", Tags.PIPELINE_VERSION, "pipeline"),
-    ("git_commit", Tags.GIT_COMMIT, "commit"),
-)
-
-
-def changed(
-    run: RunSummary, baseline: list[RunSummary], same_by_design: tuple[str, ...] = ()
-) -> dict[str, list[str]]:
-    """What differs in the recorded environment between a run and its baseline: name ->
-    [baseline's value, run's value]. A baseline of several runs counts by its most common
-    value. Names in `same_by_design` are left out (a GPU run and its CPU baseline differ in
-    device name by design)."""
-    diff = {}
-    for name, tag, _ in ENVIRONMENT:
-        ours = run.tags.get(tag)
-        theirs = [b.tags[tag] for b in baseline if tag in b.tags]
-        if name in same_by_design or ours is None or not theirs:
-            continue
-        usual = Counter(theirs).most_common(1)[0][0]
-        if usual != ours:
-            diff[name] = [usual, ours]
-    return diff
-
-
-def describe_changes(diff: dict[str, list[str]]) -> str:
-    """'; changed since the baseline: torch 2.13.0 -> 2.14.1', or nothing."""
-    if not diff:
-        return ""
-    label = {name: text for name, _, text in ENVIRONMENT}
-    parts = [f"{label[k]} {old} -> {new}" for k, (old, new) in diff.items()]
-    return "; changed since the baseline: " + ", ".join(parts)
-
-
-def steady_epoch_times(run: RunSummary, history: History | None) -> list[float]:
-    """The run's epoch times after the first (which carries one-time costs), by step; none
-    when the run has no per-epoch times or no history reader is given."""
-    if history is None or Metrics.EPOCH_TIME_S not in run.metrics:
-        return []
-    times = [value for _, value in sorted(history(run.run_id, Metrics.EPOCH_TIME_S))]
-    return times[1:] if len(times) > 1 else times
-
-
-def speed_confidence(run: RunSummary, baseline: list[RunSummary], history: History | None) -> dict:
-    """confidence() of the run's steady epoch times against its baseline's. Histories only
-    where the rule needs them: none when the run's `epochs` param says it cannot have
-    MIN_SAMPLES steady epochs, and the baseline's only when the run's are enough."""
-    epochs = run.params.get(Params.EPOCHS, "")
-    if epochs.isdigit() and int(epochs) - 1 < MIN_SAMPLES:
-        return {"samples": max(int(epochs) - 1, min(int(epochs), 1))}
-    ours = steady_epoch_times(run, history)
-    if len(ours) < MIN_SAMPLES:
-        return {"samples": len(ours)}
-    return confidence(ours, [t for b in baseline for t in steady_epoch_times(b, history)])
-
-
-def confidence(run_times: list[float], base_times: list[float]) -> dict:
-    """How sure a slowdown is: the samples per side; with MIN_SAMPLES or more on both sides,
-    the one-sided Mann-Whitney U p-value that the run's epochs take longer, and the 95%
-    bootstrap interval of the speed ratio median(baseline) / median(run)."""
-    n = min(len(run_times), len(base_times))
-    if n < MIN_SAMPLES:
-        return {"samples": n}
-    import numpy as np
-    from scipy import stats
-
-    p_value = stats.mannwhitneyu(run_times, base_times, alternative="greater").pvalue
-
-    def ratio(base, ours, axis=-1):
-        return np.median(base, axis=axis) / np.median(ours, axis=axis)
-
-    interval = stats.bootstrap(
-        (base_times, run_times), ratio, n_resamples=2000, method="percentile", rng=0
-    ).confidence_interval
-    return {"samples": n, "p_value": float(p_value), "ratio_ci": [interval.low, interval.high]}
-
-
-def speed_severity(sure: dict) -> tuple[str, str]:
-    """(severity, what to add to the message) of a slowdown past the tolerance."""
-    if sure.get("p_value", 1.0) < ALPHA:
-        low, high = sure["ratio_ci"]
-        return (
-            ERROR,
-            f"; confirmed (p = {sure['p_value']:.2g} over {sure['samples']}+ epochs a side, "
-            f"speed ratio 95% CI {low:.2f}-{high:.2f})",
-        )
-    return WARNING, f"; unconfirmed ({sure['samples']} samples)"
-
-
-def latest_cpu(group: Group, host: str | None = None) -> RunSummary | None:
-    cpus = [r for r in group.runs if r.device_type == "cpu" and (host is None or r.host == host)]
-    return cpus[-1] if cpus else None
-
-
-def history_of(run: RunSummary, group: Group, n: int) -> list[RunSummary]:
-    """The last n earlier finished runs of the run's group on the same device and host."""
-    earlier = [
-        r
-        for r in group.runs
-        if r.device == run.device and r.host == run.host and r.start_time < run.start_time
-    ]
-    return earlier[-n:]
 
 
 def judge(selection: Selection, tol: Tolerances, history: History | None = None):
@@ -230,10 +81,10 @@ def judge(selection: Selection, tol: Tolerances, history: History | None = None)
     for group in groups:
         for run in group.runs:
             if run.run_id in selection.judged:
-                found = _check_run(run, group, tol, history)
+                found = _check_run(run, group, tol, history, selection.judged)
                 found += _precision_loss(run, fp32.get(twin_key(run)), tol)
                 add(run, found, group.id)
-    for run in selection.failed:
+    for run in selection.unfinished:
         add(run, _unfinished(run))
     by_id = {r.run_id: r for r in selection.runs}
     for run in selection.tests:
@@ -353,10 +204,13 @@ def _evaluation_vs_source(run: RunSummary, train_runs: dict, tol: Tolerances) ->
     ]
 
 
-def _check_run(run, group, tol, history) -> list[Finding]:
+def _check_run(run, group, tol, history, judged: set[str]) -> list[Finding]:
+    """Every rule on a finished train run. Speed rules take a sweep cell's repeats together:
+    their finding goes to the latest judged repeat only."""
+    later = [r for r in group.runs if r.run_id in judged and run in repeats(r, group.runs)]
+    speed_rules = [speed.slower_than_cpu, speed.slower_than_history] if later[-1] is run else []
     return [
-        *_speed_vs_cpu(run, group, tol, history),
-        *_speed_vs_history(run, group, tol, history),
+        *(f for rule in speed_rules for f in rule(run, group, tol, history)),
         *_single_run(run),
         *_accuracy_vs_cpu(run, group, tol, history),
         *_accuracy_vs_history(run, group, tol),
@@ -367,76 +221,6 @@ def _check_run(run, group, tol, history) -> list[Finding]:
 def _single_run(run) -> list[Finding]:
     """The rules that need nothing but the run itself."""
     return [*_non_finite(run), *_accuracy_vs_loss(run), *_parity(run)]
-
-
-def _speed_vs_cpu(run, group, tol, history) -> list[Finding]:
-    cpu = latest_cpu(group, run.host)
-    if run.device_type == "cpu" or cpu is None:
-        return []
-    found = []
-    diff = changed(run, [cpu], same_by_design=("device_name",))
-    ratio = speed_ratio(run, cpu)
-    if ratio is not None and ratio < 1 - tol.speed:
-        sure = speed_confidence(run, [cpu], history)
-        severity, how_sure = speed_severity(sure)
-        found.append(
-            Finding(
-                run.run_id,
-                SPEED,
-                "accelerator-slower-than-cpu",
-                severity,
-                f"{run.device} trains at {ratio:.2f}× the speed of the CPU on {run.host} "
-                f"({1 / ratio:.2f}× slower; tolerance {tol.speed:.0%}){how_sure}"
-                + describe_changes(diff),
-                values={"speed_vs_cpu": ratio, "cpu_run_id": cpu.run_id, **sure, "changed": diff},
-            )
-        )
-    a, b = run.metrics.get(Metrics.TIME_TO_TARGET_S), cpu.metrics.get(Metrics.TIME_TO_TARGET_S)
-    if a and b and a > b * (1 + tol.speed):
-        found.append(
-            Finding(
-                run.run_id,
-                SPEED,
-                "accelerator-slower-to-target",
-                WARNING,
-                f"{run.device} reached the target accuracy in {a:.2f} s, the CPU in {b:.2f} s"
-                + describe_changes(diff),
-                values={"time_to_target_s": a, "cpu_time_to_target_s": b, "changed": diff},
-            )
-        )
-    return found
-
-
-def _speed_vs_history(run, group, tol, history) -> list[Finding]:
-    key = speed_figure([run])
-    if key is None:
-        return []
-    earlier = [h for h in history_of(run, group, tol.history) if speed_figure([h]) == key]
-    if len(earlier) < MIN_HISTORY:
-        return []
-    median, allowed = noise_threshold([speed(h, key) for h in earlier], tol.speed, relative=True)
-    ratio = speed(run, key) / median
-    if ratio >= 1 - allowed:
-        return []
-    sure = speed_confidence(run, earlier, history)
-    severity, how_sure = speed_severity(sure)
-    diff = changed(run, earlier)
-    return [
-        Finding(
-            run.run_id,
-            SPEED,
-            "slower-than-history",
-            severity,
-            f"{run.device} on {run.host} ran at {ratio:.2f}× the median speed of its last "
-            f"{len(earlier)} runs (allowed drop {allowed:.0%}){how_sure}" + describe_changes(diff),
-            values={
-                "speed_vs_history": ratio,
-                "history_runs": len(earlier),
-                **sure,
-                "changed": diff,
-            },
-        )
-    ]
 
 
 def _non_finite(run) -> list[Finding]:
@@ -541,9 +325,9 @@ def _accuracy_vs_history(run, group, tol) -> list[Finding]:
     acc = run.metrics.get(Metrics.TEST_ACCURACY)
     earlier = [h for h in history_of(run, group, tol.history) if Metrics.TEST_ACCURACY in h.metrics]
     history = [h.metrics[Metrics.TEST_ACCURACY] for h in earlier]
-    if acc is None or len(history) < MIN_HISTORY:
+    if acc is None or len(history) < speed.MIN_HISTORY:
         return []
-    median, allowed = noise_threshold(history, tol.accuracy, relative=False)
+    median, allowed = evidence.noise_threshold(history, tol.accuracy, relative=False)
     if acc >= median - allowed:
         return []
     diff = changed(run, earlier)

@@ -35,7 +35,12 @@ class Tags:
     DEVICE_TYPE = "pipeline.device_type"  # cpu, cuda or mps
     DEVICE_NAME = "pipeline.device_name"  # GPU, SoC or CPU model
     HOST = "pipeline.host"
-    PID = "pipeline.pid"  # the process that logs the run: a dead one's RUNNING run is closed
+    # The process that logs the run, beyond doubt (pipeline.process): a RUNNING run is closed
+    # only when its machine is this one and no process with that pid and start time exists.
+    PID = "pipeline.pid"
+    PROCESS_START = "pipeline.process_start"  # the process's own start time, as a token
+    MACHINE = "pipeline.machine"  # host name with boot id (Linux) or boot time; no option sets it
+    WORKLOAD = "pipeline.workload"  # what ran, resolved (config.workload): compare groups by it
     STAGE = "pipeline.stage"  # train, test, compare, sweep
     TORCH_VERSION = "pipeline.torch_version"
     TORCH_CUDA = "pipeline.torch_cuda"
@@ -68,6 +73,7 @@ class Metrics:
     TEST_LOSS = "test_loss"  # every epoch, step = epoch from 1
     TEST_ACCURACY = "test_accuracy"  # fraction 0..1, step = epoch from 1
     EPOCH_TIME_S = "epoch_time_s"  # training + test pass of one epoch, step = epoch
+    EPOCH_SAMPLES_PER_S = "epoch_samples_per_s"  # the epoch's training throughput, step = epoch
     FIRST_EPOCH_TIME_S = "first_epoch_time_s"
     TRAIN_TIME_S = "train_time_s"  # total of the training passes
     EVAL_TIME_S = "eval_time_s"  # total of the test passes

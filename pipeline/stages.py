@@ -4,21 +4,18 @@ process that does the work."""
 import gc
 import json
 import math
-import os
 import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
-import psutil
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pipeline import data, devices, loops, model, plots, tracking
-from pipeline.config import Target, TrainConfig
+from pipeline import artifact, data, devices, loops, model, plots, process, tracking
+from pipeline.config import Target, TrainConfig, workload
 from pipeline.console import err, out
-from pipeline.errors import UserError
 from pipeline.lifecycle import Diverged, interrupts_requested, run_closed
 from pipeline.schema import Metrics, Params, Stages, Tags
 
@@ -75,18 +72,6 @@ def default_run_name(cfg: TrainConfig, device: torch.device) -> str:
     return f"{device.type}-{cfg.data.name}-{workload}-{cfg.precision}-bs{cfg.batch_size}"
 
 
-def seconds_since_process_start() -> float:
-    """Wall time since the operating system started this process, imports included. On Linux
-    from the kernel's own clocks (to 10 ms; psutil's start time rests on a boot time rounded
-    to the second); elsewhere from psutil."""
-    try:
-        stat = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-        return uptime - int(stat[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime
-    except OSError:
-        return time.time() - psutil.Process().create_time()
-
-
 def progress_bar(enabled: bool):
     if not enabled:
         return nullcontext(None)
@@ -111,15 +96,16 @@ def train(cfg: TrainConfig, target: Target, quiet: bool = False) -> str:
     allocator = devices.keep_freed_host_memory()
     # A bad --model is one line, before anything is logged; the probe's FLOPs on the CPU.
     flops = model.forward_flops(model.checked(cfg.model_config))
-    client, experiment_id = tracking.open_experiment(
-        target.tracking_uri, target.experiment, target.host
-    )
+    client, experiment_id = tracking.open_experiment(target.tracking_uri, target.experiment)
     train_batches = data.batches(cfg.data, True, cfg.loader, cfg.batch_size, device)
     test_batches = data.batches(cfg.data, False, cfg.loader, cfg.batch_size, device)
     net = model.initialised(cfg.model_config, cfg.seed, device)
     losses = loops.LossBuffer(len(train_batches), device)
 
+    sizes = train_batches.num_samples, test_batches.num_samples
+    params = train_params(cfg, device, *sizes, net)
     tags = device_tags(device, Stages.TRAIN, target.host, allocator)
+    tags[Tags.WORKLOAD] = workload(params)
     if target.parent_run_id:
         tags[Tags.PARENT] = target.parent_run_id
     name = target.run_name or tracking.unique_run_name(
@@ -130,8 +116,6 @@ def train(cfg: TrainConfig, target: Target, quiet: bool = False) -> str:
         if cfg.system_metrics:
             run.start_system_metrics(cfg.system_metrics)
         with run_closed(run, stop, before_kill=lambda: _flush_losses(run, losses)):
-            sizes = train_batches.num_samples, test_batches.num_samples
-            params = train_params(cfg, device, *sizes, net)
             run.log_params(params)
             # Everything made so far lives to the end: out of the collector's way, so that
             # its passes during training scan only what training makes.
@@ -141,11 +125,11 @@ def train(cfg: TrainConfig, target: Target, quiet: bool = False) -> str:
             )
             summary[Metrics.FORWARD_FLOPS] = flops
             summary |= parity_probe(net, cfg.model_config, device, test_batches, precision)
-            _log_model(run, net, cfg, device)
+            artifact.log(run, net, cfg, device)
             _log_curves(run, all_losses, epochs, name)
             run.set_tags({Tags.NOTE: describe_run(params, tags, summary, epochs[-1])})
             run.log_metrics(summary)
-            summary[Metrics.WALL_TIME_S] = seconds_since_process_start()
+            summary[Metrics.WALL_TIME_S] = process.seconds_since_start()
             run.log_metrics({Metrics.WALL_TIME_S: summary[Metrics.WALL_TIME_S]})
     _print_summary(run.run_id, summary)  # the outcome, quiet or not
     return run.run_id
@@ -202,6 +186,7 @@ def _train_loop(cfg, device, net, train_batches, test_batches, losses, run, quie
                     Metrics.TEST_LOSS: ep.test_loss,
                     Metrics.TEST_ACCURACY: ep.test_accuracy,
                     Metrics.EPOCH_TIME_S: ep.time_s,
+                    Metrics.EPOCH_SAMPLES_PER_S: train_batches.num_samples / ep.train_time_s,
                 },
                 step=ep.epoch,
             )
@@ -313,45 +298,6 @@ def parity_probe(
     return found
 
 
-# --- the model artifact ---------------------------------------------------------------------
-
-MODEL_ARTIFACT = "model"
-
-
-def _log_model(run: tracking.Run, net: torch.nn.Module, cfg: TrainConfig, device) -> None:
-    """The final weights (a state dict, device-independent) and what rebuilds the model."""
-    config = {
-        "run_id": run.run_id,
-        "model": cfg.model_config,
-        "data": {
-            "name": cfg.data.name,
-            "seed": cfg.data.seed,
-            "train_size": cfg.data.train_size,
-            "test_size": cfg.data.test_size,
-        },
-        "epochs": cfg.epochs,
-        "batch_size": cfg.batch_size,
-        "trained_on": str(device),
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-        torch.save({k: v.cpu() for k, v in net.state_dict().items()}, Path(tmp) / "state_dict.pt")
-        (Path(tmp) / "config.json").write_text(json.dumps(config, indent=2))
-        run.log_artifacts(Path(tmp), MODEL_ARTIFACT)
-
-
-def load_model(local: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    """A model logged by `train`, downloaded to `local`, on a device."""
-    try:
-        config = json.loads((local / "config.json").read_text())
-        state = torch.load(local / "state_dict.pt", map_location=device, weights_only=True)
-    except Exception as e:
-        reason = str(e).splitlines()[0]
-        raise UserError(f"no model logged by `pipeline train` in {local}: {reason}") from None
-    net = model.build(**config["model"]).to(device)
-    net.load_state_dict(state)
-    return net, config
-
-
 def test(
     model_uri: str,
     device_spec: str,
@@ -363,21 +309,20 @@ def test(
     """Evaluate a logged model on a device; log a run of stage `test` pointing at its source."""
     device = devices.resolve(device_spec)
     allocator = devices.keep_freed_host_memory()
-    client, experiment_id = tracking.open_experiment(
-        target.tracking_uri, target.experiment, target.host
-    )
+    client, experiment_id = tracking.open_experiment(target.tracking_uri, target.experiment)
     with tempfile.TemporaryDirectory() as tmp:
-        net, config = load_model(tracking.download(model_uri, Path(tmp)), device)
+        net, config = artifact.load(tracking.download(model_uri, Path(tmp)), device)
     spec = data.DataSpec(data_dir=data_dir, **config["data"])
     test_batches = data.batches(spec, False, "tensors", batch_size, device)
 
     source_id = config["run_id"]
     # the source run may be in another store: its config says enough then
-    params = tracking.params_of(client, source_id) or {}
+    params, source_tags = tracking.recorded(client, source_id)
     params[Params.DEVICE] = str(device)
-    tags = device_tags(device, Stages.TEST, target.host, allocator) | {
-        Tags.SOURCE_RUN_ID: source_id
-    }
+    tags = device_tags(device, Stages.TEST, target.host, allocator)
+    tags[Tags.SOURCE_RUN_ID] = source_id
+    if Tags.WORKLOAD in source_tags:
+        tags[Tags.WORKLOAD] = source_tags[Tags.WORKLOAD]
     name = target.run_name or tracking.unique_run_name(
         client, experiment_id, f"test-{device}-of-{config['trained_on']}-{source_id[:8]}"
     )
@@ -400,7 +345,7 @@ def test(
                     Metrics.EVAL_TIME_S: eval_time,
                 }
             )
-            run.log_metrics({Metrics.WALL_TIME_S: seconds_since_process_start()})
+            run.log_metrics({Metrics.WALL_TIME_S: process.seconds_since_start()})
     if not quiet:
         out.print(
             f"run {run.run_id}: model of run {source_id} on {device}: "
@@ -421,9 +366,7 @@ def doctor(
     from pipeline import render
 
     device = devices.resolve(device_spec)
-    client, experiment_id = tracking.open_experiment(
-        target.tracking_uri, target.experiment, target.host
-    )
+    client, experiment_id = tracking.open_experiment(target.tracking_uri, target.experiment)
     results = checks.run_all(checks.on(device))
     rows = [asdict(r) for r in results]
     failures = [checks.describe_failure(r) for r in results if r.status == "fail"]

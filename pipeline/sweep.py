@@ -4,11 +4,14 @@ child runs of one parent run, and where each accelerator starts to beat the CPU.
 import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, replace
+from itertools import product
 from pathlib import Path
 
 import mlflow
@@ -28,6 +31,7 @@ class Grid:
     hidden: tuple[int, ...]  # the MLP's widths; other models have none
     models: tuple[str, ...] = ("mlp",)
     precisions: tuple[str, ...] = ("fp32",)
+    repeats: int = 1  # runs of each cell, each in a fresh process
 
     def as_params(self) -> dict[str, str]:
         return {
@@ -36,6 +40,7 @@ class Grid:
             "sweep_hidden": ",".join(map(str, self.hidden)),
             "sweep_models": ",".join(self.models),
             "sweep_precisions": ",".join(self.precisions),
+            "sweep_repeats": str(self.repeats),
         }
 
     @classmethod
@@ -46,6 +51,7 @@ class Grid:
             tuple(int(h) for h in params["sweep_hidden"].split(",")),
             tuple(params.get("sweep_models", "mlp").split(",")),
             tuple(params.get("sweep_precisions", "fp32").split(",")),
+            int(params.get("sweep_repeats", "1")),
         )
 
     def workloads(self, base: TrainConfig) -> list[TrainConfig]:
@@ -94,14 +100,14 @@ def sweep(
     resume: str | None = None,
     quiet: bool = False,
 ) -> str:
-    """Run every (device, batch size, width) not yet finished, one at a time, each as a child
-    `train` process of its own under one parent run; summarise.
+    """Run every (device, model, precision, width, batch size) cell `repeats` times, in
+    rounds (each round goes over every cell once, so that a drift of the machine's speed
+    spreads over all cells), skipping the runs a resumed sweep already finished; each child
+    is a `train` process of its own under one parent run. Summarise.
 
     Usage errors (a device missing under --strict, a parent that is not a sweep) are raised
     before anything is written."""
-    client, experiment_id = tracking.open_experiment(
-        target.tracking_uri, target.experiment, target.host
-    )
+    client, experiment_id = tracking.open_experiment(target.tracking_uri, target.experiment)
     if resume:
         grid, base = _resumable(client, resume, base)
     device_list = usable_devices(grid.devices, strict)
@@ -109,6 +115,7 @@ def sweep(
         if resume:
             client.update_run(resume, status="RUNNING")
             parent = tracking.Run(client, resume)
+            parent.claim()  # this process is the sweep's now: its first child must not close it
             experiment_id = client.get_run(resume).info.experiment_id
         else:
             name = target.run_name or tracking.unique_run_name(client, experiment_id, "sweep")
@@ -118,19 +125,22 @@ def sweep(
             experiment_id = client.get_run(parent.run_id).info.experiment_id  # mlflow run's
         with run_closed(parent, stop):
             done = finished_children(client, parent.run_id)
-            for device in device_list:
-                for workload in grid.workloads(base):
-                    stop.check()  # a signal between two children stops here
-                    cfg = replace(workload, device=device)
-                    what = f"{device} {describe(cfg)}"
-                    if (device, *workload_of(child_params(cfg))) in done:
-                        console.err.print(f"already done: {what}")
-                        continue
-                    code = _train_child(cfg, target, parent.run_id, experiment_id, stop)
-                    stop.check()
-                    if not quiet or code:
-                        outcome = "finished" if code == 0 else f"failed (exit code {code})"
-                        console.err.print(f"{what}: {outcome}")
+            for repeat, device, workload in product(
+                range(grid.repeats), device_list, grid.workloads(base)
+            ):
+                stop.check()  # a signal between two children stops here
+                cfg = replace(workload, device=device)
+                what = f"{device} {describe(cfg)}"
+                if grid.repeats > 1:
+                    what += f" (run {repeat + 1} of {grid.repeats})"
+                if done[(device, *workload_of(child_params(cfg)))] > repeat:
+                    console.err.print(f"already done: {what}")
+                    continue
+                code = _train_child(cfg, target, parent.run_id, experiment_id, stop)
+                stop.check()
+                if not quiet or code:
+                    outcome = "finished" if code == 0 else f"failed (exit code {code})"
+                    console.err.print(f"{what}: {outcome}")
             summary = summarise(client, parent.run_id)
             _log_summary(parent, summary, quiet)
     return parent.run_id
@@ -233,23 +243,23 @@ def _resumable(client: MlflowClient, run_id: str, base: TrainConfig):
 
 def children(client: MlflowClient, parent_id: str) -> list:
     parent = client.get_run(parent_id)
-    return list(
-        client.search_runs(
-            [parent.info.experiment_id],
-            f"tags.`{Tags.PARENT}` = '{parent_id}'",
-            max_results=1000,
-            order_by=["attributes.start_time ASC"],
-        )
+    found = client.search_runs(
+        [parent.info.experiment_id],
+        tracking.matching(f"tags.`{Tags.PARENT}`", parent_id),
+        max_results=1000,
+        order_by=["attributes.start_time ASC"],
     )
+    return [r for r in found if r.data.tags.get(Tags.PARENT) == parent_id]
 
 
-def finished_children(client: MlflowClient, parent_id: str) -> set[tuple]:
-    """(device that ran, model, precision, width, batch size) of each finished child."""
-    return {
+def finished_children(client: MlflowClient, parent_id: str) -> Counter:
+    """How many finished children each (device that ran, model, precision, width, batch
+    size) has."""
+    return Counter(
         (r.data.tags.get(Tags.DEVICE) or r.data.params[Params.DEVICE], *workload_of(r.data.params))
         for r in children(client, parent_id)
         if r.info.status == "FINISHED"
-    }
+    )
 
 
 def summarise(client: MlflowClient, parent_id: str) -> dict:
@@ -277,8 +287,9 @@ def summarise(client: MlflowClient, parent_id: str) -> dict:
 def crossover_table(records: list[dict]) -> dict:
     """Plain data in (one record a child: its workload, device, samples/s and forward FLOPs
     per sample), plain data out: a row per workload, ordered by FLOPs per batch within each
-    model and precision, with each device's samples/s and speed-up over the CPU; and for each
-    accelerator, model and precision, the smallest workload at which it beats the CPU."""
+    model and precision, with each device's samples/s (the median of a cell's repeats, and
+    how many ran) and speed-up over the CPU; and for each accelerator, model and precision,
+    the smallest workload at which it beats the CPU."""
     rows: dict[tuple, dict] = {}
     for r in records:
         key = (r["model"], r["precision"], r["hidden"], r["batch_size"])
@@ -293,7 +304,10 @@ def crossover_table(records: list[dict]) -> dict:
                 "samples_per_s": {},
             },
         )
-        row["samples_per_s"][r["device"]] = r["samples_per_s"]
+        row["samples_per_s"].setdefault(r["device"], []).append(r["samples_per_s"])
+    for row in rows.values():  # a cell's repeats: their median
+        row["runs"] = {d: len(v) for d, v in row["samples_per_s"].items()}
+        row["samples_per_s"] = {d: statistics.median(v) for d, v in row["samples_per_s"].items()}
     table = sorted(rows.values(), key=lambda r: (r["model"], r["precision"], r["flops_per_batch"]))
     for row in table:
         speeds = row["samples_per_s"]

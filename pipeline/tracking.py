@@ -1,30 +1,25 @@
-"""All MLflow access: connecting, where runs go, creating runs, batched writes, ending runs,
-downloading a logged model, and closing runs whose process died."""
+"""All MLflow access after connecting (pipeline.store): where runs go, creating runs, batched
+writes, ending runs, downloading a logged model, reading histories, and closing runs whose
+process provably died (pipeline.process)."""
 
-import importlib.metadata
 import logging
 import os
-import platform
-import re
 import socket
-import subprocess
 import time
-import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import suppress
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
-import psutil
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
-import pipeline
+from pipeline import environment, process
 from pipeline.errors import UserError
 from pipeline.schema import Tags
+from pipeline.store import connect, redact, redact_text
 
 # "Creating initial MLflow database tables..." is not news to our users.
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
@@ -34,124 +29,26 @@ logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
 os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
 
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100  # log_batch's limits per call
-CHECK_TIMEOUT_S = "5"
 
 
-def redact(uri: str | None) -> str:
-    """The URI without any user:password, safe to print."""
-    uri = uri or mlflow.get_tracking_uri()
-    parts = urlsplit(uri)
-    if parts.password is None and parts.username is None:
-        return uri
-    host = parts.hostname or ""
-    if parts.port:
-        host += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"***@{host}"))
-
-
-@contextmanager
-def _fail_fast(uri: str) -> Iterator[None]:
-    """MLflow retries a server or database it cannot reach for minutes; for the first check,
-    don't."""
-    settings = {
-        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-        "MLFLOW_HTTP_REQUEST_TIMEOUT": CHECK_TIMEOUT_S,
-    }
-    saved = {k: os.environ.get(k) for k in settings}
-    os.environ.update(settings)
-    try:
-        with nullcontext() if uri.startswith(("http://", "https://")) else _one_db_try():
-            yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-@contextmanager
-def _one_db_try() -> Iterator[None]:
-    """MLflow tries to reach a database 10 times over 100 s, with a warning each time; no
-    setting changes that."""
-    from mlflow.store.db import utils
-
-    saved, utils.MAX_RETRY_COUNT = utils.MAX_RETRY_COUNT, 1
-    try:
-        yield
-    finally:
-        utils.MAX_RETRY_COUNT = saved
-
-
-def connect(tracking_uri: str | None) -> MlflowClient:
-    """A client for the tracking store, checked to answer within seconds (or UserError)."""
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-    uri = mlflow.get_tracking_uri()
-    try:
-        _create_sqlite_store(uri)
-        with _fail_fast(uri):
-            client = MlflowClient()  # a database store is connected to here
-            client.search_experiments(max_results=1)
-    except Exception as e:
-        if uri.startswith(("http://", "https://")):
-            what = "reach the MLflow tracking server"
-        else:
-            what = "use the MLflow tracking store"
-        raise UserError(f"cannot {what} at {redact(uri)}: {_why(e)}") from None
-    return client
-
-
-def _create_sqlite_store(uri: str) -> None:
-    """Make a new sqlite store complete under a temporary name, then link it into place.
-
-    MLflow creates a sqlite store by migrating it where it lies, and a process that opens it
-    meanwhile migrates it too: both fail, and the store can stay broken (a known MLflow bug).
-    Made this way, any process, ours or not, finds no file or a finished store."""
-    name = uri.removeprefix("sqlite:///").split("?")[0]
-    if not uri.startswith("sqlite:///") or name in ("", ":memory:"):
-        return
-    path = Path(name)
-    if path.exists():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)  # as MLflow does
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.creating")
-    try:
-        MlflowClient(f"sqlite:///{tmp}")  # creates (migrates) it, with sqlite's permissions
-        os.link(tmp, path)
-    except FileExistsError:
-        pass  # another process linked its store first: that one is used
-    finally:
-        with suppress(OSError):  # Windows cannot remove a file that is open
-            tmp.unlink()
-
-
-def _why(e: BaseException) -> str:
-    """A short, credential-free reason for a failed request."""
-    text = str(e)
-    for needle, reason in (
-        ("Connection refused", "connection refused (is the server running there?)"),
-        ("timed out", f"no answer within {CHECK_TIMEOUT_S} s"),
-        ("Name or service not known", "unknown host"),
-        ("Failed to resolve", "unknown host"),
-    ):
-        if needle in text:
-            return reason
-    lines = text.strip().splitlines()
-    return redact_text(lines[0] if lines else type(e).__name__)[:300]
-
-
-def redact_text(text: str) -> str:
-    """The text with every user:password@ in a URL replaced by ***@."""
-    return re.sub(r"//[^/\s@]+@", "//***@", text)
+def matching(field: str, value: str) -> str:
+    """A search-filter clause that matches `field` = `value` for any value. MLflow's filter
+    language has no escape for quotes: a value without a single quote is quoted with single
+    quotes; any other becomes a LIKE pattern with `_` for each quote or backslash, which
+    matches it and perhaps a few others, so callers compare the results exactly."""
+    if not any(c in value for c in "'\\"):
+        return f"{field} = '{value}'"
+    pattern = "".join("_" if c in "'\"\\" else c for c in value)
+    return f"{field} LIKE '{pattern}'"
 
 
 def unique_run_name(client: MlflowClient, experiment_id: str, name: str) -> str:
     """name, or name-2, name-3, ... when runs of the experiment already carry it."""
+    prefix = "".join("_" if c in "'\"\\%" else c for c in name)
     taken = {
         r.info.run_name
         for r in client.search_runs(
-            [experiment_id], f"attributes.run_name LIKE '{name}%'", max_results=1000
+            [experiment_id], f"attributes.run_name LIKE '{prefix}%'", max_results=1000
         )
     }
     n = 1
@@ -194,34 +91,6 @@ def _usable(exp, name: str) -> str:
     return exp.experiment_id
 
 
-def environment_tags() -> dict[str, str]:
-    tags = {
-        Tags.TORCH_VERSION: importlib.metadata.version("torch"),
-        Tags.PYTHON_VERSION: platform.python_version(),
-        Tags.PLATFORM: platform.platform(),
-        Tags.MLFLOW_VERSION: mlflow.__version__,
-        Tags.PIPELINE_VERSION: pipeline.__version__,
-    }
-    commit = git_commit()
-    if commit:
-        tags[Tags.GIT_COMMIT] = commit
-    return tags
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(pipeline.__file__).parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
-
-
 class Run:
     """One MLflow run, written through MlflowClient in batches."""
 
@@ -240,8 +109,7 @@ class Run:
     ) -> "Run":
         """A new run, or with `join` the one `mlflow run` created for this process
         (MLFLOW_RUN_ID)."""
-        tags = {Tags.HOST: host_name(None), **environment_tags(), **tags}
-        tags[Tags.PID] = str(os.getpid())
+        tags = {Tags.HOST: host_name(None), **environment.collect(), **tags, **process_tags()}
         run_id = os.environ.get("MLFLOW_RUN_ID") if join else None
         if run_id:
             run = cls(client, run_id)
@@ -251,6 +119,13 @@ class Run:
             return run
         created = client.create_run(experiment_id, run_name=name, tags=dict(tags))
         return cls(client, created.info.run_id)
+
+    def claim(self) -> None:
+        """Record this process as the run's (a resumed run was another's), and drop the
+        failure reason its earlier end left: the run is live again."""
+        self.set_tags(process_tags())
+        with suppress(MlflowException):
+            self.client.delete_tag(self.run_id, Tags.FAILURE_REASON)
 
     def log_params(self, params: Mapping[str, object]) -> None:
         """Log params; those already set (`mlflow run` logs its -P values first) are kept."""
@@ -324,15 +199,6 @@ def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, floa
     return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
 
 
-def histories(
-    client: MlflowClient, wanted: list[tuple[str, str]]
-) -> dict[tuple[str, str], list[tuple[int, float]]]:
-    """The history of each (run id, metric key), read in parallel from a server."""
-    with ThreadPoolExecutor(_parallel(client)) as pool:
-        found = pool.map(lambda pair: history(client, *pair), wanted)
-        return dict(zip(wanted, found, strict=True))
-
-
 def set_tags_of(client: MlflowClient, tags: dict[str, dict[str, str]]) -> None:
     """Set each run's tags, one request a run (in parallel to a server)."""
 
@@ -349,12 +215,13 @@ def delete_tag_of(client: MlflowClient, run_ids: list[str], key: str) -> None:
         list(pool.map(lambda run_id: client.delete_tag(run_id, key), run_ids))
 
 
-def params_of(client: MlflowClient, run_id: str) -> dict[str, str] | None:
-    """A run's params; None when this store has no such run."""
+def recorded(client: MlflowClient, run_id: str) -> tuple[dict[str, str], dict[str, str]]:
+    """A run's params and tags; both empty when this store has no such run."""
     try:
-        return dict(client.get_run(run_id).data.params)
+        data = client.get_run(run_id).data
     except MlflowException:
-        return None
+        return {}, {}
+    return dict(data.params), dict(data.tags)
 
 
 def host_name(given: str | None) -> str:
@@ -362,40 +229,44 @@ def host_name(given: str | None) -> str:
     return given or socket.gethostname()
 
 
+def process_tags() -> dict[str, str]:
+    """The tags that tie a run to this process on this machine (see pipeline.process)."""
+    me = process.identity()
+    return {Tags.PID: me["pid"], Tags.PROCESS_START: me["started"], Tags.MACHINE: me["machine"]}
+
+
 def open_experiment(
-    tracking_uri: str | None, experiment: str | None, host: str | None, create: bool = True
+    tracking_uri: str | None, experiment: str | None, create: bool = True
 ) -> tuple[MlflowClient, str]:
     """A checked client and the experiment id runs go to (see experiment_id). Runs in it that
-    a dead process on this host left RUNNING are closed first."""
+    a dead process on this machine left RUNNING are closed first."""
     client = connect(tracking_uri)
     exp_id = experiment_id(client, experiment, create)
-    close_orphans(client, [exp_id], host_name(host))
+    close_orphans(client, [exp_id])
     return client, exp_id
 
 
-def close_orphans(client: MlflowClient, experiment_ids: list[str], host: str) -> list[str]:
-    """End KILLED the RUNNING runs of these experiments that a process on this host started and
-    that outlived it (SIGKILL, the out-of-memory killer); return their ids."""
-    closed = []
+def close_orphans(client: MlflowClient, experiment_ids: list[str]) -> list[str]:
+    """End KILLED the RUNNING runs of these experiments whose process provably died on this
+    machine (SIGKILL, the out-of-memory killer); return their ids. A run of another machine,
+    of a process that lives or may not be inspected, or without its process's start time
+    (which `mlflow run` creates before its command starts) is left alone."""
+    machine = process.machine_id()
     running = client.search_runs(
         experiment_ids,
-        f"attributes.status = 'RUNNING' and tags.`{Tags.HOST}` = '{host}'",
+        f"attributes.status = 'RUNNING' and {matching(f'tags.`{Tags.MACHINE}`', machine)}",
         max_results=1000,
     )
+    closed = []
     for run in running:
-        pid = run.data.tags.get(Tags.PID, "")
-        if pid.isdigit() and not _alive(int(pid), run.info.start_time / 1000):
+        tags = run.data.tags
+        pid, started = tags.get(Tags.PID, ""), tags.get(Tags.PROCESS_START, "")
+        if tags.get(Tags.MACHINE) != machine or not pid.isdigit() or not started:
+            continue
+        if not process.alive(int(pid), started):
+            host = machine.split(" ")[0]
             reason = f"process {pid} on host {host} exited without ending the run"
             client.set_tag(run.info.run_id, Tags.FAILURE_REASON, reason)
             client.set_terminated(run.info.run_id, "KILLED")
             closed.append(run.info.run_id)
     return closed
-
-
-def _alive(pid: int, run_started: float) -> bool:
-    """Whether the process that started a run at `run_started` (epoch seconds) still runs: a
-    process with that id started after the run is another one."""
-    try:
-        return psutil.Process(pid).create_time() <= run_started + 1
-    except psutil.Error:
-        return False

@@ -148,18 +148,6 @@ def test_a_killed_training_process_is_closed_by_the_next_command(store, data_dir
     assert len(client.get_metric_history(run_id, Metrics.TEST_ACCURACY)) >= 1
 
 
-def test_a_live_process_keeps_its_running_run(client):
-    """Only runs whose process is gone are closed: a run of a live process on this host, or
-    one recorded on another host, stays RUNNING."""
-    from pipeline import tracking
-
-    mine = tracking.Run.start(client, "0", "alive", {}).run_id
-    elsewhere = tracking.Run.start(client, "0", "elsewhere", {Tags.HOST: "other-box"}).run_id
-    client.set_tag(elsewhere, Tags.PID, "999999999")
-    assert tracking.close_orphans(client, ["0"], tracking.host_name(None)) == []
-    assert {client.get_run(r).info.status for r in (mine, elsewhere)} == {"RUNNING"}
-
-
 def test_four_concurrent_writers_on_one_new_sqlite_store(tmp_path, data_dir):
     store = f"sqlite:///{tmp_path / 'shared.db'}"
     procs = [
@@ -189,7 +177,7 @@ def test_a_new_sqlite_store_appears_complete(tmp_path):
         [
             sys.executable,
             "-c",
-            f"from pipeline import tracking; tracking.connect('sqlite:///{path}')",
+            f"from pipeline import store; store.connect('sqlite:///{path}')",
         ],
         stderr=subprocess.PIPE,
         text=True,
@@ -251,15 +239,15 @@ def test_losses_buffered_when_interrupted_are_flushed(cli, client, monkeypatch):
 def test_a_signal_during_the_final_logging_ends_the_run_killed(cli, client, monkeypatch):
     """Ctrl-C at any moment after the run exists, here while the model is being logged after
     the last epoch: the run ends KILLED and the command exits 130, not FINISHED and 0."""
-    from pipeline import stages
+    from pipeline import artifact
 
-    original = stages._log_model
+    original = artifact.log
 
     def log_then_interrupt(*args):
         original(*args)
         os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(stages, "_log_model", log_then_interrupt)
+    monkeypatch.setattr(artifact, "log", log_then_interrupt)
     result = cli("train", "--device", "cpu", "--epochs", "1", *SMALL, "--no-system-metrics")
     assert result.code == 130
     assert "KILLED" in result.stderr and "Traceback" not in result.stderr

@@ -3,12 +3,13 @@ can apply to it, every flagged run carries its flags, and findings say what chan
 sure they are. Runs are logged straight through MlflowClient, as another script would."""
 
 import math
+import statistics
 
 import pytest
 from mlflow.entities import Metric
 from test_compare import QUICKSTART, compare_json, kinds, log_run
 
-from pipeline import rules
+from pipeline import environment, rules
 from pipeline.records import RunSummary, Selection, Tolerances
 from pipeline.schema import Metrics, Params, Stages, Tags
 
@@ -128,66 +129,116 @@ def test_findings_say_what_changed_since_the_baseline(cli, client, tmp_path):
 def test_an_accelerator_baseline_does_not_count_the_device_name_as_a_change():
     cpu = summary("c", "cpu", {Tags.DEVICE_NAME: "Xeon", Tags.TORCH_VERSION: "2.14.1"})
     gpu = summary("g", "cuda:0", {Tags.DEVICE_NAME: "H100", Tags.TORCH_VERSION: "2.14.1"})
-    assert rules.changed(gpu, [cpu], same_by_design=("device_name",)) == {}
-    assert rules.changed(gpu, [cpu]) == {"device_name": ["Xeon", "H100"]}
+    assert environment.changed(gpu, [cpu], same_by_design=("device_name",)) == {}
+    assert environment.changed(gpu, [cpu]) == {"device_name": ["Xeon", "H100"]}
 
 
 def test_a_change_of_host_allocator_is_named():
     """A run measured with glibc's default allocator against one that kept freed memory."""
     before = summary("b", "cpu", {Tags.HOST_ALLOCATOR: "system default"})
     after = summary("a", "cpu", {Tags.HOST_ALLOCATOR: "glibc, freed memory kept"})
-    diff = rules.changed(after, [before])
+    diff = environment.changed(after, [before])
     assert diff == {"host_allocator": ["system default", "glibc, freed memory kept"]}
-    assert rules.describe_changes(diff) == (
+    assert environment.describe_changes(diff) == (
         "; changed since the baseline: host allocator system default -> glibc, freed memory kept"
     )
 
 
-def timed_run(client, device: str, speed: float, times: list[float]) -> str:
-    """A run of len(times) epochs with those per-epoch times."""
+def timed_run(client, device: str, epoch_speeds: list[float], **kw) -> str:
+    """A run whose epochs trained at these samples/s; its samples_per_s is what train logs,
+    the harmonic mean of the epochs after the first."""
+    steady = epoch_speeds[1:] or epoch_speeds
     run_id = log_run(
         client,
         device,
-        summary={Metrics.SAMPLES_PER_S: speed},
-        params={Params.EPOCHS: str(len(times))},
+        summary={Metrics.SAMPLES_PER_S: statistics.harmonic_mean(steady)},
+        params={Params.EPOCHS: str(len(epoch_speeds))},
+        **kw,
     )
     client.log_batch(
-        run_id, metrics=[Metric(Metrics.EPOCH_TIME_S, t, 0, i + 1) for i, t in enumerate(times)]
+        run_id,
+        metrics=[
+            Metric(Metrics.EPOCH_SAMPLES_PER_S, v, 0, i + 1) for i, v in enumerate(epoch_speeds)
+        ],
     )
     return run_id
 
 
-def test_a_slowdown_the_epochs_confirm_is_an_error(cli, client, tmp_path):
-    timed_run(client, "cpu", 20_000, [1.5, 1.00, 1.01, 0.99, 1.02, 1.00, 0.98])
-    timed_run(client, "cuda:0", 10_000, [3.0, 2.00, 2.02, 1.98, 2.01, 2.00, 1.99])
+def speed_finding(cli, tmp_path, run_id: str | None = None) -> tuple[dict, int]:
     result, report = compare_json(cli, tmp_path)
-    (finding,) = report["findings"]
-    assert finding["severity"] == "error" and result.code == 1
+    (finding,) = [
+        f for f in report["findings"] if f["category"] == "speed" and run_id in (None, f["run_id"])
+    ]
+    return finding, result.code
+
+
+def test_a_slowdown_the_epochs_confirm_is_an_error(cli, client, tmp_path):
+    """One run against one run: their steady epochs are the samples."""
+    timed_run(client, "cpu", [15_000, 20_000, 19_800, 20_200, 20_100, 19_900, 20_000])
+    timed_run(client, "cuda:0", [5_000, 10_000, 9_900, 10_100, 10_050, 9_950, 10_000])
+    finding, code = speed_finding(cli, tmp_path)
+    assert finding["severity"] == "error" and code == 1
     values = finding["values"]
-    assert values["samples"] == 6 and values["p_value"] < 0.01
+    assert values["confidence"] == "confirmed" and values["sample_kind"] == "epochs"
+    assert values["samples"] == {"epochs": [6, 6]}
     low, high = values["ratio_ci"]
-    assert low <= 0.5 <= high and high < 0.9  # the ratio, and clear of the tolerance
-    assert "confirmed (p = " in finding["message"]
+    assert low <= values["speed_vs_cpu"] <= high < 0.9  # the flag's ratio, clear of the tolerance
+    assert "confirmed (speed ratio 95% CI" in finding["message"]
 
 
 def test_a_slowdown_the_epochs_cannot_confirm_is_a_warning(cli, client, tmp_path):
-    timed_run(client, "cpu", 10_000, [1.5, 1.0, 2.0, 1.1, 1.9, 1.2, 1.8])
-    timed_run(client, "cuda:0", 8_000, [1.5, 1.9, 1.0, 2.1, 1.1, 1.8, 1.3])
-    result, report = compare_json(cli, tmp_path)
-    (finding,) = report["findings"]
-    assert finding["severity"] == "warning" and result.code == 1  # flagged, unconfirmed
-    assert finding["values"]["p_value"] >= 0.05
-    assert "unconfirmed (6 samples)" in finding["message"]
+    """Epochs that overlap: the point estimate is past the tolerance, its interval is not."""
+    timed_run(client, "cpu", [9_000, 10_000, 5_000, 9_000, 5_500, 8_000, 6_000])
+    timed_run(client, "cuda:0", [9_000, 5_000, 9_000, 4_500, 8_000, 5_000, 6_500])
+    finding, code = speed_finding(cli, tmp_path)
+    assert finding["severity"] == "warning" and code == 1  # flagged, unconfirmed
+    assert finding["values"]["confidence"] == "unconfirmed"
+    assert finding["values"]["speed_vs_cpu"] < 0.9 <= finding["values"]["ratio_ci"][1]
+    assert "unconfirmed (speed ratio 95% CI" in finding["message"]
 
 
-def test_too_few_epochs_to_decide_is_a_warning_that_says_so(cli, client, tmp_path):
-    timed_run(client, "cpu", 20_000, [1.5, 1.0, 1.0])
-    timed_run(client, "cuda:0", 10_000, [3.0, 2.0, 2.0])
-    result, report = compare_json(cli, tmp_path)
-    (finding,) = report["findings"]
-    assert finding["severity"] == "warning" and "p_value" not in finding["values"]
-    assert result.code == 1
-    assert "unconfirmed (2 samples)" in finding["message"]
+def test_two_runs_with_too_few_epochs_are_insufficient_data(cli, client, tmp_path):
+    timed_run(client, "cpu", [15_000, 20_000, 20_000])
+    timed_run(client, "cuda:0", [5_000, 10_000, 10_000])
+    finding, code = speed_finding(cli, tmp_path)
+    assert finding["severity"] == "warning" and code == 1
+    assert finding["values"]["confidence"] == "insufficient data"
+    assert "ratio_ci" not in finding["values"]
+    assert "insufficient data (1 baseline run, 2 steady epochs a side" in finding["message"]
+
+
+@pytest.mark.parametrize(
+    ("history", "new", "confidence"),
+    [
+        # the new run inside the history's spread: its drop may be noise
+        ([10_000, 10_000, 10_000, 10_000, 6_000], 8_000, "unconfirmed"),
+        # slower than every history run by more than the tolerance
+        ([10_000, 9_800, 10_200, 9_900, 10_100], 5_000, "confirmed"),
+    ],
+)
+def test_history_runs_are_the_samples(cli, client, tmp_path, history, new, confidence):
+    """Five earlier runs and a new one: runs are the samples (epochs of several runs pooled
+    would not be independent), so the new run must lie beyond the tolerance from every run of
+    the history's interval to be confirmed."""
+    for speed in history:
+        log_run(client, "cpu", summary={Metrics.SAMPLES_PER_S: speed})
+    run_id = log_run(client, "cpu", summary={Metrics.SAMPLES_PER_S: new})
+    finding, code = speed_finding(cli, tmp_path, run_id)
+    assert finding["kind"] == "slower-than-history" and code == 1
+    values = finding["values"]
+    assert values["confidence"] == confidence and values["sample_kind"] == "runs"
+    assert values["samples"] == {"runs": [1, 5]}
+    assert finding["severity"] == ("error" if confidence == "confirmed" else "warning")
+
+
+def test_a_short_history_is_insufficient_data(cli, client, tmp_path):
+    for speed in (10_000, 10_000):
+        log_run(client, "cpu", summary={Metrics.SAMPLES_PER_S: speed})
+    log_run(client, "cpu", summary={Metrics.SAMPLES_PER_S: 5_000})
+    finding, code = speed_finding(cli, tmp_path)
+    assert finding["kind"] == "slower-than-history" and code == 1
+    assert finding["values"]["confidence"] == "insufficient data"
+    assert finding["severity"] == "warning"
 
 
 def summary(run_id: str, device: str, tags: dict, **metrics: float) -> RunSummary:

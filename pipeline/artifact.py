@@ -1,0 +1,48 @@
+"""The model a train run logs (`model/`: the final weights as a device-independent state dict,
+and the config that rebuilds the model), and loading it back on any device."""
+
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+
+from pipeline import model, tracking
+from pipeline.config import TrainConfig
+from pipeline.errors import UserError
+
+MODEL_ARTIFACT = "model"
+
+
+def log(run: tracking.Run, net: torch.nn.Module, cfg: TrainConfig, device) -> None:
+    """The final weights (a state dict, device-independent) and what rebuilds the model."""
+    config = {
+        "run_id": run.run_id,
+        "model": cfg.model_config,
+        "data": {
+            "name": cfg.data.name,
+            "seed": cfg.data.seed,
+            "train_size": cfg.data.train_size,
+            "test_size": cfg.data.test_size,
+        },
+        "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size,
+        "trained_on": str(device),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save({k: v.cpu() for k, v in net.state_dict().items()}, Path(tmp) / "state_dict.pt")
+        (Path(tmp) / "config.json").write_text(json.dumps(config, indent=2))
+        run.log_artifacts(Path(tmp), MODEL_ARTIFACT)
+
+
+def load(local: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """A model logged by `train`, downloaded to `local`, on a device."""
+    try:
+        config = json.loads((local / "config.json").read_text())
+        state = torch.load(local / "state_dict.pt", map_location=device, weights_only=True)
+    except Exception as e:
+        reason = str(e).splitlines()[0]
+        raise UserError(f"no model logged by `pipeline train` in {local}: {reason}") from None
+    net = model.build(**config["model"]).to(device)
+    net.load_state_dict(state)
+    return net, config

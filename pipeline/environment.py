@@ -1,0 +1,90 @@
+"""The environment a run records, and what changed in it between a run and its baseline.
+
+ENVIRONMENT is the one list of what a finding can attribute a difference to: a run records
+each of these as a tag, and every finding that compares a run with a baseline (another
+device's run, its own history, the run whose weights a test run evaluated) names those whose
+value differs. The process-wide ones are collected here; torch's and the device's (device
+name, CUDA, driver, host allocator) by the stages that load torch.
+"""
+
+import importlib.metadata
+import platform
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import pipeline
+from pipeline.records import RunSummary
+from pipeline.schema import Tags
+
+# (name in a finding's values, tag, label in a message), in the order a message lists them.
+ENVIRONMENT = (
+    ("torch_version", Tags.TORCH_VERSION, "torch"),
+    ("cuda_version", Tags.TORCH_CUDA, "CUDA"),
+    ("driver_version", Tags.GPU_DRIVER, "driver"),
+    ("platform", Tags.PLATFORM, "OS"),
+    ("python_version", Tags.PYTHON_VERSION, "Python"),
+    ("device_name", Tags.DEVICE_NAME, "device"),
+    ("host", Tags.HOST, "host"),
+    ("host_allocator", Tags.HOST_ALLOCATOR, "host allocator"),
+    ("mlflow_version", Tags.MLFLOW_VERSION, "MLflow"),
+    ("pipeline_version", Tags.PIPELINE_VERSION, "pipeline"),
+    ("git_commit", Tags.GIT_COMMIT, "commit"),
+)
+
+
+def collect() -> dict[str, str]:
+    """The process-wide part of the environment, as tags (torch's version is recorded with
+    the device's, by the stages that load torch)."""
+    tags = {
+        Tags.PYTHON_VERSION: platform.python_version(),
+        Tags.PLATFORM: platform.platform(),
+        Tags.MLFLOW_VERSION: importlib.metadata.version("mlflow"),
+        Tags.PIPELINE_VERSION: pipeline.__version__,
+    }
+    commit = git_commit()
+    if commit:
+        tags[Tags.GIT_COMMIT] = commit
+    return tags
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(pipeline.__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def changed(
+    run: RunSummary, baseline: list[RunSummary], same_by_design: tuple[str, ...] = ()
+) -> dict[str, list[str]]:
+    """What differs in the recorded environment between a run and its baseline: name ->
+    [baseline's value, run's value]. A baseline of several runs counts by its most common
+    value. Names in `same_by_design` are left out (a GPU run and its CPU baseline differ in
+    device name by design)."""
+    diff = {}
+    for name, tag, _ in ENVIRONMENT:
+        ours = run.tags.get(tag)
+        theirs = [b.tags[tag] for b in baseline if tag in b.tags]
+        if name in same_by_design or ours is None or not theirs:
+            continue
+        usual = Counter(theirs).most_common(1)[0][0]
+        if usual != ours:
+            diff[name] = [usual, ours]
+    return diff
+
+
+def describe_changes(diff: dict[str, list[str]]) -> str:
+    """'; changed since the baseline: torch 2.13.0 -> 2.14.1', or nothing."""
+    if not diff:
+        return ""
+    label = {name: text for name, _, text in ENVIRONMENT}
+    parts = [f"{label[k]} {old} -> {new}" for k, (old, new) in diff.items()]
+    return "; changed since the baseline: " + ", ".join(parts)
