@@ -207,6 +207,11 @@ def sweep(
 @app.command()
 def doctor(
     device: c.Device = "auto",
+    model: c.Model = "mlp",
+    model_option: c.ModelOption = None,
+    hidden: c.Hidden = 512,
+    layers: c.Layers = 2,
+    precision: c.Precision = "fp32",
     output_json: Annotated[Path | None, typer.Option(help="Write the checks as JSON")] = None,
     no_fail: Annotated[
         bool, typer.Option("--no-fail", help="Exit 0 even when a check fails")
@@ -217,12 +222,16 @@ def doctor(
     host: c.Host = None,
     quiet: c.Quiet = False,
 ) -> None:
-    """Check a device's operations against the CPU's; name those that give wrong results.
-    Exit 1 when a check fails."""
-    from pipeline import stages
+    """Check a device's operations against the CPU's: the fixed battery, then every operation
+    of one training step of the model. Exit 1 when a check fails or raises."""
+    from pipeline import diagnose
 
+    workload = c.TrainConfig(
+        model=model, hidden=hidden, layers=layers, model_options=c.key_values(model_option)
+    )
     target = c.Target(experiment, tracking_uri, run_name, host)
-    if stages.doctor(device, target, output_json, quiet) and not no_fail:
+    failed = diagnose.run(device, target, workload.model_config, precision, output_json, quiet)
+    if failed and not no_fail:
         raise typer.Exit(1)
 
 

@@ -161,6 +161,15 @@ class Precision:
             return _tf32()
         return contextlib.nullcontext()
 
+    def context(self):
+        """The context a whole step runs in on this device: fp32 matmuls and convolutions
+        as IEEE fp32 (or TF32 for tf32), and autocast for bf16 and fp16."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(fp32_math("tf32" if self.name == "tf32" else "ieee"))
+        if self.name in AUTOCAST:
+            stack.enter_context(torch.autocast(self.device.type, dtype=AUTOCAST[self.name]))
+        return stack
+
     def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
         """Backward pass and optimizer step (scaled for fp16), then zero the gradients."""
         if self.scaler is None:
@@ -181,6 +190,19 @@ def _tf32():
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@contextlib.contextmanager
+def fp32_math(mode: str):
+    """fp32 matmuls and cuDNN convolutions as `ieee` or `tf32`, through torch's one API for
+    it (fp32_precision), restored afterwards."""
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    saved = matmul.fp32_precision, conv.fp32_precision
+    matmul.fp32_precision = conv.fp32_precision = mode
+    try:
+        yield
+    finally:
+        matmul.fp32_precision, conv.fp32_precision = saved
 
 
 def precision(name: str, device: torch.device) -> Precision:

@@ -1,29 +1,70 @@
 """doctor: when a device's results are wrong, name the operation that is broken.
 
-Each check runs one operation on the device and, as the reference, on the CPU, with the same
-seeded inputs, and compares the two. The reference takes another code path wherever one
-exists: floating-point inputs are upcast to float64 (exactly), so on the CPU itself the float32
-kernels are checked against the float64 ones. Integer and boolean results must match exactly;
-floating-point ones within a tolerance fit for the op:
+A check runs one operation on the device and, as the reference, on the CPU, with the same
+inputs, and compares the two element by element, the way PyTorch's own cross-device tests
+do (torch.testing.assert_close; test_mps.py's consistency tests):
 
-    |device - reference| <= tolerance * max(1, |reference|)     element by element
+    |device - reference| <= atol * s + rtol * |reference|
 
-A check whose operation raises on the device (not implemented there) is `unsupported`; the
-others go on. The checks cover the operations behind every silent wrong-result bug reported
-against PyTorch's accelerator back ends that touches this workload: each names its report.
+with (atol, rtol) by the device result's dtype (TOLERANCES; ACCUMULATING for convolutions,
+matmuls and normalisations, which sum many terms; TF32 for those under tf32), and s the
+output's own scale, max |reference| (1 for an all-zero output): torch's atol is meant for
+values of order 1, and an SGD update of 1e-6 must be checked at its own scale, not passed by
+any atol. NaN must meet NaN and an infinity the same infinity; nothing else passes.
+Integer and boolean results must be equal.
+
+The fixed battery (pipeline.battery) takes the reference in float64 (an exact upcast: the
+CPU's float32 kernels are checked too), but for a whole training step under bf16 or fp16
+autocast, where a ReLU whose input rounds across zero changes a gradient outright, it takes
+the CPU in the same precision, as a workload's own operations (pipeline.replay) do.
+
+Each result is `pass`, `fail`, `error` (the device, or the CPU reference, raised), `skipped`
+(a random operation that cannot be replayed) or `unsupported` (only for "not implemented on
+this device": NotImplementedError and the back ends' own wording). `fail` and `error` are
+failures: doctor exits 1 and names them.
 """
 
+import re
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
-from pipeline import devices, model
+from pipeline import devices
 
 Inputs = tuple[torch.Tensor, ...]
 TRACKER = "https://github.com/pytorch/pytorch/issues/"
 ROCM_TRACKER = "https://github.com/ROCm/pytorch/issues/"
+
+# (atol, rtol) by the result's dtype: torch.testing.assert_close's defaults.
+TOLERANCES = {
+    torch.float64: (1e-7, 1e-7),
+    torch.float32: (1e-5, 1.3e-6),
+    torch.float16: (1e-5, 1e-3),
+    torch.bfloat16: (1e-5, 1.6e-2),
+}
+# Operations that accumulate many products (convolution, matmul, linear, layer norm):
+# test_mps.py's TestConsistency bounds (FP32_LOW_PRECISION_LIST; addmm/matmul/linear in half).
+ACCUMULATING = {
+    torch.float64: (1e-7, 1e-7),
+    torch.float32: (1e-4, 3e-5),
+    torch.float16: (5e-2, 5e-2),
+    torch.bfloat16: (5e-2, 1e-1),
+}
+# The same under TF32 (10-bit mantissa): PyTorch's tests run them with tf32_on_and_off(0.005).
+TF32 = (5e-3, 0.0)
+
+PASS, FAIL, ERROR, SKIPPED, UNSUPPORTED = "pass", "fail", "error", "skipped", "unsupported"
+FAILURES = (FAIL, ERROR)
+ORDER = {FAIL: 0, ERROR: 1, UNSUPPORTED: 2, SKIPPED: 3, PASS: 4}
+# What back ends say when an operation is not implemented for them (CUDA: '"addmm_cuda" not
+# implemented for 'Bool''; MPS: 'not currently implemented for the MPS device', 'MPS does not
+# support ...'); anything else a device raises is an error, never a pass.
+NOT_IMPLEMENTED = re.compile(
+    r"not (currently )?(implemented|supported)|(does not|doesn't) support|is not supported",
+    re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True)
@@ -35,10 +76,13 @@ class Check:
     shape: str
     dtype: str
     layout: str
-    reference: str  # the public report it guards against
+    reference: str  # the public report it guards against, or what it ties to
     inputs: Callable[[torch.Generator], Inputs]  # made on the CPU, from the seed
-    op: Callable[..., torch.Tensor | Sequence[torch.Tensor]]  # run on each side
-    tolerance: float = 0.0  # 0: exact
+    op: Callable[..., object]  # run on each side; returns a tensor or several
+    accumulates: bool = False  # conv, matmul, norm: ACCUMULATING bounds
+    upcast: bool = True  # the reference in float64; False: the CPU, same dtypes and precision
+    precision: str = "fp32"  # the device side runs in this precision's context
+    skip: str = ""  # why it is not run (a random operation), listed as skipped
 
 
 @dataclass
@@ -50,56 +94,121 @@ class Result:
     layout: str
     max_abs_diff: float | None
     mismatch_fraction: float | None
-    tolerance: float
-    status: str  # pass | fail | unsupported
+    atol: float | None  # at the output's scale; None: exact
+    rtol: float | None
+    status: str  # pass | fail | error | skipped | unsupported
     reference: str
     detail: str = ""  # what went wrong, in a few words
 
 
 @dataclass(frozen=True)
 class Target:
-    """Where the checks run: a device, or a stand-in for one (tests). `place` moves a CPU
-    tensor there."""
+    """Where the checks run: a device, or a stand-in for one (tests). `place` copies a CPU
+    tensor there, its layout kept; `context(precision)` is what the device side runs in."""
 
     name: str
     place: Callable[[torch.Tensor], torch.Tensor]
     synchronize: Callable[[], None] = field(default=lambda: None)
+    context: Callable[[str], AbstractContextManager] = field(default=lambda p: nullcontext())
 
 
 def on(device: torch.device) -> Target:
-    return Target(str(device), lambda t: t.to(device), lambda: devices.synchronize(device))
+    return Target(
+        str(device),
+        lambda t: replicate(t, device),
+        lambda: devices.synchronize(device),
+        lambda precision: devices.Precision(precision, device).context(),
+    )
+
+
+def replicate(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A copy of t on the device with the same sizes, strides and storage offset (a
+    transposed weight stays transposed, a slice stays a slice)."""
+    storage = t.untyped_storage()
+    flat = torch.empty(0, dtype=t.dtype).set_(storage, 0, (storage.nbytes() // t.element_size(),))
+    return flat.to(device, copy=True).as_strided(t.shape, t.stride(), t.storage_offset())
 
 
 # --- running a check -----------------------------------------------------------------------
 
 
-def upcast(t: torch.Tensor) -> torch.Tensor:
+def upcast(t):
     """The reference path's input: float64 for floating-point tensors, exactly."""
-    return t.double() if t.is_floating_point() else t
+    return t.double() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
 
 
-def as_list(out) -> list[torch.Tensor]:
-    return list(out) if isinstance(out, list | tuple) else [out]
+def tensors_of(out) -> list[torch.Tensor]:
+    """The tensors an operation returned, in order (None and other values left out)."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, list | tuple):
+        return [t for o in out for t in tensors_of(o)]
+    return []
+
+
+HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def tolerance(check: Check, dtype: torch.dtype) -> tuple[float, float] | None:
+    """(atol, rtol) for a result of this dtype; None: exact. Under bf16 or fp16 autocast every
+    floating-point result carries that precision's error, float32 ones included."""
+    if not dtype.is_floating_point:
+        return None
+    dtype = HALF.get(check.precision, dtype)
+    if check.accumulates and check.precision == "tf32":
+        return TF32
+    table = ACCUMULATING if check.accumulates else TOLERANCES
+    return table.get(dtype, TOLERANCES[torch.float32])
+
+
+def status_of(e: BaseException) -> str:
+    """unsupported for 'not implemented on this device', error for anything else."""
+    if isinstance(e, NotImplementedError) or NOT_IMPLEMENTED.search(str(e)):
+        return UNSUPPORTED
+    return ERROR
+
+
+def reason(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 def run_check(check: Check, target: Target, seed: int = 0) -> Result:
+    if check.skip:
+        return _result(check, SKIPPED, detail=check.skip)
     inputs = check.inputs(torch.Generator().manual_seed(seed))
-    expected = as_list(check.op(*(upcast(t) for t in inputs)))
+    try:  # on inputs of its own: in-place operations change them
+        mine = check.inputs(torch.Generator().manual_seed(seed))
+        if check.upcast:  # float64, outside any precision: the exact answer
+            expected = tensors_of(check.op(*(upcast(t) for t in mine)))
+        else:  # the CPU on the same dtypes, in the same precision
+            with devices.Precision(check.precision, torch.device("cpu")).context():
+                expected = tensors_of(check.op(*mine))
+        expected = [t.detach() for t in expected]
+    except Exception as e:
+        return _result(check, ERROR, detail=f"the CPU reference raised: {reason(e)}")
     try:
-        got = as_list(check.op(*(target.place(t) for t in inputs)))
+        placed = [target.place(t) if isinstance(t, torch.Tensor) else t for t in inputs]
+        with target.context(check.precision):
+            out = check.op(*placed)
         target.synchronize()
-        got = [g.detach().cpu().as_subclass(torch.Tensor) for g in got]
-    except Exception as e:  # not implemented there, or the back end failed
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        return _result(check, None, None, "unsupported", reason)
-    worst, mismatched, total, detail = 0.0, 0, 0, ""
+        got = [t.detach().cpu().as_subclass(torch.Tensor) for t in tensors_of(out)]
+    except Exception as e:
+        return _result(check, status_of(e), detail=reason(e))
+    return compare(check, got, expected)
+
+
+def compare(check: Check, got: list[torch.Tensor], expected: list[torch.Tensor]) -> Result:
+    """The device's results against the reference's, element by element."""
+    if len(got) != len(expected):
+        return _result(check, FAIL, 1.0, detail=f"{len(got)} results, not {len(expected)}")
+    worst, mismatched, total, detail, bounds = 0.0, 0, 0, "", None
     for g, e in zip(got, expected, strict=True):
         if g.shape != e.shape:
-            return _result(check, None, 1.0, "fail", f"shape {tuple(g.shape)} != {tuple(e.shape)}")
-        g, e = g.detach().double(), e.detach().double()
-        diff = (g - e).abs()
-        diff = torch.where(torch.isnan(g) & torch.isnan(e), 0.0, diff.nan_to_num(nan=torch.inf))
-        bad = diff > check.tolerance * e.abs().clamp(min=1.0)
+            detail = f"shape {tuple(g.shape)} != {tuple(e.shape)}"
+            return _result(check, FAIL, 1.0, detail=detail)
+        bounds = tolerance(check, g.dtype) or bounds
+        bad, diff = mismatches(g, e, tolerance(check, g.dtype))
         if diff.numel():
             worst = max(worst, float(diff.max()))
         if bad.any() and not detail:
@@ -108,10 +217,28 @@ def run_check(check: Check, target: Target, seed: int = 0) -> Result:
         mismatched += int(bad.sum())
         total += bad.numel()
     fraction = mismatched / total if total else 0.0
-    return _result(check, worst, fraction, "fail" if mismatched else "pass", detail)
+    status = FAIL if mismatched else PASS
+    return _result(check, status, fraction, worst, detail, bounds)
 
 
-def _result(check, worst, fraction, status, detail="") -> Result:
+def mismatches(g: torch.Tensor, e: torch.Tensor, bounds) -> tuple[torch.Tensor, torch.Tensor]:
+    """(which elements are wrong, |g - e| with non-finite differences as inf)."""
+    g, e = g.double(), e.double()
+    diff = (g - e).abs()
+    if bounds is None:
+        bad = (g != e) & ~(g.isnan() & e.isnan())
+        return bad, torch.where(bad, diff.nan_to_num(nan=torch.inf), 0.0)
+    atol, rtol = bounds
+    finite = e.isfinite()
+    scale = float(e[finite].abs().max()) if finite.any() else 1.0
+    scale = scale or 1.0
+    close = diff <= atol * scale + rtol * e.abs()
+    ok = torch.where(finite, close & g.isfinite(), (g.isnan() & e.isnan()) | (g == e))
+    return ~ok, torch.where(ok, diff.nan_to_num(nan=0.0), diff.nan_to_num(nan=torch.inf))
+
+
+def _result(check, status, fraction=None, worst=None, detail="", bounds=None) -> Result:
+    atol, rtol = bounds if bounds else (None, None)
     return Result(
         check.name,
         check.family,
@@ -120,451 +247,37 @@ def _result(check, worst, fraction, status, detail="") -> Result:
         check.layout,
         worst,
         fraction,
-        check.tolerance,
+        atol,
+        rtol,
         status,
         check.reference,
         detail,
     )
 
 
-def run_all(target: Target, checks: Sequence[Check] | None = None) -> list[Result]:
-    """Every check, failures first."""
-    results = [run_check(c, target) for c in (checks or CHECKS)]
-    order = {"fail": 0, "unsupported": 1, "pass": 2}
-    return sorted(results, key=lambda r: order[r.status])
-
-
-# --- the checks ----------------------------------------------------------------------------
-
-
-def rand(*shape: int) -> Callable[[torch.Generator], torch.Tensor]:
-    return lambda g: torch.randn(*shape, generator=g)
-
-
-def ints(high: int, *shape: int) -> Callable[[torch.Generator], torch.Tensor]:
-    return lambda g: torch.randint(0, high, shape, generator=g)
-
-
-def made(*makers) -> Callable[[torch.Generator], Inputs]:
-    return lambda g: tuple(m(g) for m in makers)
-
-
-def cast_checks() -> list[Check]:
-    ref = f"{TRACKER}77835, {TRACKER}79286"
-    return [
-        Check(
-            f"cast bool->{str(dtype).removeprefix('torch.')}" + ("" if step == 1 else ", strided"),
-            "casts",
-            "128" if step == 1 else "64 of 128",
-            f"bool->{str(dtype).removeprefix('torch.')}",
-            layout,
-            ref,
-            made(ints(2, 128)),
-            (lambda x, d=dtype, s=step: (x[::s] == 1).to(d)),
-        )
-        for dtype in (torch.float32, torch.int64)
-        for layout, step in (("contiguous", 1), ("strided", 2))
-    ] + [
-        Check(
-            "cast int64->float32",
-            "casts",
-            "1000",
-            "int64->float32",
-            "contiguous",
-            ref,
-            made(ints(1 << 20, 1000)),
-            lambda x: x.to(torch.float32),
-        ),
-        Check(
-            "cast float32->int64",
-            "casts",
-            "1000",
-            "float32->int64",
-            "contiguous",
-            ref,
-            made(lambda g: torch.randn(1000, generator=g) * 1000),
-            lambda x: x.float().to(torch.int64),
-        ),
-        Check(
-            "the quickstart's accuracy line",
-            "casts",
-            "64x10",
-            "bool->float32",
-            "contiguous",
-            ref,
-            made(rand(64, 10), ints(10, 64)),
-            lambda pred, y: (pred.argmax(1) == y).type(torch.float).sum(),
-        ),
-    ]
-
-
-def reduction_checks() -> list[Check]:
-    return [
-        Check(
-            "sum of bool",
-            "reductions",
-            "10000",
-            "bool",
-            "contiguous",
-            f"{TRACKER}79849",
-            made(ints(2, 10000)),
-            lambda x: (x == 1).sum(),
-        ),
-        Check(
-            "mean of float32",
-            "reductions",
-            "4096",
-            "float32",
-            "contiguous",
-            f"{TRACKER}79849",
-            made(rand(4096)),
-            lambda x: x.mean(),
-            1e-5,
-        ),
-        Check(
-            "sum of int64",
-            "reductions",
-            "10000",
-            "int64",
-            "contiguous",
-            f"{TRACKER}132732",
-            made(ints(1 << 30, 10000)),
-            lambda x: x.sum(),
-        ),
-        Check(
-            "sum along dim -1 of a slice",
-            "reductions",
-            "64x10 of 64x20",
-            "float32",
-            "strided",
-            f"{TRACKER}94753",
-            made(rand(64, 20)),
-            lambda x: x[:, 5:15].sum(-1),
-            1e-5,
-        ),
-        Check(
-            "cumsum of bool",
-            "reductions",
-            "1000",
-            "bool->int64",
-            "contiguous",
-            f"{TRACKER}96614",
-            made(ints(2, 1000)),
-            lambda x: (x == 1).cumsum(0),
-        ),
-        Check(
-            "cumsum of int8",
-            "reductions",
-            "1000",
-            "int8->int64",
-            "contiguous",
-            f"{TRACKER}96614",
-            made(ints(3, 1000)),
-            lambda x: x.to(torch.int8).cumsum(0, dtype=torch.int64),
-        ),
-    ]
-
-
-def argmax_checks() -> list[Check]:
-    ref = f"{TRACKER}92311, {TRACKER}112186, {TRACKER}90273"
-    checks = [
-        Check(
-            f"argmax of {dtype} rows of {width}",
-            "argmax",
-            f"64x{width}",
-            dtype,
-            "contiguous",
-            ref,
-            made(rand(64, width) if dtype == "float32" else ints(1000, 64, width)),
-            lambda x: x.argmax(1),
-        )
-        for dtype in ("float32", "int64")
-        for width in (10, 1000)
-    ]
-    return [
-        *checks,
-        Check(
-            "max of float32 rows of 10",
-            "argmax",
-            "64x10",
-            "float32",
-            "contiguous",
-            ref,
-            made(rand(64, 10)),
-            lambda x: x.max(1).values,
-        ),
-        Check(
-            "argmax with ties",
-            "argmax",
-            "64x10",
-            "float32",
-            "contiguous",
-            ref,
-            made(ints(3, 64, 10)),
-            lambda x: x.float().argmax(1),
-        ),
-    ]
-
-
-def comparison_checks() -> list[Check]:
-    ref = f"{TRACKER}77750, {TRACKER}78107"
-    ops = {"==": torch.eq, "<=": torch.le, ">": torch.gt}
-    return [
-        Check(
-            f"{symbol} on {layout} int64",
-            "comparisons",
-            "64x10" if step == 1 else "64x10 of 64x20",
-            "int64",
-            layout,
-            ref,
-            made(ints(4, 64, 10 * step), ints(4, 64, 10 * step)),
-            (lambda a, b, f=fn, s=step: f(a[:, ::s], b[:, ::s])),
-        )
-        for symbol, fn in ops.items()
-        for layout, step in (("contiguous", 1), ("sliced view", 2))
-    ]
-
-
-def matmul_checks() -> list[Check]:
-    tol = 1e-4
-    return [
-        Check(
-            "linear, the quickstart's first layer",
-            "linear",
-            "64x784 @ 784x512",
-            "float32",
-            "contiguous",
-            f"{TRACKER}109457",
-            made(rand(64, 784), rand(512, 784), rand(512)),
-            nn.functional.linear,
-            tol,
-        ),
-        Check(
-            "linear, batch 1",
-            "linear",
-            "1x512 @ 512x10",
-            "float32",
-            "contiguous",
-            f"{TRACKER}111634",
-            made(rand(1, 512), rand(10, 512), rand(10)),
-            nn.functional.linear,
-            tol,
-        ),
-        Check(
-            "batched matmul, batch 16",
-            "linear",
-            "16x(32x64 @ 64x32)",
-            "float32",
-            "contiguous",
-            f"{TRACKER}111634",
-            made(rand(16, 32, 64), rand(16, 64, 32)),
-            torch.bmm,
-            tol,
-        ),
-        Check(
-            "matmul, inner dim 32768",
-            "linear",
-            "8x32768 @ 32768x16",
-            "float32",
-            "contiguous",
-            f"{TRACKER}116769",
-            made(rand(8, 32768), rand(32768, 16)),
-            torch.matmul,
-            1e-3,
-        ),
-        Check(
-            "matmul, 40000 output columns",
-            "linear",
-            "4x64 @ 64x40000",
-            "float32",
-            "contiguous",
-            f"{TRACKER}162730",
-            made(rand(4, 64), rand(64, 40000)),
-            torch.matmul,
-            tol,
-        ),
-        Check(
-            "linear, non-contiguous weight",
-            "linear",
-            "64x784 @ (784x512)^T",
-            "float32",
-            "transposed weight",
-            f"{TRACKER}104832",
-            made(rand(64, 784), rand(784, 512)),
-            lambda x, w: nn.functional.linear(x, w.t()),
-            tol,
-        ),
-        Check(
-            "matmul into a strided out=",
-            "linear",
-            "64x32 @ 32x16",
-            "float32",
-            "strided out",
-            f"{TRACKER}104832",
-            made(rand(64, 32), rand(32, 16)),
-            _matmul_strided_out,
-            tol,
-        ),
-    ]
-
-
-def _matmul_strided_out(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    out = torch.zeros(16, a.shape[0], dtype=a.dtype, device=a.device).t()  # 64x16, strided
-    torch.matmul(a, b, out=out)
-    return out
-
-
-def conv_checks() -> list[Check]:
-    ref = f"{ROCM_TRACKER}102968 (ROCm)"
-
-    def backward(x, w):
-        x, w = x.clone().requires_grad_(), w.clone().requires_grad_()
-        out = nn.functional.conv2d(x, w)
-        return torch.autograd.grad(out.sum(), (x, w))
-
-    return [
-        Check(
-            "conv2d forward, MNIST's first layer",
-            "conv2d",
-            "16x1x28x28 * 32x1x3x3",
-            "float32",
-            "contiguous",
-            ref,
-            made(rand(16, 1, 28, 28), rand(32, 1, 3, 3)),
-            nn.functional.conv2d,
-            1e-4,
-        ),
-        Check(
-            "conv2d backward, MNIST's second layer",
-            "conv2d",
-            "8x32x26x26 * 64x32x3x3",
-            "float32",
-            "contiguous",
-            ref,
-            made(rand(8, 32, 26, 26), rand(64, 32, 3, 3)),
-            backward,
-            1e-3,
-        ),
-    ]
-
-
-def loss_checks() -> list[Check]:
-    def cross_entropy_backward(logits, y):
-        logits = logits.clone().requires_grad_()
-        loss = nn.functional.cross_entropy(logits, y)
-        return loss, torch.autograd.grad(loss, logits)[0]
-
-    return [
-        Check(
-            "log_softmax",
-            "loss",
-            "64x10",
-            "float32",
-            "contiguous",
-            "the loss path of every workload",
-            made(rand(64, 10)),
-            lambda x: nn.functional.log_softmax(x, dim=1),
-            1e-5,
-        ),
-        Check(
-            "cross_entropy forward and backward",
-            "loss",
-            "64x10",
-            "float32",
-            "contiguous",
-            "the loss path of every workload",
-            made(rand(64, 10), ints(10, 64)),
-            cross_entropy_backward,
-            1e-5,
-        ),
-    ]
-
-
-def optimizer_checks() -> list[Check]:
-    def step(optimizer, p, g, transposed=False, steps=1):
-        """`steps` steps of the optimizer on a copy of p (in a transposed memory layout when
-        asked: the same values, non-contiguous), with gradient g."""
-        p = p.t().contiguous().t() if transposed else p.clone()
-        p.requires_grad_()
-        p.grad = g.clone()
-        opt = optimizer([p], lr=0.1, foreach=False)
-        for _ in range(steps):
-            opt.step()
-        return p.detach()
-
-    ref = f"{TRACKER}118115"
-    pair = made(rand(512, 784), rand(512, 784))
-    # Adam's second step runs addcdiv_ with non-zero state.
-    return [
-        Check("SGD step", "optimizer", "512x784", "float32", "contiguous", ref, pair,
-              lambda p, g: step(torch.optim.SGD, p, g), 1e-5),
-        Check("SGD step, non-contiguous parameter", "optimizer", "512x784", "float32",
-              "transposed", ref, pair, lambda p, g: step(torch.optim.SGD, p, g, True), 1e-5),
-        Check("Adam steps (addcdiv_)", "optimizer", "512x784", "float32", "contiguous", ref,
-              pair, lambda p, g: step(torch.optim.Adam, p, g, steps=2), 1e-4),
-        Check("Adam steps, non-contiguous parameter", "optimizer", "512x784", "float32",
-              "transposed", ref, pair, lambda p, g: step(torch.optim.Adam, p, g, True, 2), 1e-4),
-    ]  # fmt: skip
-
-
-def workload_check() -> Check:
-    """One forward, backward and SGD step of the pipeline's own MLP from the same weights."""
-    config = {"model": "mlp", "hidden": 512, "layers": 2}
-
-    def inputs(g: torch.Generator) -> Inputs:
-        net = model.initialised(config, 0, torch.device("cpu"))
-        weights = [p.detach() for p in net.parameters()]
-        x = torch.rand(64, 1, 28, 28, generator=g)
-        return (x, torch.randint(0, 10, (64,), generator=g), *weights)
-
-    def step(x, y, *weights):
-        net = model.build(**config)
-        names = [n for n, _ in net.named_parameters()]
-        params = {n: w.clone().requires_grad_() for n, w in zip(names, weights, strict=True)}
-        logits = torch.func.functional_call(net, params, (x,))
-        loss = nn.functional.cross_entropy(logits, y)
-        grads = torch.autograd.grad(loss, list(params.values()))
-        updated = [p.detach() - 1e-3 * g for p, g in zip(params.values(), grads, strict=True)]
-        return [logits.detach(), loss.detach(), *grads, *updated]
-
-    return Check(
-        "the workload: forward, backward, SGD step",
-        "workload",
-        "64x1x28x28, MLP 784-512-512-10",
-        "float32",
-        "contiguous",
-        "ties the operations to the runs compare judges",
-        inputs,
-        step,
-        1e-4,
-    )
-
-
-CHECKS: list[Check] = [
-    *cast_checks(),
-    *reduction_checks(),
-    *argmax_checks(),
-    *comparison_checks(),
-    *matmul_checks(),
-    *conv_checks(),
-    *loss_checks(),
-    *optimizer_checks(),
-    workload_check(),
-]
-FAMILIES = tuple(dict.fromkeys(c.family for c in CHECKS))
+def run_all(target: Target, checks: Sequence[Check]) -> list[Result]:
+    """Every check; failures first, the order of the checks kept within a status."""
+    results = [run_check(c, target) for c in checks]
+    return sorted(results, key=lambda r: ORDER[r.status])
 
 
 def family_scores(results: list[Result]) -> dict[str, float]:
-    """Each family's fraction of checks passed."""
-    return {
-        family: sum(r.status == "pass" for r in members) / len(members)
-        for family in FAMILIES
-        if (members := [r for r in results if r.family == family])
-    }
+    """Each family's fraction of the checks that ran (not skipped) that passed."""
+    families = dict.fromkeys(r.family for r in results)
+    scores = {}
+    for family in families:
+        ran = [r for r in results if r.family == family and r.status != SKIPPED]
+        if ran:
+            scores[family] = sum(r.status == PASS for r in ran) / len(ran)
+    return scores
+
+
+def counts(results: list[Result]) -> dict[str, int]:
+    return {s: sum(r.status == s for r in results) for s in ORDER}
 
 
 def describe_failure(r: Result) -> str:
-    """'cast bool->float32 wrong: 9.1e-41 instead of 1'."""
-    if r.status == "unsupported":
-        return f"{r.name} unsupported: {r.detail}"
-    return f"{r.name} wrong" + (f": {r.detail}" if r.detail else "")
+    """'cast bool->float32 wrong: 9.1e-41 instead of 1', 'mm error: CUDA error: ...'."""
+    if r.status == FAIL:
+        return f"{r.name} wrong" + (f": {r.detail}" if r.detail else "")
+    return f"{r.name} {r.status}: {r.detail}"

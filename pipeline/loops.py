@@ -83,6 +83,12 @@ class Epoch:
         return self.train_time_s + self.eval_time_s
 
 
+def optimizer(params, lr: float) -> torch.optim.Optimizer:
+    """The optimizer `train` builds: the quickstart's SGD, with torch's own choice of
+    implementation for the device the parameters are on (doctor checks the same)."""
+    return torch.optim.SGD(params, lr=lr)
+
+
 def fit(
     model: nn.Module,
     train_batches: Iterable,
@@ -100,11 +106,11 @@ def fit(
     Per-batch losses go into `losses`; the caller drains them (after each epoch, or when
     interrupted).
     """
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    opt = optimizer(model.parameters(), lr)
     for epoch in range(1, epochs + 1):
         devices.synchronize(device)
         t0 = time.perf_counter()
-        train_epoch(model, train_batches, optimizer, losses, on_batch, precision)
+        train_epoch(model, train_batches, opt, losses, on_batch, precision)
         devices.synchronize(device)
         t1 = time.perf_counter()
         test_loss, test_accuracy = evaluate(model, test_batches, precision)

@@ -305,26 +305,33 @@ def doctor_table(rows: list[dict], device: str) -> Table:
     table = Table(title=f"doctor: {device} against the CPU", title_justify="left")
     for heading in (*DOCTOR_COLUMNS, "max abs diff", "mismatch", "tolerance", "what"):
         table.add_column(heading, overflow="fold")
-    colour = {"fail": "red", "unsupported": "yellow", "pass": "green"}
+    colour = {"fail": "red", "error": "red", "unsupported": "yellow", "skipped": "dim"}
     for r in rows:
-        status = f"[{colour[r['status']]}]{r['status']}[/{colour[r['status']]}]"
+        c = colour.get(r["status"], "green")
         table.add_row(
-            status,
+            f"[{c}]{r['status']}[/{c}]",
             *(str(r[k]) for k in DOCTOR_COLUMNS[1:]),
             cell(r["max_abs_diff"], "{:.3g}"),
             cell(r["mismatch_fraction"], "{:.1%}"),
-            f"{r['tolerance']:g}" if r["tolerance"] else "exact",
+            tolerance_text(r),
             r["detail"] or (r["reference"] if r["status"] != "pass" else ""),
         )
     return table
 
 
+def tolerance_text(r: dict) -> str:
+    """'exact', or 'atol 1e-05·s + rtol 1.3e-06' (s: the output's scale)."""
+    if r["atol"] is None:
+        return "exact" if r["status"] in ("pass", "fail") else ""
+    return f"atol {r['atol']:g}·s + rtol {r['rtol']:g}"
+
+
 def doctor_summary(rows: list[dict], device: str) -> str:
-    count = {s: sum(r["status"] == s for r in rows) for s in ("pass", "fail", "unsupported")}
-    line = f"{device}: {count['pass']} of {len(rows)} checks passed"
-    if count["fail"]:
-        failed = ", ".join(r["name"] for r in rows if r["status"] == "fail")
-        line += f"; {count['fail']} failed: {failed}"
-    if count["unsupported"]:
-        line += f"; {count['unsupported']} unsupported"
-    return line
+    """'mps: 45 of 47 checks passed; 2 failed: ...; 1 error: ...; 2 skipped'."""
+    line = f"{device}: {sum(r['status'] == 'pass' for r in rows)} of {len(rows)} checks passed"
+    for status, word in (("fail", "failed"), ("error", "error"), ("unsupported", "unsupported")):
+        names = [r["name"] for r in rows if r["status"] == status]
+        if names:
+            line += f"; {len(names)} {word}: {', '.join(names)}"
+    skipped = sum(r["status"] == "skipped" for r in rows)
+    return line + (f"; {skipped} skipped (random)" if skipped else "")

@@ -111,7 +111,16 @@ def doctor_note(run: RunSummary, doctors: dict[tuple[str, str], RunSummary]) -> 
             f"{run.device}` on {run.host}"
         )
     found = doctor.tags.get(Tags.DOCTOR_FAILURES, "")
-    verdict = f"found: {found}" if found else "found every checked operation right"
+    ran = doctor.metrics.get(f"{Metrics.CHECKS}_pass")
+    if found:
+        verdict = f"found: {found}"
+    elif ran == 0:
+        verdict = "could run none of its checks"
+    else:
+        verdict = "found every operation it could check right"
+        missing = doctor.metrics.get(f"{Metrics.CHECKS}_unsupported", 0)
+        if missing:
+            verdict += f" ({missing:.0f} unsupported there)"
     return f"; doctor run {doctor.run_id[:8]} on this host {verdict}"
 
 

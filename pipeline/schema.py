@@ -86,3 +86,4 @@ class Metrics:
     PARITY_PRECISION_MAX_ABS_LOGIT_DIFF = "parity_precision_max_abs_logit_diff"
     PARITY_PRECISION_ARGMAX_AGREEMENT = "parity_precision_argmax_agreement"
     FORWARD_FLOPS = "forward_flops_per_sample"  # one image's forward pass (torch's counter)
+    CHECKS = "checks"  # doctor runs: checks_pass, checks_fail, checks_error, ... (a count each)

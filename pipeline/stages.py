@@ -2,12 +2,10 @@
 process that does the work."""
 
 import gc
-import json
 import math
 import tempfile
 import time
 from contextlib import nullcontext
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -352,44 +350,3 @@ def test(
             f"test loss {test_loss:.4f}, accuracy {test_accuracy:.1%}"
         )
     return run.run_id
-
-
-# --- doctor ----------------------------------------------------------------------------------
-
-
-def doctor(
-    device_spec: str, target: Target, output_json: Path | None = None, quiet: bool = False
-) -> int:
-    """Check the device's operations against the CPU's, print and log them as a run of stage
-    `doctor`; return the number of checks that failed."""
-    from pipeline import doctor as checks
-    from pipeline import render
-
-    device = devices.resolve(device_spec)
-    client, experiment_id = tracking.open_experiment(target.tracking_uri, target.experiment)
-    results = checks.run_all(checks.on(device))
-    rows = [asdict(r) for r in results]
-    failures = [checks.describe_failure(r) for r in results if r.status == "fail"]
-    if not quiet:
-        out.print(render.doctor_table(rows, str(device)))
-    out.print(render.doctor_summary(rows, str(device)))
-    if output_json:
-        output_json.write_text(json.dumps({"device": str(device), "checks": rows}, indent=2))
-
-    tags = device_tags(device, Stages.DOCTOR, target.host)
-    tags[Tags.DOCTOR_FAILURES] = "; ".join(failures)[:5000]
-    name = target.run_name or tracking.unique_run_name(client, experiment_id, f"doctor-{device}")
-    with interrupts_requested() as stop:
-        run = tracking.Run.start(client, experiment_id, name, tags)
-        with run_closed(run, stop):
-            run.log_params({Params.DEVICE: str(device), "checks": len(results)})
-            run.log_metrics(
-                {
-                    f"passed_{family}": score
-                    for family, score in checks.family_scores(results).items()
-                }
-            )
-            run.log_table(rows, "doctor.json")
-            verdict = "; ".join(failures) if failures else "every check passed"
-            run.set_tags({Tags.NOTE: f"doctor on {device} ({tags[Tags.DEVICE_NAME]}): {verdict}."})
-    return len(failures)
