@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from pipeline import loops, model
+from pipeline import data, loops, model
 from pipeline.doctor import ROCM_TRACKER, TRACKER, Check, Inputs
 
 
@@ -19,6 +19,10 @@ def rand(*shape: int) -> Callable[[torch.Generator], torch.Tensor]:
 
 def ints(high: int, *shape: int) -> Callable[[torch.Generator], torch.Tensor]:
     return lambda g: torch.randint(0, high, shape, generator=g)
+
+
+def bytes_(*shape: int) -> Callable[[torch.Generator], torch.Tensor]:
+    return lambda g: torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
 
 
 def made(*makers) -> Callable[[torch.Generator], Inputs]:
@@ -41,6 +45,18 @@ def cast_checks() -> list[Check]:
         for dtype in (torch.float32, torch.int64)
         for layout, step in (("contiguous", 1), ("strided", 2))
     ] + [
+        Check(
+            "uint8->float32 scaling, as ToTensor",
+            "casts",
+            "256 bytes; 64x1x28x28",
+            "uint8->float32",
+            "contiguous",
+            "every byte as ToTensor makes it, bit for bit (how the pipeline feeds every device)",
+            made(lambda g: torch.arange(256, dtype=torch.uint8), bytes_(64, 1, 28, 28)),
+            lambda every, images: [data.to_float(every), data.to_float(images)],
+            exact=True,
+            upcast=False,
+        ),
         Check(
             "cast int64->float32",
             "casts",
@@ -298,7 +314,11 @@ def optimizer_checks() -> list[Check]:
 
     ref = f"{TRACKER}118115"
     pair = made(lambda g: torch.randn(512, 784, generator=g) * 0.03, rand(512, 784))
-    sgd, adam = loops.optimizer, torch.optim.Adam  # Adam's second step: addcdiv_ with state
+
+    def sgd(params, lr):  # as train builds it for the parameters' device
+        return loops.optimizer(params, lr, params[0].device)
+
+    adam = torch.optim.Adam  # its second step runs addcdiv_ with state
     return [
         Check("SGD step, as train builds it", "optimizer", "512x784", "float32", "contiguous",
               ref, pair, lambda p, g: update(sgd, p, g)),
@@ -339,7 +359,7 @@ def workload_check(precision: str = "fp32") -> Check:
         with torch.autocast(x.device.type, enabled=False):
             for p, g in zip(params.values(), grads, strict=True):
                 p.grad = g
-            loops.optimizer(list(params.values()), lr=LR).step()
+            loops.optimizer(list(params.values()), LR, x.device).step()
         updates = [p.detach() - w for p, w in zip(params.values(), weights, strict=True)]
         return [logits.detach(), loss.detach(), *grads, *updates]
 

@@ -41,6 +41,7 @@ def train(
     hidden: c.Hidden = 512,
     layers: c.Layers = 2,
     target_accuracy: c.TargetAccuracy = None,
+    deterministic: c.Deterministic = False,
     system_metrics: c.SystemMetrics = True,
     system_metrics_interval: c.SystemMetricsInterval = 10.0,
     parent_run_id: Annotated[

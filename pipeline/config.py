@@ -125,6 +125,13 @@ TargetAccuracy = Annotated[
         min=0.0, max=1.0, help="Log time_to_target_s, the training time to this test accuracy"
     ),
 ]
+Deterministic = Annotated[
+    bool,
+    typer.Option(
+        help="cuDNN's deterministic kernels and torch's deterministic algorithms (no "
+        "autotuning): runs repeat exactly, some convolutions run slower"
+    ),
+]
 SystemMetrics = Annotated[bool, typer.Option(help="Log MLflow's system metrics (CPU, memory, GPU)")]
 SystemMetricsInterval = Annotated[
     float,
@@ -163,6 +170,7 @@ class TrainConfig:
     loader: str = "tensors"
     target_accuracy: float | None = None
     system_metrics: float = 10.0  # seconds between system-metrics samples; 0: none
+    deterministic: bool = False  # cuDNN's deterministic kernels, torch's deterministic algorithms
 
     @property
     def model_config(self) -> dict:
@@ -250,6 +258,7 @@ def train_config(options: dict) -> TrainConfig:
         loader=o["loader"],
         target_accuracy=o["target_accuracy"],
         system_metrics=o["system_metrics"] and o["system_metrics_interval"],
+        deterministic=o["deterministic"],
     )
 
 
@@ -274,6 +283,7 @@ def train_args(cfg: TrainConfig) -> list[str]:
     }
     out = [a for k, v in args.items() if v is not None for a in (k, str(v))]
     out += [a for k, v in cfg.model_options for a in ("--model-option", f"{k}={v}")]
+    out += ["--deterministic"] if cfg.deterministic else []
     if cfg.system_metrics:
         return [*out, "--system-metrics-interval", repr(cfg.system_metrics)]
     return [*out, "--no-system-metrics"]

@@ -78,11 +78,28 @@ def as_tensors(dataset, device: torch.device) -> tuple[torch.Tensor, torch.Tenso
     return images.to(device).unsqueeze(1), labels.to(device)
 
 
+# ToTensor's own arithmetic on the CPU, byte by byte: the values every device must see.
+BYTE_TO_FLOAT = torch.arange(256, dtype=torch.uint8).to(torch.float32).div(255)
+_tables: dict[torch.device, torch.Tensor] = {}
+
+
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images as ToTensor's floats in [0, 1], bit for bit on every device: on the CPU by
+    ToTensor's own arithmetic (a division by 255); elsewhere by looking each byte up in
+    BYTE_TO_FLOAT, since a GPU divides by a scalar as a multiplication by its reciprocal,
+    one ulp off for 126 of the 256 values."""
+    if x.device.type == "cpu":
+        return x.float().div_(255)
+    if x.device not in _tables:
+        _tables[x.device] = BYTE_TO_FLOAT.to(x.device)
+    return torch.take(_tables[x.device], x.long())
+
+
 class TensorBatches:
     """Batches sliced from tensors already on the device: no host work per batch.
 
-    Images stored as uint8 are scaled to [0, 1] per batch, on the device: exactly the values
-    ToTensor gives.
+    Images stored as uint8 are scaled to [0, 1] per batch, on the device (to_float): exactly
+    the values ToTensor gives.
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int):
@@ -94,9 +111,17 @@ class TensorBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for i in range(0, len(self.y), self.batch_size):
             x = self.x[i : i + self.batch_size]
+            yield (to_float(x) if x.dtype == torch.uint8 else x), self.y[i : i + self.batch_size]
+
+    def with_cpu_inputs(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(batch on the device, the same batch made on the CPU from the same bytes, labels):
+        what the parity probe compares, so that a wrong conversion on the device shows."""
+        for i in range(0, len(self.y), self.batch_size):
+            x = self.x[i : i + self.batch_size]
+            on_cpu = x.cpu()
             if x.dtype == torch.uint8:
-                x = x.float().div_(255)
-            yield x, self.y[i : i + self.batch_size]
+                x, on_cpu = to_float(x), to_float(on_cpu)
+            yield x, on_cpu, self.y[i : i + self.batch_size]
 
     @property
     def num_samples(self) -> int:
@@ -116,6 +141,11 @@ class LoaderBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for x, y in self.loader:
             yield x.to(self.device), y.to(self.device)
+
+    def with_cpu_inputs(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(batch on the device, ToTensor's batch on the host, labels)."""
+        for x, y in self.loader:
+            yield x.to(self.device), x, y.to(self.device)
 
     @property
     def num_samples(self) -> int:

@@ -3,6 +3,7 @@ precisions, and how the host allocator treats freed memory."""
 
 import contextlib
 import ctypes
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -67,6 +68,8 @@ def resolve(spec: str) -> torch.device:
         ) from None
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda:0")
+    if device.type == "mps" and device.index == 0:  # torch's name for the one Apple GPU
+        device = torch.device("mps")
     if device.type not in ("cpu", "cuda", "mps") or (device.type == "cpu" and device.index):
         raise UserError(
             f"unsupported device '{spec}' (expected {DEVICE_CHOICES}); this machine has: {listed}"
@@ -86,10 +89,23 @@ def synchronize(device: torch.device) -> None:
 
 
 def name(device: torch.device) -> str:
-    """The GPU, SoC or CPU model behind a device."""
+    """The GPU, SoC or CPU model behind a device: an Apple GPU by torch's own name for it and
+    its core count ("Apple M1 (8 GPU cores)": M1s come with 7 or 8)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        mps = torch.backends.mps
+        if hasattr(mps, "get_name"):
+            cores = f" ({mps.get_core_count()} GPU cores)" if hasattr(mps, "get_core_count") else ""
+            return f"{mps.get_name()}{cores}"
     return cpu_name()
+
+
+def cudnn_version(device: torch.device) -> str | None:
+    """cuDNN's version for a cuda device; None elsewhere."""
+    if device.type != "cuda" or not torch.backends.cudnn.is_available():
+        return None
+    return str(torch.backends.cudnn.version())
 
 
 def driver_version(device: torch.device) -> str | None:
@@ -154,18 +170,27 @@ class Precision:
         self.scaler = torch.amp.GradScaler(device.type) if name == "fp16" else None
 
     def autocast(self):
-        """The context the forward pass and the loss run in."""
+        """The context the forward pass and the loss run in: autocast for bf16 and fp16."""
         if self.name in AUTOCAST:
             return torch.autocast(self.device.type, dtype=AUTOCAST[self.name])
-        if self.name == "tf32":
-            return _tf32()
         return contextlib.nullcontext()
+
+    @property
+    def fp32_math(self) -> str:
+        """How fp32 matmuls and convolutions run: `tf32` for tf32, else `ieee`."""
+        return "tf32" if self.name == "tf32" else "ieee"
+
+    def apply(self) -> dict[str, str]:
+        """Set the fp32 math of this process once for the run (forward and backward alike)
+        and return the settings in effect, read back through torch."""
+        set_fp32_math(self.fp32_math)
+        return fp32_settings()
 
     def context(self):
         """The context a whole step runs in on this device: fp32 matmuls and convolutions
         as IEEE fp32 (or TF32 for tf32), and autocast for bf16 and fp16."""
         stack = contextlib.ExitStack()
-        stack.enter_context(fp32_math("tf32" if self.name == "tf32" else "ieee"))
+        stack.enter_context(fp32_math(self.fp32_math))
         if self.name in AUTOCAST:
             stack.enter_context(torch.autocast(self.device.type, dtype=AUTOCAST[self.name]))
         return stack
@@ -182,27 +207,47 @@ class Precision:
         optimizer.zero_grad()
 
 
-@contextlib.contextmanager
-def _tf32():
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+# Variables that make cuBLAS run fp32 matmuls as TF32 whatever torch's settings say.
+TF32_OVERRIDES = ("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE", "NVIDIA_TF32_OVERRIDE")
+
+
+def set_fp32_math(mode: str) -> None:
+    """fp32 matmuls and cuDNN convolutions as `ieee` or `tf32`, through torch's one API for
+    it (fp32_precision; the older allow_tf32 flags are never touched, as mixing the two
+    raises)."""
+    torch.backends.cuda.matmul.fp32_precision = mode
+    torch.backends.cudnn.conv.fp32_precision = mode
+
+
+def fp32_settings() -> dict[str, str]:
+    """The fp32 math in effect: matmul and convolution precision, and any override variable."""
+    overrides = [f"{k}={os.environ[k]}" for k in TF32_OVERRIDES if os.environ.get(k)]
+    return {
+        "matmul": torch.backends.cuda.matmul.fp32_precision,
+        "conv": torch.backends.cudnn.conv.fp32_precision,
+        "override": ",".join(overrides) or "none",
+    }
 
 
 @contextlib.contextmanager
 def fp32_math(mode: str):
-    """fp32 matmuls and cuDNN convolutions as `ieee` or `tf32`, through torch's one API for
-    it (fp32_precision), restored afterwards."""
-    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
-    saved = matmul.fp32_precision, conv.fp32_precision
-    matmul.fp32_precision = conv.fp32_precision = mode
+    """set_fp32_math for the duration, restored afterwards (doctor's checks)."""
+    saved = torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
+    set_fp32_math(mode)
     try:
         yield
     finally:
-        matmul.fp32_precision, conv.fp32_precision = saved
+        torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = saved
+
+
+def set_deterministic(on: bool) -> None:
+    """cuDNN's deterministic kernels and no autotuning (slower on some convolutions), and
+    torch's deterministic algorithms where they exist (warning where they do not)."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before CUDA starts
+    torch.backends.cudnn.deterministic = on
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(on, warn_only=True)
 
 
 def precision(name: str, device: torch.device) -> Precision:

@@ -83,6 +83,7 @@ class Check:
     upcast: bool = True  # the reference in float64; False: the CPU, same dtypes and precision
     precision: str = "fp32"  # the device side runs in this precision's context
     skip: str = ""  # why it is not run (a random operation), listed as skipped
+    exact: bool = False  # floating-point results must be equal too (a conversion, a copy)
 
 
 @dataclass
@@ -152,7 +153,7 @@ HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
 def tolerance(check: Check, dtype: torch.dtype) -> tuple[float, float] | None:
     """(atol, rtol) for a result of this dtype; None: exact. Under bf16 or fp16 autocast every
     floating-point result carries that precision's error, float32 ones included."""
-    if not dtype.is_floating_point:
+    if check.exact or not dtype.is_floating_point:
         return None
     dtype = HALF.get(check.precision, dtype)
     if check.accumulates and check.precision == "tf32":
@@ -213,7 +214,7 @@ def compare(check: Check, got: list[torch.Tensor], expected: list[torch.Tensor])
             worst = max(worst, float(diff.max()))
         if bad.any() and not detail:
             i = int(bad.flatten().nonzero()[0])
-            detail = f"{g.flatten()[i].item():.4g} instead of {e.flatten()[i].item():.4g}"
+            detail = came_back(g.flatten()[i].item(), e.flatten()[i].item())
         mismatched += int(bad.sum())
         total += bad.numel()
     fraction = mismatched / total if total else 0.0
@@ -235,6 +236,14 @@ def mismatches(g: torch.Tensor, e: torch.Tensor, bounds) -> tuple[torch.Tensor, 
     close = diff <= atol * scale + rtol * e.abs()
     ok = torch.where(finite, close & g.isfinite(), (g.isnan() & e.isnan()) | (g == e))
     return ~ok, torch.where(ok, diff.nan_to_num(nan=0.0), diff.nan_to_num(nan=torch.inf))
+
+
+def came_back(got: float, expected: float) -> str:
+    """'9e-41 instead of 1', with the digits that tell the two apart (one ulp needs nine)."""
+    for digits in (4, 9, 17):
+        if f"{got:.{digits}g}" != f"{expected:.{digits}g}":
+            break
+    return f"{got:.{digits}g} instead of {expected:.{digits}g}"
 
 
 def _result(check, status, fraction=None, worst=None, detail="", bounds=None) -> Result:

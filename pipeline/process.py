@@ -19,7 +19,9 @@ run's.
 """
 
 import os
+import platform
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -28,17 +30,33 @@ import psutil
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 
+def host_name() -> str:
+    """This machine's name, as it stays: on macOS the local host name (`scutil --get
+    LocalHostName`), since the host name there follows the network a Mac is on; elsewhere
+    the host name."""
+    if platform.system() == "Darwin":
+        try:
+            out = subprocess.run(
+                ["scutil", "--get", "LocalHostName"], capture_output=True, text=True, timeout=5
+            )
+        except (OSError, subprocess.SubprocessError):
+            out = None
+        if out is not None and out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    return socket.gethostname()
+
+
 def machine_id() -> str:
     """This machine, as no option can set it: host name, boot id and pid namespace (Linux),
     or host name and boot time."""
     try:
         boot = BOOT_ID.read_text().strip()
     except OSError:
-        return f"{socket.gethostname()} boot {int(psutil.boot_time())}"
+        return f"{host_name()} boot {int(psutil.boot_time())}"
     try:
-        return f"{socket.gethostname()} {boot} {os.readlink('/proc/self/ns/pid')}"
+        return f"{host_name()} {boot} {os.readlink('/proc/self/ns/pid')}"
     except OSError:
-        return f"{socket.gethostname()} {boot}"
+        return f"{host_name()} {boot}"
 
 
 def started(pid: int) -> str | None:

@@ -76,7 +76,7 @@ def record_step(config: dict, precision: str, seed: int = 0) -> list[tuple]:
     generator = torch.Generator().manual_seed(seed)
     x = torch.rand(BATCH, *model.IMAGE, generator=generator)
     y = torch.randint(0, NUM_CLASSES, (BATCH,), generator=generator)
-    optimizer = loops.optimizer(net.parameters(), lr=1e-3)
+    optimizer = loops.optimizer(net.parameters(), 1e-3, cpu)
     run_in = devices.Precision(precision, cpu)
     recorder = Recorder()
     # Attention through its math path: the fused kernels are each device's own (the CPU's

@@ -28,6 +28,7 @@ Rules (tolerances are options of `pipeline compare`):
 - accuracy-below-history: final accuracy below the median of its history by more than
   max(accuracy tolerance, 3 × scaled MAD).
 - device-numerics: the parity probe agreed with the CPU on fewer than 99% of argmaxes.
+- device-input-mismatch: the device made other input values than the CPU from the same bytes.
 - evaluation-mismatch: a test run scores differently from the run whose weights it evaluated.
 - precision-accuracy-loss: a tf32/bf16/fp16 run's final accuracy is more than the accuracy
   tolerance below the fp32 run of the same model, data, device and host.
@@ -38,16 +39,12 @@ accuracy-inconsistent-with-loss, device-numerics, and evaluation-mismatch when t
 run is among those read.
 """
 
-import math
-import statistics
-
-from pipeline import evidence, speed
+from pipeline import evidence, numerics, speed
 from pipeline.environment import changed, describe_changes
 from pipeline.records import (
     ACCURACY,
     ERROR,
     RUN,
-    WARNING,
     Finding,
     History,
     RunSummary,
@@ -59,10 +56,6 @@ from pipeline.records import (
     repeats,
 )
 from pipeline.schema import Metrics, Params, Tags
-
-PARITY_MIN_AGREEMENT = 0.99
-WELL_BELOW_CHANCE_LOSS = 0.8  # "well below ln(classes)": below this fraction of it
-LOSS_MUST_FALL = 0.01
 
 
 def judge(selection: Selection, tol: Tolerances, history: History | None = None):
@@ -88,7 +81,7 @@ def judge(selection: Selection, tol: Tolerances, history: History | None = None)
         add(run, _unfinished(run))
     by_id = {r.run_id: r for r in selection.runs}
     for run in selection.tests:
-        add(run, [*_single_run(run), *_evaluation_vs_source(run, by_id, tol)])
+        add(run, [*numerics.single_run(run), *_evaluation_vs_source(run, by_id, tol)])
     return findings, groups
 
 
@@ -98,6 +91,7 @@ NAMES_AN_OPERATION = {
     "accuracy-inconsistent-with-loss",
     "evaluation-mismatch",
     "device-numerics",
+    "device-input-mismatch",
     "non-finite-loss",
 }
 
@@ -149,7 +143,7 @@ def _precision_loss(run: RunSummary, twin: RunSummary | None, tol: Tolerances) -
     fp32_acc = twin.metrics.get(Metrics.TEST_ACCURACY)
     if fp32_acc is None or acc >= fp32_acc - tol.accuracy:
         return []
-    diff = changed(run, [twin])
+    diff = changed(run, [twin], same_by_design=("fp32_matmul", "fp32_conv"))
     return [
         Finding(
             run.run_id,
@@ -220,57 +214,11 @@ def _check_run(run, group, tol, history, judged: set[str]) -> list[Finding]:
     speed_rules = [speed.slower_than_cpu, speed.slower_than_history] if later[-1] is run else []
     return [
         *(f for rule in speed_rules for f in rule(run, group, tol, history)),
-        *_single_run(run),
+        *numerics.single_run(run),
         *_accuracy_vs_cpu(run, group, tol, history),
         *_accuracy_vs_history(run, group, tol),
-        *_loss_not_falling(run, history),
+        *numerics.loss_not_falling(run, history),
     ]
-
-
-def _single_run(run) -> list[Finding]:
-    """The rules that need nothing but the run itself."""
-    return [*_non_finite(run), *_accuracy_vs_loss(run), *_parity(run)]
-
-
-def _non_finite(run) -> list[Finding]:
-    bad = [
-        k
-        for k in (Metrics.TRAIN_LOSS, Metrics.TEST_LOSS)
-        if k in run.metrics and not math.isfinite(run.metrics[k])
-    ]
-    if not bad:
-        return []
-    return [
-        Finding(
-            run.run_id,
-            ACCURACY,
-            "non-finite-loss",
-            ERROR,
-            f"{run.device}: {', '.join(f'{k} is {run.metrics[k]}' for k in bad)}",
-        )
-    ]
-
-
-def _accuracy_vs_loss(run) -> list[Finding]:
-    acc, loss = run.metrics.get(Metrics.TEST_ACCURACY), run.metrics.get(Metrics.TEST_LOSS)
-    if acc is None or loss is None or not math.isfinite(loss):
-        return []
-    classes = run.num_classes
-    chance, chance_loss = 1 / classes, math.log(classes)
-    if acc <= chance and loss < WELL_BELOW_CHANCE_LOSS * chance_loss:
-        return [
-            Finding(
-                run.run_id,
-                ACCURACY,
-                "accuracy-inconsistent-with-loss",
-                ERROR,
-                f"{run.device}: test accuracy {acc:.1%} is at or below chance ({chance:.0%}) while "
-                f"the test loss {loss:.3f} is well below ln({classes}) = {chance_loss:.3f}: "
-                "the accuracy computation on this device is suspect",
-                values={"test_accuracy": acc, "test_loss": loss},
-            )
-        ]
-    return []
 
 
 def _accuracy_vs_cpu(run, group, tol, history) -> list[Finding]:
@@ -349,60 +297,5 @@ def _accuracy_vs_history(run, group, tol) -> list[Finding]:
             f"{run.device} on {run.host}: test accuracy {acc:.1%} vs a median of {median:.1%} "
             f"over its last {len(history)} runs" + describe_changes(diff),
             values={"test_accuracy": acc, "history_median": median, "changed": diff},
-        )
-    ]
-
-
-def _parity(run) -> list[Finding]:
-    """The parity probe found the device's predictions unlike the CPU's: fewer than 99% agree,
-    or, in bf16/fp16, more than a point fewer than the precision alone explains."""
-    agreement = run.metrics.get(Metrics.PARITY_ARGMAX_AGREEMENT)
-    expected = run.metrics.get(Metrics.PARITY_PRECISION_ARGMAX_AGREEMENT, 1.0)
-    floor = min(PARITY_MIN_AGREEMENT, expected - (1 - PARITY_MIN_AGREEMENT))
-    if agreement is None or agreement >= floor:
-        return []
-    diff = run.metrics.get(Metrics.PARITY_MAX_ABS_LOGIT_DIFF, float("nan"))
-    gap = ""
-    if Metrics.PARITY_PRECISION_ARGMAX_AGREEMENT in run.metrics:
-        gap = f"; the precision alone explains {expected:.1%} agreement"
-    return [
-        Finding(
-            run.run_id,
-            ACCURACY,
-            "device-numerics",
-            ERROR,
-            f"{run.device}: the same weights and inputs give the CPU's prediction for only "
-            f"{agreement:.1%} of test images (max logit difference {diff:.3g}){gap}",
-            values={
-                "parity_argmax_agreement": agreement,
-                "parity_max_abs_logit_diff": diff,
-                "expected_agreement": expected,
-            },
-        )
-    ]
-
-
-def _loss_not_falling(run, history) -> list[Finding]:
-    final = run.metrics.get(Metrics.TRAIN_LOSS)
-    if history is None or final is None or not math.isfinite(final):
-        return []
-    if final < WELL_BELOW_CHANCE_LOSS * math.log(run.num_classes):
-        return []  # clearly learned something: no need to read the history
-    losses = [value for _, value in sorted(history(run.run_id, Metrics.TRAIN_LOSS))]  # by step
-    if len(losses) < 2:
-        return []
-    tenth = max(1, len(losses) // 10)
-    first, last = statistics.fmean(losses[:tenth]), statistics.fmean(losses[-tenth:])
-    if last <= first * (1 - LOSS_MUST_FALL):
-        return []
-    return [
-        Finding(
-            run.run_id,
-            ACCURACY,
-            "loss-not-falling",
-            WARNING,
-            f"{run.device}: the training loss did not fall (first tenth {first:.3f}, "
-            f"last tenth {last:.3f})",
-            values={"first": first, "last": last},
         )
     ]

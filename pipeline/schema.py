@@ -45,6 +45,14 @@ class Tags:
     TORCH_VERSION = "pipeline.torch_version"
     TORCH_CUDA = "pipeline.torch_cuda"
     GPU_DRIVER = "pipeline.gpu_driver"  # cuda runs: the NVIDIA driver's version
+    CUDNN_VERSION = "pipeline.cudnn_version"  # cuda runs
+    # train/test: fp32 math in effect (torch's fp32_precision read back: ieee or tf32), and
+    # any variable that overrides it (TORCH_ALLOW_TF32_CUBLAS_OVERRIDE, NVIDIA_TF32_OVERRIDE)
+    FP32_MATMUL = "pipeline.fp32_matmul"
+    FP32_CONV = "pipeline.fp32_conv"
+    TF32_OVERRIDE = "pipeline.tf32_override"
+    OPTIMIZER_IMPL = "pipeline.optimizer_impl"  # train: fused (CUDA) or torch's default
+    DETERMINISTIC = "pipeline.deterministic"  # train: cuDNN/torch deterministic algorithms
     HOST_ALLOCATOR = "pipeline.host_allocator"  # train/test: whether freed memory is kept
     PYTHON_VERSION = "pipeline.python_version"
     PLATFORM = "pipeline.platform"
@@ -76,12 +84,14 @@ class Metrics:
     EPOCH_SAMPLES_PER_S = "epoch_samples_per_s"  # the epoch's training throughput, step = epoch
     FIRST_EPOCH_TIME_S = "first_epoch_time_s"
     TRAIN_TIME_S = "train_time_s"  # total of the training passes
-    EVAL_TIME_S = "eval_time_s"  # total of the test passes
+    EVAL_TIME_S = "eval_time_s"  # total of the test passes, each warm
+    EVAL_WARM_UP_S = "eval_warm_up_s"  # the untimed evaluation batch before the first
     WALL_TIME_S = "wall_time_s"  # from the process's start to this metric, the run's last
     SAMPLES_PER_S = "samples_per_s"  # steady-state training throughput (epochs after the first)
     TIME_TO_TARGET_S = "time_to_target_s"
     PARITY_MAX_ABS_LOGIT_DIFF = "parity_max_abs_logit_diff"
     PARITY_ARGMAX_AGREEMENT = "parity_argmax_agreement"
+    PARITY_INPUT_MISMATCH = "parity_input_mismatch"  # input values unlike the CPU's: must be 0
     # bf16/fp16 runs: the CPU in that precision against the CPU in fp32, the expected gap
     PARITY_PRECISION_MAX_ABS_LOGIT_DIFF = "parity_precision_max_abs_logit_diff"
     PARITY_PRECISION_ARGMAX_AGREEMENT = "parity_precision_argmax_agreement"

@@ -4,7 +4,6 @@ process that does the work."""
 import gc
 import math
 import tempfile
-import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -45,6 +44,22 @@ def train_params(
     return params
 
 
+def math_tags(precision: devices.Precision) -> dict[str, str]:
+    """Set the run's fp32 math once (devices.Precision.apply) and say what is in effect; a
+    variable that overrides it is recorded, and said on stderr."""
+    settings = precision.apply()
+    if settings["override"] != "none" and precision.device.type == "cuda":
+        err.print(
+            f"warning: {settings['override']} is set: cuBLAS runs fp32 matmuls as TF32 "
+            "whatever the precision says"
+        )
+    return {
+        Tags.FP32_MATMUL: settings["matmul"],
+        Tags.FP32_CONV: settings["conv"],
+        Tags.TF32_OVERRIDE: settings["override"],
+    }
+
+
 def device_tags(
     device: torch.device, stage: str, host: str | None, allocator: str | None = None
 ) -> dict[str, str]:
@@ -59,6 +74,8 @@ def device_tags(
     }
     if driver := devices.driver_version(device):
         tags[Tags.GPU_DRIVER] = driver
+    if cudnn := devices.cudnn_version(device):
+        tags[Tags.CUDNN_VERSION] = cudnn
     if allocator:
         tags[Tags.HOST_ALLOCATOR] = allocator
     return tags
@@ -91,6 +108,7 @@ def train(cfg: TrainConfig, target: Target, quiet: bool = False) -> str:
     """
     device = devices.resolve(cfg.device)
     precision = devices.precision(cfg.precision, device)
+    devices.set_deterministic(cfg.deterministic)
     allocator = devices.keep_freed_host_memory()
     # A bad --model is one line, before anything is logged; the probe's FLOPs on the CPU.
     flops = model.forward_flops(model.checked(cfg.model_config))
@@ -102,8 +120,10 @@ def train(cfg: TrainConfig, target: Target, quiet: bool = False) -> str:
 
     sizes = train_batches.num_samples, test_batches.num_samples
     params = train_params(cfg, device, *sizes, net)
-    tags = device_tags(device, Stages.TRAIN, target.host, allocator)
+    tags = device_tags(device, Stages.TRAIN, target.host, allocator) | math_tags(precision)
     tags[Tags.WORKLOAD] = workload(params)
+    tags[Tags.OPTIMIZER_IMPL] = "fused" if device.type == "cuda" else "torch's default"
+    tags[Tags.DETERMINISTIC] = str(cfg.deterministic).lower()
     if target.parent_run_id:
         tags[Tags.PARENT] = target.parent_run_id
     name = target.run_name or tracking.unique_run_name(
@@ -224,6 +244,7 @@ def _summary(epochs: list[loops.Epoch], samples: int, time_to_target: float | No
     summary = {
         Metrics.TRAIN_TIME_S: sum(e.train_time_s for e in epochs),
         Metrics.EVAL_TIME_S: sum(e.eval_time_s for e in epochs),
+        Metrics.EVAL_WARM_UP_S: sum(e.warm_up_s for e in epochs),
         Metrics.FIRST_EPOCH_TIME_S: epochs[0].time_s,
         Metrics.SAMPLES_PER_S: samples * len(steady) / sum(e.train_time_s for e in steady),
     }
@@ -274,26 +295,27 @@ def parity_probe(
     precision: devices.Precision | None = None,
 ) -> dict:
     """On a non-CPU device: the trained weights on the device, in its precision, against the
-    CPU in fp32. For bf16 and fp16 also the gap the precision alone explains: the CPU in that
-    precision against the CPU in fp32."""
+    CPU in fp32, each side making its inputs from the same bytes. For bf16 and fp16 also the
+    gap the precision alone explains: the CPU in that precision against the CPU in fp32."""
     if device.type == "cpu":
         return {}
     cpu_net = model.build(**config)
     cpu_net.load_state_dict({k: v.cpu() for k, v in net.state_dict().items()})
-    max_diff, agreement = loops.parity(net, cpu_net, batches, precision=precision)
-    found = {
-        Metrics.PARITY_MAX_ABS_LOGIT_DIFF: max_diff,
-        Metrics.PARITY_ARGMAX_AGREEMENT: agreement,
+    found = loops.parity(net, cpu_net, batches.with_cpu_inputs(), precision=precision)
+    metrics = {
+        Metrics.PARITY_MAX_ABS_LOGIT_DIFF: found.max_abs_logit_diff,
+        Metrics.PARITY_ARGMAX_AGREEMENT: found.argmax_agreement,
+        Metrics.PARITY_INPUT_MISMATCH: found.input_mismatch,
     }
     if precision is not None and precision.name in devices.AUTOCAST:
         on_cpu = devices.Precision(precision.name, torch.device("cpu"))
-        cpu_batches = ((x.cpu(), y) for x, y in batches)
-        gap, gap_agreement = loops.parity(cpu_net, cpu_net, cpu_batches, precision=on_cpu)
-        found |= {
-            Metrics.PARITY_PRECISION_MAX_ABS_LOGIT_DIFF: gap,
-            Metrics.PARITY_PRECISION_ARGMAX_AGREEMENT: gap_agreement,
+        cpu_batches = ((x_cpu, x_cpu, y) for _, x_cpu, y in batches.with_cpu_inputs())
+        gap = loops.parity(cpu_net, cpu_net, cpu_batches, precision=on_cpu)
+        metrics |= {
+            Metrics.PARITY_PRECISION_MAX_ABS_LOGIT_DIFF: gap.max_abs_logit_diff,
+            Metrics.PARITY_PRECISION_ARGMAX_AGREEMENT: gap.argmax_agreement,
         }
-    return found
+    return metrics
 
 
 def test(
@@ -318,6 +340,7 @@ def test(
     params, source_tags = tracking.recorded(client, source_id)
     params[Params.DEVICE] = str(device)
     tags = device_tags(device, Stages.TEST, target.host, allocator)
+    tags |= math_tags(devices.Precision("fp32", device))
     tags[Tags.SOURCE_RUN_ID] = source_id
     if Tags.WORKLOAD in source_tags:
         tags[Tags.WORKLOAD] = source_tags[Tags.WORKLOAD]
@@ -328,11 +351,9 @@ def test(
         run = tracking.Run.start(client, experiment_id, name, tags)
         with run_closed(run, stop):
             run.log_params(params)
-            devices.synchronize(device)
-            t0 = time.perf_counter()
-            test_loss, test_accuracy = loops.evaluate(net, test_batches)
-            devices.synchronize(device)
-            eval_time = time.perf_counter() - t0
+            test_loss, test_accuracy, warm_up, eval_time = loops.timed_evaluation(
+                net, test_batches, device
+            )
             run.log_metrics(
                 {Metrics.TEST_LOSS: test_loss, Metrics.TEST_ACCURACY: test_accuracy},
                 step=int(config["epochs"]),
@@ -341,6 +362,7 @@ def test(
                 {
                     **parity_probe(net, config["model"], device, test_batches),
                     Metrics.EVAL_TIME_S: eval_time,
+                    Metrics.EVAL_WARM_UP_S: warm_up,
                 }
             )
             run.log_metrics({Metrics.WALL_TIME_S: process.seconds_since_start()})

@@ -4,7 +4,6 @@ process provably died (pipeline.process)."""
 
 import logging
 import os
-import socket
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -226,7 +225,7 @@ def recorded(client: MlflowClient, run_id: str) -> tuple[dict[str, str], dict[st
 
 def host_name(given: str | None) -> str:
     """The host name recorded on runs: --host / PIPELINE_HOST, else this machine's."""
-    return given or socket.gethostname()
+    return given or process.host_name()
 
 
 def process_tags() -> dict[str, str]:

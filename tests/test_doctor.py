@@ -188,8 +188,8 @@ def test_every_check_passes_on_the_cpu():
 
 class Corrupt(TorchDispatchMode):
     """A stand-in device's fault: the results of `ops` (every operation when None) come back
-    off by 10x the check's tolerance at the result's own scale; integers off by one, a
-    boolean flipped. In-place operations are corrupted in place."""
+    off by 10x the check's tolerance at the result's own scale (one ulp for an exact check);
+    integers off by one, a boolean flipped. In-place operations are corrupted in place."""
 
     def __init__(self, check: doctor.Check, ops=None):
         super().__init__()
@@ -223,7 +223,12 @@ class Corrupt(TorchDispatchMode):
             flat = t.clone().flatten()
             flat[0] += 1
             return flat.view(t.shape)
-        atol, rtol = doctor.tolerance(self.check, t.dtype)
+        bounds = doctor.tolerance(self.check, t.dtype)
+        if bounds is None:  # an exact check: one ulp off is wrong
+            flat = t.clone().flatten()
+            flat[0] = torch.nextafter(flat[0], torch.tensor(float("inf"), dtype=t.dtype))
+            return flat.view(t.shape)
+        atol, rtol = bounds
         return t * (1 + 10 * (atol + rtol))
 
 

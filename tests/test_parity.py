@@ -33,24 +33,38 @@ class NoisyLogitsStandIn(RolledLogitsStandIn):
 
 def batches(tmp_path):
     spec = data.DataSpec("synthetic", tmp_path, 0, 64, 320)
-    return data.batches(spec, False, "tensors", 64, torch.device("cpu"))
+    return data.batches(spec, False, "tensors", 64, torch.device("cpu")).with_cpu_inputs()
 
 
 def test_identical_devices_agree_exactly(tmp_path):
     net = model.build(hidden=32)
-    assert loops.parity(net, copy.deepcopy(net), batches(tmp_path)) == (0.0, 1.0)
+    assert loops.parity(net, copy.deepcopy(net), batches(tmp_path)) == loops.Parity(0.0, 1.0, 0.0)
 
 
 def test_a_device_with_broken_numerics_is_detected(tmp_path):
     net = model.build(hidden=32)
-    max_diff, agreement = loops.parity(RolledLogitsStandIn(net), net, batches(tmp_path))
-    assert agreement < 0.5 and max_diff > 0
+    found = loops.parity(RolledLogitsStandIn(net), net, batches(tmp_path))
+    assert found.argmax_agreement < 0.5 and found.max_abs_logit_diff > 0
 
 
 def test_rounding_noise_is_not_a_disagreement(tmp_path):
     net = model.build(hidden=32)
-    max_diff, agreement = loops.parity(NoisyLogitsStandIn(net), net, batches(tmp_path))
-    assert 0 < max_diff < 1e-4 and agreement == 1.0
+    found = loops.parity(NoisyLogitsStandIn(net), net, batches(tmp_path))
+    assert 0 < found.max_abs_logit_diff < 1e-4 and found.argmax_agreement == 1.0
+
+
+def test_a_conversion_one_ulp_off_shows_in_the_inputs(tmp_path):
+    """NOT a GPU: the CPU converting bytes as a GPU divides by a scalar (x * (1/255)), one
+    ulp off for 126 of the 256 values; the CPU side makes the same bytes as ToTensor does."""
+    spec = data.DataSpec("synthetic", tmp_path, 0, 64, 320)
+    raw = data.batches(spec, False, "tensors", 64, torch.device("cpu"))
+    pairs = (
+        ((x_cpu * 255).round().to(torch.uint8).float() * (1 / 255), x_cpu, y)
+        for _, x_cpu, y in raw.with_cpu_inputs()
+    )
+    net = model.build(hidden=32)
+    found = loops.parity(net, copy.deepcopy(net), pairs)
+    assert found.input_mismatch > 0.01  # the predictions may well still agree
 
 
 def test_the_probe_reads_a_fixed_number_of_batches(tmp_path):
