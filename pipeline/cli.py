@@ -42,6 +42,9 @@ def train(
     layers: c.Layers = 2,
     target_accuracy: c.TargetAccuracy = None,
     deterministic: c.Deterministic = False,
+    profile_batches: c.ProfileBatches = 20,
+    profile_trace: c.ProfileTrace = False,
+    allow_cpu_fallback: c.AllowCpuFallback = False,
     system_metrics: c.SystemMetrics = True,
     system_metrics_interval: c.SystemMetricsInterval = 10.0,
     parent_run_id: Annotated[
@@ -54,6 +57,8 @@ def train(
     quiet: c.Quiet = False,
 ) -> None:
     """Train on one device, testing after every epoch; log one MLflow run."""
+    if allow_cpu_fallback:  # read once, when torch is imported: before the stage imports it
+        os.environ["PYTORCH_ENABLE_MPS_FALLBACK"] = "1"
     from pipeline import stages
 
     target = c.Target(experiment, tracking_uri, run_name, host, parent_run_id)

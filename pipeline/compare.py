@@ -23,6 +23,7 @@ from pipeline.records import (
     Finding,
     Group,
     History,
+    Operations,
     RunSummary,
     Selection,
     Tolerances,
@@ -168,7 +169,9 @@ def compare(
     tag `pipeline.verdict` (flagged or clean) and metric `findings` say which."""
     client = store.connect(tracking_uri)
     selection = load(client, opts.experiment, opts.run_ids, opts.filter_string, opts.latest_only)
-    findings, groups = rules.judge(selection, opts.tolerances, history_reader(client))
+    findings, groups = rules.judge(
+        selection, opts.tolerances, history_reader(client), operations_reader(client)
+    )
     tables = render.tables(selection, groups, findings)
     unsourced = render.describe_unsourced(selection.unsourced)
     render.print_terminal(console.out, tables, findings, selection.left_out, quiet, unsourced)
@@ -226,6 +229,11 @@ def compare(
         f"compare run {run.run_id}: report.md, findings.json and {plots_logged} logged"
     )
     return len(findings)
+
+
+def operations_reader(client: MlflowClient) -> Operations:
+    """A run's profiled operation table, read when a speed finding asks for it."""
+    return lambda run_id: tracking.table(client, run_id, "operations.json")
 
 
 def history_reader(client: MlflowClient) -> History:

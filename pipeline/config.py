@@ -132,6 +132,25 @@ Deterministic = Annotated[
         "autotuning): runs repeat exactly, some convolutions run slower"
     ),
 ]
+ProfileBatches = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        help="Training batches profiled after the first epoch, outside the timed epochs, on "
+        "a copy of the model: the operation table operations.json (0: none)",
+    ),
+]
+ProfileTrace = Annotated[
+    bool,
+    typer.Option(help="Also log the profiled window as trace.json (Perfetto, chrome://tracing)"),
+]
+AllowCpuFallback = Annotated[
+    bool,
+    typer.Option(
+        help="mps: run operations the MPS back end lacks on the CPU "
+        "(PYTORCH_ENABLE_MPS_FALLBACK=1) instead of failing; compare flags them"
+    ),
+]
 SystemMetrics = Annotated[bool, typer.Option(help="Log MLflow's system metrics (CPU, memory, GPU)")]
 SystemMetricsInterval = Annotated[
     float,
@@ -171,6 +190,8 @@ class TrainConfig:
     target_accuracy: float | None = None
     system_metrics: float = 10.0  # seconds between system-metrics samples; 0: none
     deterministic: bool = False  # cuDNN's deterministic kernels, torch's deterministic algorithms
+    profile_batches: int = 20  # training batches profiled after the first epoch; 0: none
+    profile_trace: bool = False  # log the profiled window's trace (trace.json)
 
     @property
     def model_config(self) -> dict:
@@ -259,6 +280,8 @@ def train_config(options: dict) -> TrainConfig:
         target_accuracy=o["target_accuracy"],
         system_metrics=o["system_metrics"] and o["system_metrics_interval"],
         deterministic=o["deterministic"],
+        profile_batches=o["profile_batches"],
+        profile_trace=o["profile_trace"],
     )
 
 
@@ -280,10 +303,12 @@ def train_args(cfg: TrainConfig) -> list[str]:
         "--seed": cfg.seed,
         "--loader": cfg.loader,
         "--target-accuracy": cfg.target_accuracy,
+        "--profile-batches": cfg.profile_batches,
     }
     out = [a for k, v in args.items() if v is not None for a in (k, str(v))]
     out += [a for k, v in cfg.model_options for a in ("--model-option", f"{k}={v}")]
     out += ["--deterministic"] if cfg.deterministic else []
+    out += ["--profile-trace"] if cfg.profile_trace else []
     if cfg.system_metrics:
         return [*out, "--system-metrics-interval", repr(cfg.system_metrics)]
     return [*out, "--no-system-metrics"]

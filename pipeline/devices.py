@@ -5,12 +5,15 @@ import contextlib
 import ctypes
 import os
 import platform
+import re
 import subprocess
+import warnings
 from pathlib import Path
 
 import torch
 
 from pipeline.errors import UserError
+from pipeline.schema import Metrics
 
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N, mps"
 
@@ -270,3 +273,104 @@ def precision(name: str, device: torch.device) -> Precision:
     if why:
         raise UserError(f"precision {name} is not available on {device}: {why}")
     return Precision(name, device)
+
+
+# --- what a run costs besides time: CPU fallbacks, peak memory, energy -----------------------
+
+# The back ends' fallback warnings: MPS "The operator 'aten::x' is not currently supported on
+# the MPS backend and will fall back to run on the CPU", DirectML's alike, XPU's "... is
+# falling back to run on the CPU".
+FALLBACK = re.compile(r"operator '?(aten::[\w.]+)'?.*?fall(?:s|ing)? back to run on the CPU", re.S)
+
+
+@contextlib.contextmanager
+def fallbacks_recorded():
+    """Record every operation a back end runs on the CPU instead, for the duration: yields the
+    set of their names. torch warns once per process (TORCH_WARN_ONCE); warn-always and a
+    filter for the fallback text catch each, from every call site; each is printed once."""
+    found: set[str] = set()
+    saved_show, saved_always = warnings.showwarning, torch.is_warn_always_enabled()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        match = FALLBACK.search(str(message))
+        if match is None:
+            return saved_show(message, category, filename, lineno, file, line)
+        if match.group(1) not in found:
+            found.add(match.group(1))
+            saved_show(message, category, filename, lineno, file, line)
+        return None
+
+    torch.set_warn_always(True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("always", message=r".*fall(s|ing)? back to run on the CPU")
+        warnings.showwarning = show
+        try:
+            yield found
+        finally:
+            warnings.showwarning = saved_show
+            torch.set_warn_always(saved_always)
+
+
+class PeakMemory:
+    """The run's peak memory, labelled by what measures it: on CUDA the caching allocator's
+    peak (max_memory_allocated, reset at the start) and what it reserved; on mps the largest
+    current_allocated_memory sampled after each epoch (never driver_allocated_memory, which
+    is the driver's pool); on the CPU the process's peak resident set."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.sampled = device, 0
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+    @property
+    def source(self) -> str:
+        return {
+            "cuda": "cuda allocator peak (max_memory_allocated)",
+            "mps": "mps current_allocated_memory, largest sampled after each epoch",
+        }.get(self.device.type, "process peak resident set (VmHWM)")
+
+    def sample(self) -> None:
+        if self.device.type == "mps":
+            self.sampled = max(self.sampled, torch.mps.current_allocated_memory())
+
+    def metrics(self) -> dict[str, float]:
+        mib = 1 << 20
+        if self.device.type == "cuda":
+            return {
+                Metrics.PEAK_MEMORY_MB: torch.cuda.max_memory_allocated(self.device) / mib,
+                Metrics.RESERVED_MEMORY_MB: torch.cuda.max_memory_reserved(self.device) / mib,
+            }
+        if self.device.type == "mps":
+            self.sample()
+            return {Metrics.PEAK_MEMORY_MB: self.sampled / mib}
+        return {Metrics.PEAK_MEMORY_MB: peak_rss() / mib}
+
+
+def peak_rss() -> int:
+    """The process's peak resident set in bytes (Linux: VmHWM; elsewhere ru_maxrss)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if platform.system() == "Darwin" else peak * 1024
+
+
+def energy_counter(device: torch.device):
+    """A function reading the GPU's total-energy counter in joules (NVML), or None where no
+    counter exists (the CPU, mps, a GPU or driver without it): nothing is estimated."""
+    if device.type != "cuda":
+        return None
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
+        pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)  # millijoules since the driver loaded
+    except Exception:
+        return None
+    return lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(handle) / 1000

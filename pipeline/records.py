@@ -15,6 +15,8 @@ ERROR, WARNING = "error", "warning"  # its severity
 
 # (run id, metric key) -> [(step, value), ...]: a metric's history, as compare reads it
 History = Callable[[str, str], list[tuple[int, float]]]
+# run id -> the rows of its operations.json (the profiled window), [] when it has none
+Operations = Callable[[str], list[dict]]
 
 
 @dataclass

@@ -27,6 +27,8 @@ COLUMNS = [
     ("test acc", "test_accuracy", "{:.1%}"),
     ("test loss", "test_loss", "{:.4f}"),
     ("parity", "parity_argmax_agreement", "{:.1%}"),
+    ("peak MiB", "peak_memory_mb", "{:,.0f}"),
+    ("energy J", "energy_j", "{:,.0f}"),
     ("flags", "flags", "{}"),
 ]
 TITLE_PARAMS = (Params.DATASET, Params.MODEL, Params.BATCH_SIZE, Params.LR, Params.EPOCHS)
@@ -64,6 +66,8 @@ def row(runs: list[RunSummary], group: Group, findings: list[Finding]) -> dict:
         "test_accuracy": median(Metrics.TEST_ACCURACY),
         "test_loss": median(Metrics.TEST_LOSS),
         "parity_argmax_agreement": median(Metrics.PARITY_ARGMAX_AGREEMENT),
+        "peak_memory_mb": median(Metrics.PEAK_MEMORY_MB),
+        "energy_j": median(Metrics.ENERGY_J),
         "flags": ", ".join(sorted({f.kind for f in findings if f.run_id in ids})),
     }
 

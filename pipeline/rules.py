@@ -32,6 +32,7 @@ Rules (tolerances are options of `pipeline compare`):
 - evaluation-mismatch: a test run scores differently from the run whose weights it evaluated.
 - precision-accuracy-loss: a tf32/bf16/fp16 run's final accuracy is more than the accuracy
   tolerance below the fp32 run of the same model, data, device and host.
+- cpu-fallback: an accelerator run some of whose operations its back end ran on the CPU.
 - run-failed, run-killed: a selected run of any stage that did not finish.
 
 `test` runs go through the rules that need no group: non-finite-loss,
@@ -47,6 +48,7 @@ from pipeline.records import (
     RUN,
     Finding,
     History,
+    Operations,
     RunSummary,
     Selection,
     Tolerances,
@@ -58,7 +60,12 @@ from pipeline.records import (
 from pipeline.schema import Metrics, Params, Tags
 
 
-def judge(selection: Selection, tol: Tolerances, history: History | None = None):
+def judge(
+    selection: Selection,
+    tol: Tolerances,
+    history: History | None = None,
+    operations: Operations | None = None,
+):
     """All findings on the judged runs, and the groups of the finished train runs."""
     groups = groups_of(selection.runs)
     findings: list[Finding] = []
@@ -74,7 +81,7 @@ def judge(selection: Selection, tol: Tolerances, history: History | None = None)
     for group in groups:
         for run in group.runs:
             if run.run_id in selection.judged:
-                found = _check_run(run, group, tol, history, selection.judged)
+                found = _check_run(run, group, tol, history, selection.judged, operations)
                 found += _precision_loss(run, fp32.get(twin_key(run)), tol)
                 add(run, found, group.id)
     for run in selection.unfinished:
@@ -207,13 +214,14 @@ def _evaluation_vs_source(run: RunSummary, train_runs: dict, tol: Tolerances) ->
     ]
 
 
-def _check_run(run, group, tol, history, judged: set[str]) -> list[Finding]:
+def _check_run(run, group, tol, history, judged: set[str], operations=None) -> list[Finding]:
     """Every rule on a finished train run. Speed rules take a sweep cell's repeats together:
     their finding goes to the latest judged repeat only."""
     later = [r for r in group.runs if r.run_id in judged and run in repeats(r, group.runs)]
     speed_rules = [speed.slower_than_cpu, speed.slower_than_history] if later[-1] is run else []
     return [
-        *(f for rule in speed_rules for f in rule(run, group, tol, history)),
+        *(f for rule in speed_rules for f in rule(run, group, tol, history, operations)),
+        *speed.cpu_fallback(run),
         *numerics.single_run(run),
         *_accuracy_vs_cpu(run, group, tol, history),
         *_accuracy_vs_history(run, group, tol),

@@ -53,6 +53,10 @@ class Tags:
     TF32_OVERRIDE = "pipeline.tf32_override"
     OPTIMIZER_IMPL = "pipeline.optimizer_impl"  # train: fused (CUDA) or torch's default
     DETERMINISTIC = "pipeline.deterministic"  # train: cuDNN/torch deterministic algorithms
+    CPU_FALLBACKS = "pipeline.cpu_fallbacks"  # train: operations a back end ran on the CPU
+    PEAK_MEMORY_SOURCE = "pipeline.peak_memory_source"  # train: what peak_memory_mb measures
+    ENERGY_SOURCE = "pipeline.energy_source"  # cuda train runs with an energy counter
+    PROFILE_NOTE = "pipeline.profile_note"  # train: what the operation table's times are
     HOST_ALLOCATOR = "pipeline.host_allocator"  # train/test: whether freed memory is kept
     PYTHON_VERSION = "pipeline.python_version"
     PLATFORM = "pipeline.platform"
@@ -96,4 +100,10 @@ class Metrics:
     PARITY_PRECISION_MAX_ABS_LOGIT_DIFF = "parity_precision_max_abs_logit_diff"
     PARITY_PRECISION_ARGMAX_AGREEMENT = "parity_precision_argmax_agreement"
     FORWARD_FLOPS = "forward_flops_per_sample"  # one image's forward pass (torch's counter)
+    CPU_FALLBACKS = "cpu_fallbacks"  # distinct operations that ran on the CPU instead
+    PEAK_MEMORY_MB = "peak_memory_mb"  # see the tag pipeline.peak_memory_source
+    RESERVED_MEMORY_MB = "reserved_memory_mb"  # cuda: what the caching allocator reserved
+    ENERGY_J = "energy_j"  # over the epochs, where a counter exists (NVML)
+    SAMPLES_PER_J = "samples_per_j"
+    PROFILE_BATCHES = "profile_batches"  # batches in the profiled window (operations.json)
     CHECKS = "checks"  # doctor runs: checks_pass, checks_fail, checks_error, ... (a count each)

@@ -19,13 +19,14 @@ from pipeline.records import (
     Finding,
     Group,
     History,
+    Operations,
     RunSummary,
     Tolerances,
     history_of,
     latest_cpu,
     repeats,
 )
-from pipeline.schema import Metrics, Params
+from pipeline.schema import Metrics, Params, Tags
 
 MIN_HISTORY = 2  # earlier runs before a history is a baseline at all
 
@@ -97,7 +98,11 @@ def speed_vs_cpu(run: RunSummary, group: Group) -> float | None:
 
 
 def slower_than_cpu(
-    run: RunSummary, group: Group, tol: Tolerances, history: History | None
+    run: RunSummary,
+    group: Group,
+    tol: Tolerances,
+    history: History | None,
+    operations: Operations | None = None,
 ) -> list[Finding]:
     cpu = latest_cpu(group, run.host)
     if run.device_type == "cpu" or cpu is None:
@@ -108,6 +113,7 @@ def slower_than_cpu(
     if ratio is not None and ratio < 1 - tol.speed:
         ours, base = repeats(run, group.runs), repeats(cpu, group.runs)
         sure = speed_evidence(ours, base, speed_figure(ours + base), tol.speed, history)
+        why = where_time_goes(run, cpu, operations)
         found.append(
             Finding(
                 run.run_id,
@@ -117,8 +123,16 @@ def slower_than_cpu(
                 f"{run.device} trains at {ratio:.2f}× the speed of the CPU on {run.host} "
                 f"({1 / ratio:.2f}× slower; tolerance {tol.speed:.0%})"
                 + evidence.describe(sure)
+                + describe(why)
+                + fallbacks_named(run)
                 + describe_changes(diff),
-                values={"speed_vs_cpu": ratio, "cpu_run_id": cpu.run_id, **sure, "changed": diff},
+                values={
+                    "speed_vs_cpu": ratio,
+                    "cpu_run_id": cpu.run_id,
+                    **sure,
+                    "operations": why,
+                    "changed": diff,
+                },
             )
         )
     a, b = run.metrics.get(Metrics.TIME_TO_TARGET_S), cpu.metrics.get(Metrics.TIME_TO_TARGET_S)
@@ -138,7 +152,11 @@ def slower_than_cpu(
 
 
 def slower_than_history(
-    run: RunSummary, group: Group, tol: Tolerances, history: History | None
+    run: RunSummary,
+    group: Group,
+    tol: Tolerances,
+    history: History | None,
+    operations: Operations | None = None,
 ) -> list[Finding]:
     ours = repeats(run, group.runs)
     key = speed_figure(ours)
@@ -155,6 +173,7 @@ def slower_than_history(
         return []
     sure = speed_evidence(ours, earlier, key, tol.speed, history)
     diff = changed(run, earlier)
+    why = where_time_goes(run, earlier[-1], operations)
     return [
         Finding(
             run.run_id,
@@ -164,12 +183,88 @@ def slower_than_history(
             f"{run.device} on {run.host} ran at {ratio:.2f}× the median speed of its last "
             f"{len(earlier)} runs (allowed drop {allowed:.0%})"
             + evidence.describe(sure)
+            + describe(why)
             + describe_changes(diff),
             values={
                 "speed_vs_history": ratio,
                 "history_runs": len(earlier),
                 **sure,
+                "operations": why,
                 "changed": diff,
             },
         )
     ]
+
+
+def cpu_fallback(run: RunSummary) -> list[Finding]:
+    """An accelerator run some of whose operations its back end ran on the CPU."""
+    count = run.metrics.get(Metrics.CPU_FALLBACKS, 0)
+    if run.device_type == "cpu" or not count:
+        return []
+    names = run.tags.get(Tags.CPU_FALLBACKS, "")
+    return [
+        Finding(
+            run.run_id,
+            SPEED,
+            "cpu-fallback",
+            WARNING,
+            f"{run.device}: {count:.0f} operation{'s' * (count != 1)} ran on the CPU instead "
+            f"(the back end lacks them): {names}",
+            values={"cpu_fallbacks": names.split(", ") if names else []},
+        )
+    ]
+
+
+def fallbacks_named(run: RunSummary) -> str:
+    names = run.tags.get(Tags.CPU_FALLBACKS, "none")
+    return "" if names in ("", "none") else f"; ran on the CPU instead: {names}"
+
+
+def where_time_goes(run: RunSummary, base: RunSummary, operations: Operations | None) -> list[dict]:
+    """explain() of the two runs' profiled windows, when both have one."""
+    if operations is None:
+        return []
+    ours, theirs = operations(run.run_id), operations(base.run_id)
+    return explain(ours, theirs) if ours and theirs else []
+
+
+# --- where the time goes: the operation tables of the two sides ------------------------
+
+
+def explain(ours: list[dict], base: list[dict], top: int = 3) -> list[dict]:
+    """The operations that account for most of a slowdown: each operation's time per batch
+    on the run side minus the baseline's, largest first, with its share of that
+    difference, its share of the run's window, and its time per call on each side."""
+    theirs = {r["operation"]: r for r in base}
+    mine = {r["operation"]: r for r in ours}
+    gaps = []
+    for name in mine.keys() | theirs.keys():
+        a, b = mine.get(name, {}), theirs.get(name, {})
+        gap = a.get("us_per_batch", 0.0) - b.get("us_per_batch", 0.0)
+        if gap > 0:
+            gaps.append((gap, name, a, b))
+    total = sum(g for g, *_ in gaps) or 1.0
+    gaps.sort(reverse=True)
+    return [
+        {
+            "operation": name,
+            "share_of_slowdown": gap / total,
+            "share_of_run": a.get("share", 0.0),
+            "us_per_call": a.get("us_per_call"),
+            "baseline_us_per_call": b.get("us_per_call"),
+        }
+        for gap, name, a, b in gaps[:top]
+    ]
+
+
+def describe(explained: list[dict]) -> str:
+    """'; where the time goes: aten::addmm 71% of the difference (412 vs 130 us a call), ...'"""
+    if not explained:
+        return ""
+    parts = []
+    for e in explained:
+        calls = ""
+        if e["us_per_call"] is not None and e["baseline_us_per_call"] is not None:
+            calls = f" ({e['us_per_call']:,.0f} vs {e['baseline_us_per_call']:,.0f} µs a call)"
+        parts.append(f"{e['operation']} {e['share_of_slowdown']:.0%} of the difference{calls}")
+    return "; where the time goes: " + ", ".join(parts)

@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from pipeline import artifact, data, devices, loops, model, plots, process, tracking
 from pipeline.config import Target, TrainConfig, workload
 from pipeline.console import err, out
+from pipeline.costs import Costs
 from pipeline.lifecycle import Diverged, interrupts_requested, run_closed
 from pipeline.schema import Metrics, Params, Stages, Tags
 
@@ -129,6 +130,7 @@ def train(cfg: TrainConfig, target: Target, quiet: bool = False) -> str:
     name = target.run_name or tracking.unique_run_name(
         client, experiment_id, default_run_name(cfg, device)
     )
+    costs = Costs(device)
     with interrupts_requested() as stop:
         run = tracking.Run.start(client, experiment_id, name, tags, join=not target.parent_run_id)
         if cfg.system_metrics:
@@ -138,11 +140,17 @@ def train(cfg: TrainConfig, target: Target, quiet: bool = False) -> str:
             # Everything made so far lives to the end: out of the collector's way, so that
             # its passes during training scan only what training makes.
             gc.freeze()
-            summary, epochs, all_losses = _train_loop(
-                cfg, device, net, train_batches, test_batches, losses, run, quiet, stop, precision
-            )
+            with devices.fallbacks_recorded() as fallbacks:
+                summary, epochs, all_losses = _train_loop(
+                    cfg, device, net, train_batches, test_batches, losses, run, quiet, stop,
+                    precision, costs,
+                )  # fmt: skip
+                summary |= parity_probe(net, cfg.model_config, device, test_batches, precision)
             summary[Metrics.FORWARD_FLOPS] = flops
-            summary |= parity_probe(net, cfg.model_config, device, test_batches, precision)
+            summary |= costs.metrics(train_batches.num_samples * cfg.epochs)
+            summary[Metrics.CPU_FALLBACKS] = len(fallbacks)
+            run.set_tags(costs.tags(fallbacks))
+            costs.log(run)
             artifact.log(run, net, cfg, device)
             _log_curves(run, all_losses, epochs, name)
             run.set_tags({Tags.NOTE: describe_run(params, tags, summary, epochs[-1])})
@@ -168,10 +176,12 @@ def _flush_losses(run: tracking.Run, losses: loops.LossBuffer) -> list[float]:
     return values
 
 
-def _train_loop(cfg, device, net, train_batches, test_batches, losses, run, quiet, stop, precision):
-    """Run the epochs, logging each one's figures as soon as it ends.
-
-    Returns (the run's totals, the epochs, every batch's loss)."""
+def _train_loop(
+    cfg, device, net, train_batches, test_batches, losses, run, quiet, stop, precision, costs
+):
+    """Run the epochs, logging each one's figures as soon as it ends; between the first and
+    the second, profile a window of batches (costs). Returns (the run's totals, the epochs,
+    every batch's loss)."""
     epochs: list[loops.Epoch] = []
     all_losses: list[float] = []
     time_to_target = None
@@ -185,6 +195,7 @@ def _train_loop(cfg, device, net, train_batches, test_batches, losses, run, quie
                 stop.check()
                 bar.advance(batch_task)
 
+        costs.resume()
         for ep in loops.fit(
             net,
             train_batches,
@@ -196,6 +207,7 @@ def _train_loop(cfg, device, net, train_batches, test_batches, losses, run, quie
             on_batch,
             precision,
         ):
+            costs.pause()
             first_step = losses.next_step
             values = _flush_losses(run, losses)
             all_losses += values
@@ -235,6 +247,11 @@ def _train_loop(cfg, device, net, train_batches, test_batches, losses, run, quie
                     f"test {ep.eval_time_s:.2f} s  test loss {ep.test_loss:.4f}  "
                     f"accuracy {ep.test_accuracy:.1%}"
                 )
+            if ep.epoch == 1:
+                trace = costs.trace_path if cfg.profile_trace else None
+                costs.profile(net, train_batches, cfg.lr, precision, cfg.profile_batches, trace)
+            if ep.epoch < cfg.epochs:
+                costs.resume()
     return _summary(epochs, train_batches.num_samples, time_to_target), epochs, all_losses
 
 

@@ -193,6 +193,20 @@ def _parallel(client: MlflowClient) -> int:
 PARALLEL_REQUESTS = 8
 
 
+def table(client: MlflowClient, run_id: str, artifact_file: str) -> list[dict]:
+    """The rows of a table a run logged with log_table; [] when it has none."""
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run_id, artifact_file, tmp)
+        except Exception:  # no such artifact: an older run, profiling off, another tool
+            return []
+        logged = json.loads(Path(path).read_text())
+    return [dict(zip(logged["columns"], row, strict=True)) for row in logged.get("data", [])]
+
+
 def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
     """A metric's history as (step, value) pairs."""
     return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]

@@ -86,6 +86,28 @@ def pipeline_process(*args: str, **kw) -> Result:
     return run_process(sys.executable, "-m", "pipeline", *args, **kw)
 
 
+def user_env(**extra: str) -> dict[str, str]:
+    """The environment of a user who has set nothing for MLflow or this pipeline."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PIPELINE_"))}
+    return {**env, "MLFLOW_DISABLE_TELEMETRY": "true", **extra}
+
+
+def pipeline_in(folder: Path, *args: str, env: dict | None = None, check: bool = True) -> Result:
+    """`python -m pipeline ...` as a real process in `folder`, as a user runs it (by default
+    with nothing set for MLflow); asserts it succeeded unless check=False."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", *args],
+        cwd=folder,
+        env=env if env is not None else user_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if check:
+        assert proc.returncode == 0, f"{args}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
 def only_run(client, experiment: str = "Default"):
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id])

@@ -4,13 +4,12 @@ the same image bytes on every device, warm evaluation timing, and a Mac describe
 Stand-in devices are the CPU, labelled so."""
 
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL
+from conftest import SMALL, pipeline_in, user_env
 from mlflow import MlflowClient
 from test_compare import log_run
 from test_doctor import CPU, broken, stand_in
@@ -33,26 +32,14 @@ def test_each_precision_sets_fp32_math_through_one_api(precision, math):
     devices.set_fp32_math("ieee")
 
 
-def train(folder, data_dir, *extra, env=None):
+def train(folder, data_dir, env):
     args = ["train", "--device", "cpu", "--epochs", "1", *SMALL, "--data-dir", str(data_dir)]
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline", *args, "--quiet", *extra],
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc
+    pipeline_in(folder, *args, "--quiet", env=env)
 
 
 def test_runs_record_their_fp32_math_and_any_override(tmp_path, data_dir):
-    import os
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    train(tmp_path, data_dir, env=env)
-    train(tmp_path, data_dir, env={**env, "NVIDIA_TF32_OVERRIDE": "1"})
+    train(tmp_path, data_dir, user_env())
+    train(tmp_path, data_dir, user_env(NVIDIA_TF32_OVERRIDE="1"))
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     plain, overridden = sorted(client.search_runs(["0"]), key=lambda r: r.info.start_time)
     for run in (plain, overridden):

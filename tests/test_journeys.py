@@ -8,14 +8,13 @@ parent, nothing left RUNNING, and a wall_time_s that covers the process's life.
 """
 
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, user_env
 from mlflow import MlflowClient
 
 from pipeline.schema import Metrics, Params, Stages, Tags
@@ -24,12 +23,6 @@ from pipeline.schema import Metrics, Params, Stages, Tags
 DATA = {"dataset": "synthetic", "train_size": "640", "test_size": "128", "lr": "0.05"}
 TRAIN = {**DATA, "epochs": "2"}
 SWEEP = {**DATA, "devices": "cpu", "batch_sizes": "64,128", "hidden": "32", "epochs": "1"}
-
-
-def user_env(**extra: str) -> dict[str, str]:
-    """The environment of a user who has set nothing for MLflow or this pipeline."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PIPELINE_"))}
-    return {**env, "MLFLOW_DISABLE_TELEMETRY": "true", **extra}
 
 
 def run(args: list[str], folder: Path, env: dict[str, str]) -> subprocess.CompletedProcess:

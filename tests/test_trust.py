@@ -10,27 +10,16 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SMALL
+from conftest import ROOT, SMALL, pipeline_in, user_env
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
-from test_journeys import user_env
 
 from pipeline import process, tracking
 from pipeline.schema import Metrics, Params, Stages, Tags
 
 
-def pipeline_cmd(folder: Path, env: dict, *args: str, check: bool = True, timeout: float = 300):
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline", *args],
-        cwd=folder,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if check:
-        assert proc.returncode == 0, f"{args}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
-    return proc
+def pipeline_cmd(folder: Path, env: dict, *args: str, check: bool = True):
+    return pipeline_in(folder, *args, env=env, check=check)
 
 
 def store_of(folder: Path) -> MlflowClient:
@@ -289,7 +278,7 @@ def test_a_selected_run_that_did_not_finish_fails_the_gate(folder, stage, status
         folder, env, "compare", "--run-id", run.info.run_id, "--output-json", str(out),
         check=False,
     )  # fmt: skip
-    assert proc.returncode == 1, proc.stderr
+    assert proc.code == 1, proc.stderr
     (finding,) = json.loads(out.read_text())["findings"]
     assert finding["run_id"] == run.info.run_id and finding["kind"] == kind
     assert "out of memory" in finding["message"]
