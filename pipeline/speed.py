@@ -221,8 +221,9 @@ def fallbacks_named(run: RunSummary) -> str:
 
 
 def where_time_goes(run: RunSummary, base: RunSummary, operations: Operations | None) -> list[dict]:
-    """explain() of the two runs' profiled windows, when both have one."""
-    if operations is None:
+    """explain() of the two runs' profiled windows, when both logged one (read only then)."""
+    windows = Metrics.PROFILE_BATCHES in run.metrics and Metrics.PROFILE_BATCHES in base.metrics
+    if operations is None or not windows:
         return []
     ours, theirs = operations(run.run_id), operations(base.run_id)
     return explain(ours, theirs) if ours and theirs else []

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, SMALL
 from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
 from test_server import start_server, stop
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -71,3 +72,79 @@ def test_compare_page_shows_both_runs(cli, tmp_path):
     rows = [line.split("\t") for line in text.splitlines()]
     assert ["device", "cpu", "cpu"] in rows  # the params table: one column per run
     assert (ARTIFACTS / "compare-runs.png").stat().st_size > 10_000
+
+
+def log_m1_replay(client: MlflowClient) -> list[str]:
+    """The M1 quickstart measurement (tests/fixtures, the published 2022 figures) as two runs
+    named as the replay they are."""
+    ref = json.loads((ROOT / "tests" / "fixtures" / "m1-quickstart-2022.json").read_text())
+    ids = []
+    for device, run in ref["runs"].items():
+        created = client.create_run("0", run_name=f"M1 replay: {device}")
+        metrics = [Metric("wall_time_s", run["process_wall_s"], 0, 0)]
+        for e, epoch in enumerate(run["epochs"]):
+            metrics += [
+                Metric("train_loss", p["loss"], 0, e * 938 + p["batch"])
+                for p in epoch["train_loss_every_100_batches"]
+            ]
+            metrics += [
+                Metric("test_accuracy", epoch["test_accuracy"], 0, e + 1),
+                Metric("test_loss", epoch["test_loss"], 0, e + 1),
+            ]
+        note = f"The published M1 quickstart figures (May 2022) on {device}, replayed."
+        tags = {
+            "pipeline.device": device,
+            "pipeline.host": "mac-mini-m1",
+            "mlflow.note.content": note,
+        }
+        client.log_batch(
+            created.info.run_id,
+            metrics=metrics,
+            params=[Param("device", device), Param("model", "mlp-784-512-512-10")],
+            tags=[RunTag(k, v) for k, v in tags.items()],
+        )
+        client.set_terminated(created.info.run_id)
+        ids.append(created.info.run_id)
+    return ids
+
+
+def test_the_m1_replay_in_the_ui(tmp_path):
+    """The README's picture: the M1 replay's CPU and mps runs compared, the MLflow Assistant
+    closed, their train_loss on one chart (docs/compare-runs.png is this screenshot)."""
+    playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    if not Path(CHROMIUM).exists():
+        pytest.skip("no Chromium at /usr/bin/chromium (Debian: apt-get install chromium)")
+    proc, port = start_server(f"sqlite:///{tmp_path / 'ui.db'}", tmp_path / "artifacts")
+    try:
+        uri = f"http://127.0.0.1:{port}"
+        ids = log_m1_replay(MlflowClient(uri))
+        runs, experiments = (urllib.parse.quote(json.dumps(x)) for x in (ids, ["0"]))
+        url = f"{uri}/#/compare-runs?runs={runs}&experiments={experiments}"
+        with playwright.sync_playwright() as p, tempfile.TemporaryDirectory() as profile:
+            browser = p.chromium.launch_persistent_context(
+                profile,
+                executable_path=CHROMIUM,
+                headless=True,
+                viewport={"width": 1400, "height": 900},
+                args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"],
+            )
+            page = browser.new_page()
+            page.goto(url)
+            page.get_by_text("M1 replay: mps").first.wait_for(timeout=60_000)
+            close = page.get_by_role("button", name="Close")  # the MLflow Assistant's panel
+            if close.count():
+                close.first.click()
+            page.get_by_role("link", name="train_loss").first.click()
+            page.get_by_text("M1 replay: mps (train_loss)").first.wait_for(timeout=60_000)
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=ARTIFACTS / "m1-replay-train-loss.png")
+            legend = [
+                page.get_by_text(f"M1 replay: {d} (train_loss)").count() for d in ("cpu", "mps")
+            ]
+            assistant_open = page.get_by_text("Ask questions about your experiments").count()
+            browser.close()
+    finally:
+        stop(proc)
+    assert legend == [1, 1]  # both devices' curves on the one chart
+    assert assistant_open == 0
+    assert (ARTIFACTS / "m1-replay-train-loss.png").stat().st_size > 10_000

@@ -206,7 +206,6 @@ def test_quoted_host_and_experiment_names_work_for_every_command(folder, data_di
     client = store_of(folder)
     exp = client.get_experiment_by_name(QUOTED_EXPERIMENT)
     (first,) = client.search_runs([exp.experiment_id])
-    pipeline_cmd(folder, env, "train", "--device", "cpu", *small)
     pipeline_cmd(
         folder, env, "test", "--model-uri", f"runs:/{first.info.run_id}/model", *data, "--quiet"
     )
@@ -214,9 +213,8 @@ def test_quoted_host_and_experiment_names_work_for_every_command(folder, data_di
     pipeline_cmd(folder, env, "doctor", "--device", "cpu", "--quiet")
     grid = ["--devices", "cpu", "--batch-sizes", "64", "--hidden", "16", "--epochs", "1"]
     pipeline_cmd(folder, env, "sweep", *grid, *SMALL, *data, "--quiet")
-    pipeline_cmd(folder, env, "compare", "--latest", "--no-fail", "--quiet")
     runs = client.search_runs([exp.experiment_id], max_results=100)
-    assert len(runs) == 8  # train x2, test, compare x2, doctor, sweep + its child
+    assert len(runs) == 6  # train, test, compare, doctor, sweep and its child
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert {r.data.tags[Tags.HOST] for r in runs} == {QUOTED_HOST}
     assert {e.name for e in client.search_experiments()} == {QUOTED_EXPERIMENT, "Default"}
