@@ -23,7 +23,8 @@ def shown(value: float) -> set[str]:
     return {fixed, fixed.rstrip("0").rstrip("."), f"{value:g}"}
 
 
-def test_compare_page_shows_both_runs(cli, tmp_path):
+def test_the_ui_compares_runs(cli, tmp_path):
+    """Two runs in the comparison page; then the M1 replay's train_loss chart."""
     playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
     if not Path(CHROMIUM).exists():
         pytest.skip("no Chromium at /usr/bin/chromium (Debian: apt-get install chromium)")
@@ -64,6 +65,8 @@ def test_compare_page_shows_both_runs(cli, tmp_path):
             page.screenshot(path=ARTIFACTS / "compare-runs.png", full_page=True)
             text = page.inner_text("body")
             browser.close()
+        # the same server, one browser at a time: two at once time each other out here
+        check_the_m1_replay(playwright, uri)
     finally:
         stop(proc)
     for r in runs:
@@ -108,43 +111,33 @@ def log_m1_replay(client: MlflowClient) -> list[str]:
     return ids
 
 
-def test_the_m1_replay_in_the_ui(tmp_path):
+def check_the_m1_replay(playwright, uri: str) -> None:
     """The README's picture: the M1 replay's CPU and mps runs compared, the MLflow Assistant
     closed, their train_loss on one chart (docs/compare-runs.png is this screenshot)."""
-    playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
-    if not Path(CHROMIUM).exists():
-        pytest.skip("no Chromium at /usr/bin/chromium (Debian: apt-get install chromium)")
-    proc, port = start_server(f"sqlite:///{tmp_path / 'ui.db'}", tmp_path / "artifacts")
-    try:
-        uri = f"http://127.0.0.1:{port}"
-        ids = log_m1_replay(MlflowClient(uri))
-        runs, experiments = (urllib.parse.quote(json.dumps(x)) for x in (ids, ["0"]))
-        url = f"{uri}/#/compare-runs?runs={runs}&experiments={experiments}"
-        with playwright.sync_playwright() as p, tempfile.TemporaryDirectory() as profile:
-            browser = p.chromium.launch_persistent_context(
-                profile,
-                executable_path=CHROMIUM,
-                headless=True,
-                viewport={"width": 1400, "height": 900},
-                args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"],
-            )
-            page = browser.new_page()
-            page.goto(url)
-            page.get_by_text("M1 replay: mps").first.wait_for(timeout=60_000)
-            close = page.get_by_role("button", name="Close")  # the MLflow Assistant's panel
-            if close.count():
-                close.first.click()
-            page.get_by_role("link", name="train_loss").first.click()
-            page.get_by_text("M1 replay: mps (train_loss)").first.wait_for(timeout=60_000)
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=ARTIFACTS / "m1-replay-train-loss.png")
-            legend = [
-                page.get_by_text(f"M1 replay: {d} (train_loss)").count() for d in ("cpu", "mps")
-            ]
-            assistant_open = page.get_by_text("Ask questions about your experiments").count()
-            browser.close()
-    finally:
-        stop(proc)
+    ids = log_m1_replay(MlflowClient(uri))
+    runs, experiments = (urllib.parse.quote(json.dumps(x)) for x in (ids, ["0"]))
+    url = f"{uri}/#/compare-runs?runs={runs}&experiments={experiments}"
+    with playwright.sync_playwright() as p, tempfile.TemporaryDirectory() as profile:
+        browser = p.chromium.launch_persistent_context(
+            profile,
+            executable_path=CHROMIUM,
+            headless=True,
+            viewport={"width": 1400, "height": 900},
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"],
+        )
+        page = browser.new_page()
+        page.goto(url)
+        page.get_by_text("M1 replay: mps").first.wait_for(timeout=60_000)
+        close = page.get_by_role("button", name="Close")  # the MLflow Assistant's panel
+        if close.count():
+            close.first.click()
+        page.get_by_role("link", name="train_loss").first.click()
+        page.get_by_text("M1 replay: mps (train_loss)").first.wait_for(timeout=60_000)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=ARTIFACTS / "m1-replay-train-loss.png")
+        legend = [page.get_by_text(f"M1 replay: {d} (train_loss)").count() for d in ("cpu", "mps")]
+        assistant_open = page.get_by_text("Ask questions about your experiments").count()
+        browser.close()
     assert legend == [1, 1]  # both devices' curves on the one chart
     assert assistant_open == 0
     assert (ARTIFACTS / "m1-replay-train-loss.png").stat().st_size > 10_000
