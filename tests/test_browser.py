@@ -5,6 +5,7 @@ import os
 import shutil
 import tempfile
 import urllib.parse
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,29 @@ from test_server import start_server, stop
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(os.environ.get("PIPELINE_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+
+
+@contextmanager
+def browser_of(playwright, height: int):
+    """Debian's Chromium, headless, with a fresh profile, 1400 pixels wide."""
+    with playwright.sync_playwright() as p, tempfile.TemporaryDirectory() as profile:
+        browser = p.chromium.launch_persistent_context(
+            profile,
+            executable_path=CHROMIUM,
+            headless=True,
+            viewport={"width": 1400, "height": height},
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+            ],
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
 
 
 def shown(value: float) -> set[str]:
@@ -42,20 +66,7 @@ def test_the_ui_compares_runs(cli, tmp_path):
             f"{uri}/#/compare-runs?runs={urllib.parse.quote(json.dumps(ids))}"
             f"&experiments={urllib.parse.quote(json.dumps([exp_id]))}"
         )
-        with playwright.sync_playwright() as p, tempfile.TemporaryDirectory() as profile:
-            browser = p.chromium.launch_persistent_context(
-                profile,
-                executable_path=CHROMIUM,
-                headless=True,
-                viewport={"width": 1400, "height": 1800},
-                args=[
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-background-networking",
-                    "--disable-dev-shm-usage",
-                    "--no-first-run",
-                ],
-            )
+        with browser_of(playwright, height=1800) as browser:
             page = browser.new_page()
             page.goto(url)
             for r in runs:
@@ -64,7 +75,6 @@ def test_the_ui_compares_runs(cli, tmp_path):
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=ARTIFACTS / "compare-runs.png", full_page=True)
             text = page.inner_text("body")
-            browser.close()
         # the same server, one browser at a time: two at once time each other out here
         check_the_m1_replay(playwright, uri)
     finally:
@@ -117,14 +127,7 @@ def check_the_m1_replay(playwright, uri: str) -> None:
     ids = log_m1_replay(MlflowClient(uri))
     runs, experiments = (urllib.parse.quote(json.dumps(x)) for x in (ids, ["0"]))
     url = f"{uri}/#/compare-runs?runs={runs}&experiments={experiments}"
-    with playwright.sync_playwright() as p, tempfile.TemporaryDirectory() as profile:
-        browser = p.chromium.launch_persistent_context(
-            profile,
-            executable_path=CHROMIUM,
-            headless=True,
-            viewport={"width": 1400, "height": 900},
-            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"],
-        )
+    with browser_of(playwright, height=900) as browser:
         page = browser.new_page()
         page.goto(url)
         page.get_by_text("M1 replay: mps").first.wait_for(timeout=60_000)
@@ -137,7 +140,6 @@ def check_the_m1_replay(playwright, uri: str) -> None:
         page.screenshot(path=ARTIFACTS / "m1-replay-train-loss.png")
         legend = [page.get_by_text(f"M1 replay: {d} (train_loss)").count() for d in ("cpu", "mps")]
         assistant_open = page.get_by_text("Ask questions about your experiments").count()
-        browser.close()
     assert legend == [1, 1]  # both devices' curves on the one chart
     assert assistant_open == 0
     assert (ARTIFACTS / "m1-replay-train-loss.png").stat().st_size > 10_000
