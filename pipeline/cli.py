@@ -207,7 +207,10 @@ def sweep(
         seed=seed,
     )
     target = c.Target(experiment, tracking_uri, run_name, host)
-    sweeping.sweep(grid, base, target, strict, resume, quiet)
+    failed = sweeping.sweep(grid, base, target, strict, resume, quiet)
+    if failed:
+        err.print(f"error: {failed} of the sweep's runs failed (lines above)")
+        raise typer.Exit(1)
 
 
 @app.command()

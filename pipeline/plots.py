@@ -74,7 +74,8 @@ def plot_sweep(summary: dict, path: Path) -> None:
         ylabel="steady-state samples/s",
         title="sweep: throughput against workload size",
     )
-    ax.legend(fontsize="small")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

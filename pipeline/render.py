@@ -249,12 +249,22 @@ def describe_unsourced(tests: list[RunSummary]) -> str:
 SWEEP_KEYS = ("model", "precision", "hidden", "batch_size")
 
 
-def cells(row: dict, device_names: list[str]) -> list[str]:
-    """One table row's entries: samples/s, with the speed-up over the CPU where there is one."""
+def cells(row: dict, device_names: list[str], sep: str = "\n") -> list[str]:
+    """One table row's entries: samples/s, with the speed-up over the CPU where there is one,
+    then peak memory and energy where the run measured them."""
     out = []
     for d in device_names:
         speed, up = row["samples_per_s"].get(d), row["speedup_vs_cpu"].get(d)
-        out.append("-" if speed is None else f"{speed:,.0f}" + (f" ({up:.2f}×)" if up else ""))
+        if speed is None:
+            out.append("-")
+            continue
+        costs = [
+            fmt.format(row[key][d])
+            for key, fmt in (("peak_memory_mb", "{:,.0f} MiB"), ("energy_j", "{:,.0f} J"))
+            if row.get(key, {}).get(d) is not None
+        ]
+        text = f"{speed:,.0f}" + (f" ({up:.2f}×)" if up else "")
+        out.append(sep.join([text, " · ".join(costs)]) if costs else text)
     return out
 
 
@@ -263,7 +273,7 @@ def workload_cells(row: dict) -> list[str]:
 
 
 def sweep_table(summary: dict) -> Table:
-    table = Table(title="sweep: steady-state samples/s (speed-up over the CPU)")
+    table = Table(title="sweep: steady-state samples/s (speed-up over the CPU), peak memory, energy")
     for heading in ("model", "precision", "hidden", "batch", *summary["devices"]):
         table.add_column(heading)
     for row in summary["rows"]:
@@ -272,11 +282,12 @@ def sweep_table(summary: dict) -> Table:
 
 
 def sweep_markdown(summary: dict) -> str:
-    lines = ["# Sweep", "", "Steady-state training samples/s (speed-up over the CPU).", ""]
+    lines = ["# Sweep", "", "Steady-state training samples/s (speed-up over the CPU); peak memory"]
+    lines += ["and energy where the run measured them.", ""]
     lines.append("| model | precision | hidden | batch | " + " | ".join(summary["devices"]) + " |")
     lines.append("|---|---|---|---|" + "---|" * len(summary["devices"]))
     for row in summary["rows"]:
-        entries = [*workload_cells(row), *cells(row, summary["devices"])]
+        entries = [*workload_cells(row), *cells(row, summary["devices"], sep="<br>")]
         lines.append("| " + " | ".join(entries) + " |")
     lines += ["", "## Crossover", ""]
     lines += crossover_lines(summary) or ["No accelerator in this sweep."]

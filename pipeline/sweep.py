@@ -99,14 +99,16 @@ def sweep(
     strict: bool = False,
     resume: str | None = None,
     quiet: bool = False,
-) -> str:
+) -> int:
     """Run every (device, model, precision, width, batch size) cell `repeats` times, in
     rounds (each round goes over every cell once, so that a drift of the machine's speed
     spreads over all cells), skipping the runs a resumed sweep already finished; each child
-    is a `train` process of its own under one parent run. Summarise.
+    is a `train` process of its own under one parent run. Summarise. Return how many children
+    failed.
 
     Usage errors (a device missing under --strict, a parent that is not a sweep) are raised
-    before anything is written."""
+    before anything is written; a child refused as a usage error (exit 2: say, no data set)
+    stops the sweep there, its parent ended FAILED with the reason."""
     client, experiment_id = tracking.open_experiment(target.tracking_uri, target.experiment)
     if resume:
         grid, base = _resumable(client, resume, base)
@@ -123,6 +125,7 @@ def sweep(
             parent = tracking.Run.start(client, experiment_id, name, tags)
             parent.log_params({**grid.as_params(), **base_params(base)})
             experiment_id = client.get_run(parent.run_id).info.experiment_id  # mlflow run's
+        failed = 0
         with run_closed(parent, stop):
             done = finished_children(client, parent.run_id)
             for repeat, device, workload in product(
@@ -138,12 +141,15 @@ def sweep(
                     continue
                 code = _train_child(cfg, target, parent.run_id, experiment_id, stop)
                 stop.check()
+                if code == 2:  # refused: every other cell would be refused alike
+                    raise UserError(f"sweep stopped: {what} was refused (the line above says why)")
+                failed += code != 0
                 if not quiet or code:
                     outcome = "finished" if code == 0 else f"failed (exit code {code})"
                     console.err.print(f"{what}: {outcome}")
             summary = summarise(client, parent.run_id)
             _log_summary(parent, summary, quiet)
-    return parent.run_id
+    return failed
 
 
 def describe(cfg: TrainConfig) -> str:
@@ -279,17 +285,23 @@ def summarise(client: MlflowClient, parent_id: str) -> dict:
                 "device": r.data.tags.get(Tags.DEVICE) or r.data.params[Params.DEVICE],
                 "samples_per_s": m[Metrics.SAMPLES_PER_S],
                 "flops_per_sample": m.get(Metrics.FORWARD_FLOPS, 0.0),
+                "peak_memory_mb": m.get(Metrics.PEAK_MEMORY_MB),
+                "energy_j": m.get(Metrics.ENERGY_J),
             }
         )
     return crossover_table(records)
 
 
+CELL_MEASURES = ("samples_per_s", "peak_memory_mb", "energy_j")
+
+
 def crossover_table(records: list[dict]) -> dict:
-    """Plain data in (one record a child: its workload, device, samples/s and forward FLOPs
-    per sample), plain data out: a row per workload, ordered by FLOPs per batch within each
-    model and precision, with each device's samples/s (the median of a cell's repeats, and
-    how many ran) and speed-up over the CPU; and for each accelerator, model and precision,
-    the smallest workload at which it beats the CPU."""
+    """Plain data in (one record a child: its workload, device, samples/s, forward FLOPs per
+    sample and, where measured, peak memory and energy), plain data out: a row per workload,
+    ordered by FLOPs per batch within each model and precision, with each device's samples/s,
+    peak MiB and joules (the median of a cell's repeats, and how many ran) and speed-up over
+    the CPU; and for each accelerator, model and precision, the smallest workload at which it
+    beats the CPU."""
     rows: dict[tuple, dict] = {}
     for r in records:
         key = (r["model"], r["precision"], r["hidden"], r["batch_size"])
@@ -301,13 +313,16 @@ def crossover_table(records: list[dict]) -> dict:
                 "hidden": r["hidden"],
                 "batch_size": r["batch_size"],
                 "flops_per_batch": r["flops_per_sample"] * r["batch_size"],
-                "samples_per_s": {},
+                **{key: {} for key in CELL_MEASURES},
             },
         )
-        row["samples_per_s"].setdefault(r["device"], []).append(r["samples_per_s"])
+        for key in CELL_MEASURES:
+            if r.get(key) is not None:
+                row[key].setdefault(r["device"], []).append(r[key])
     for row in rows.values():  # a cell's repeats: their median
         row["runs"] = {d: len(v) for d, v in row["samples_per_s"].items()}
-        row["samples_per_s"] = {d: statistics.median(v) for d, v in row["samples_per_s"].items()}
+        for key in CELL_MEASURES:
+            row[key] = {d: statistics.median(v) for d, v in row[key].items()}
     table = sorted(rows.values(), key=lambda r: (r["model"], r["precision"], r["flops_per_batch"]))
     for row in table:
         speeds = row["samples_per_s"]

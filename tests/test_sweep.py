@@ -6,7 +6,7 @@ import json
 from conftest import SMALL
 from test_errors import assert_no_run
 
-from pipeline import render, sweep
+from pipeline import data, render, sweep
 from pipeline.schema import Params, Stages, Tags
 
 GRID = ["--devices", "cpu,cuda:3,mps", "--batch-sizes", "32,64", "--hidden", "16,32"]
@@ -41,6 +41,7 @@ def test_sweep_runs_children_under_one_parent(cli, client, tmp_path):
     with open(local) as f:
         summary = json.load(f)
     assert summary["devices"] == ["cpu"] and len(summary["rows"]) == 4
+    assert all(row["peak_memory_mb"]["cpu"] > 0 for row in summary["rows"])  # each child's
     assert "samples/s" in result.stdout and "no accelerator in this sweep" in result.stdout
 
 
@@ -146,3 +147,34 @@ def test_models_and_precisions_are_axes_of_the_grid(cli, client):
     assert sorted(k.data.params["model"] for k in kids) == ["cnn", "mlp-784-16-16-10"]
     assert "cpu, cnn fp32" not in result.stdout  # no accelerator: no crossover lines
     assert "mlp" in result.stdout and "cnn" in result.stdout  # both rows in the table
+
+
+def test_sweep_cells_show_peak_memory_and_energy_where_measured():
+    records = [
+        {**record("mlp", 512, 64, "cpu", 1000.0, 1), "peak_memory_mb": 300.0},
+        {**record("mlp", 512, 64, "cpu", 1100.0, 1), "peak_memory_mb": 310.0},
+        {**record("mlp", 512, 64, "cpu", 1200.0, 1), "peak_memory_mb": 320.0},
+        {**record("mlp", 512, 64, "cuda:0", 4000.0, 1), "peak_memory_mb": 50.0, "energy_j": 900.0},
+    ]
+    summary = sweep.crossover_table(records)
+    (row,) = summary["rows"]
+    assert row["peak_memory_mb"] == {"cpu": 310.0, "cuda:0": 50.0}  # a cell's median
+    assert row["energy_j"] == {"cuda:0": 900.0}  # nothing where no counter exists
+    assert render.cells(row, summary["devices"], sep=" | ") == [
+        "1,100 | 310 MiB",
+        "4,000 (3.64×) | 50 MiB · 900 J",
+    ]
+    assert "| 4,000 (3.64×)<br>50 MiB · 900 J |" in render.sweep_markdown(summary)
+
+
+def test_a_refused_child_stops_the_sweep_and_fails_its_parent(cli, client, tmp_path):
+    root = data.write_synthetic(tmp_path, seed=0, train_size=64, test_size=64)
+    images = root / "SyntheticFashionMNIST" / "raw" / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:1000])  # every child would be refused alike
+    args = ["--epochs", "1", "--dataset", "synthetic", "--train-size", "64", "--test-size", "64"]
+    result = cli("sweep", *GRID, *args, "--data-dir", str(tmp_path), data=False)
+    assert result.code == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: sweep stopped: cpu mlp")
+    (parent,), kids = sweep_runs(client)
+    assert parent.info.status == "FAILED" and "sweep stopped" in parent.data.tags[Tags.FAILURE_REASON]
+    assert kids == []  # the child was refused before its run existed; no other child started
