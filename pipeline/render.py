@@ -273,7 +273,8 @@ def workload_cells(row: dict) -> list[str]:
 
 
 def sweep_table(summary: dict) -> Table:
-    table = Table(title="sweep: steady-state samples/s (speed-up over the CPU), peak memory, energy")
+    title = "sweep: steady-state samples/s (speed-up over the CPU), peak memory, energy"
+    table = Table(title=title)
     for heading in ("model", "precision", "hidden", "batch", *summary["devices"]):
         table.add_column(heading)
     for row in summary["rows"]:

@@ -176,5 +176,6 @@ def test_a_refused_child_stops_the_sweep_and_fails_its_parent(cli, client, tmp_p
     assert result.code == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: sweep stopped: cpu mlp")
     (parent,), kids = sweep_runs(client)
-    assert parent.info.status == "FAILED" and "sweep stopped" in parent.data.tags[Tags.FAILURE_REASON]
+    assert parent.info.status == "FAILED"
+    assert "sweep stopped" in parent.data.tags[Tags.FAILURE_REASON]
     assert kids == []  # the child was refused before its run existed; no other child started
