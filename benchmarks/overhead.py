@@ -1,26 +1,33 @@
-"""What the instrument costs: the pipeline against a bare loop and the quickstart's loop.
+"""What the instrument costs: the pipeline against a bare loop, and its time outside the epochs
+against a process that only imports what it needs.
 
-    python benchmarks/overhead.py                 # 3 rounds of a, b, b0, c; 5 epochs each
-    python benchmarks/overhead.py --repeat 5      # also: run b 5 more times, report its noise
+    python benchmarks/overhead.py --rounds 5 --epochs 3
+    python benchmarks/overhead.py --server             # also b logging to an `mlflow server`
+    python benchmarks/overhead.py --repeat 5           # also: b 5 more times, its noise
 
 On the same synthetic data (60,000/10,000 images) and the quickstart workload (MLP 2×512,
 SGD lr 1e-3, batch 64, a test pass after every epoch), each in a process of its own:
-  a  a bare PyTorch loop over preloaded tensors, no tracking;
-  a' the same with the host allocator set as `pipeline train` sets it (freed memory kept,
-     devices.keep_freed_host_memory): b/a' is what the tracking alone costs;
-  b  `pipeline train`, every batch's loss logged to MLflow (sqlite), with the default system
-     metrics (one sample a second); b0 the same with --no-system-metrics;
+  a8 a bare PyTorch loop over the data in the pipeline's format: uint8 held, each batch
+     scaled to floats when it is taken; no tracking. The reference: b/a8 <= 1.03.
+  a  the same loop over the data preloaded as floats (beside it: what the format costs).
+  b  `pipeline train` as it runs by default: every batch's loss logged to MLflow (sqlite),
+     system metrics, the profiled window after the first epoch; bp the same without the
+     window (--profile-batches 0): its epochs must not differ from b's beyond noise;
+     bs (--server) the same logging to a local `mlflow server`.
   c  the quickstart's loop: DataLoader + ToTensor, loss.item() as the quickstart does.
-The five run in turn, --rounds times, each round starting one later than the one before, so
-that slow drift of the machine hits all alike and no variant always follows the same one. It
-prints each one's median epoch time (training + test pass; the median over rounds of each
-round's median), peak RSS, and the ratios, with the targets: b/a <= 1.05 (best round and
-median), and the peak RSS of all of b's processes together <= 1.3 x c's. Then, inside this
-one process, a, a's loop over the pipeline's uint8 batches (a8) and `pipeline train` take
-turns, which splits b/a into what the data format costs and what the rest costs, free of
-the drift between processes. With --repeat K it
-runs b K more times and prints the coefficient of variation of the epoch time: the noise
-floor to set `compare --speed-tolerance` from.
+  f  the floor: a process that only imports torch, torchvision and MLflow's client and
+     leaves as `pipeline train` leaves (os._exit).
+They run in turn, --rounds times, each round starting one later than the one before, so that
+slow drift of the machine hits all alike and no variant always follows the same one. It
+prints each one's epoch time (training + test pass; the best and the median over rounds of
+each round's median) and peak RSS, with the targets b/a8 <= 1.03 and the peak RSS of all of
+b's processes together <= 1.3 x c's; then each one's time outside its epochs (its lifetime,
+measured from here, less its epochs), with the target b <= 1.1 x f; then, in a fresh
+process, where b's time outside its epochs goes, step by step; then, inside this one
+process, a, a8 and `pipeline train` taking turns, which splits b/a into what the data format
+costs and what the rest costs, free of the drift between processes. With --repeat K it runs
+b K more times and prints the coefficient of variation of the epoch time: the noise floor to
+set `compare --speed-tolerance` from.
 
 Peak RSS is each process's own high-water mark, VmHWM in /proc/<pid>/status: a and c read
 theirs at their end; b's is read by this script while it runs (VmHWM never falls, so the
@@ -111,14 +118,13 @@ def child(mode: str, epochs: int, data_dir: str) -> None:
     from torch.utils.data import DataLoader
     from torchvision.transforms import ToTensor
 
-    from pipeline import data, devices
+    from pipeline import data
 
-    if mode.endswith("-kept"):
-        devices.keep_freed_host_memory()
     spec = data.DataSpec("synthetic", Path(data_dir), SEED)
     if mode.startswith("bare"):
-        train = bare_batches(data.load(spec, True), scale_per_batch=False)
-        test = bare_batches(data.load(spec, False), scale_per_batch=False)
+        scaled = mode == "bare8"
+        train = bare_batches(data.load(spec, True), scale_per_batch=scaled)
+        test = bare_batches(data.load(spec, False), scale_per_batch=scaled)
     else:
         train = DataLoader(data.load(spec, True, transform=ToTensor()), batch_size=BATCH)
         test = DataLoader(data.load(spec, False, transform=ToTensor()), batch_size=BATCH)
@@ -178,36 +184,61 @@ def measure(cmd: list[str], env: dict, cwd: str | None = None) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def run_bare_or_quickstart(mode: str, epochs: int, data_dir: str, env: dict):
+def timed(cmd: list[str], env: dict, cwd: str | None = None) -> tuple[subprocess.Popen, float]:
+    """Run a command to its end, watching its peak RSS; (the process, its lifetime in s from
+    outside: from before it is started to after it has exited)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    proc.peak_mib = watch_peak(proc)
+    return proc, time.perf_counter() - start
+
+
+def run_child(mode: str, epochs: int, data_dir: str, env: dict) -> dict:
+    """a8, a or c in a process of its own."""
     cmd = [sys.executable, __file__, "--child", mode, "--epochs", str(epochs)]
-    out = measure([*cmd, "--data-dir", data_dir], env)
-    return out["epochs"], (out["rss_mib"], 0.0)
+    proc, lifetime = timed([*cmd, "--data-dir", data_dir], env)
+    out = json.loads(proc.stdout_text.strip().splitlines()[-1])
+    return {"epochs": out["epochs"], "rss_mib": out["rss_mib"], "lifetime_s": lifetime}
 
 
-def run_pipeline(epochs: int, data_dir: str, env: dict, extra: list[str]):
+def run_floor(env: dict) -> dict:
+    """f: a process that only imports torch, torchvision and MLflow's client, then leaves as
+    `pipeline train` leaves (os._exit, without Python's teardown of torch and MLflow)."""
+    _, lifetime = timed([sys.executable, "-c", FLOOR], env)
+    return {"epochs": [], "rss_mib": 0.0, "lifetime_s": lifetime}
+
+
+FLOOR = "import os, torch, torchvision; from mlflow import MlflowClient; os._exit(0)"
+
+
+def run_pipeline(epochs: int, data_dir: str, env: dict, extra: list[str], store: str) -> dict:
+    """b: `python -m pipeline train` in a process of its own, logging to `store`."""
     from mlflow import MlflowClient
 
     with tempfile.TemporaryDirectory() as tmp:
-        store = f"sqlite:///{tmp}/mlflow.db"
+        store = store or f"sqlite:///{tmp}/mlflow.db"
         cmd = [
             *(sys.executable, "-m", "pipeline", "train", "--device", "cpu"),
             *("--dataset", "synthetic", "--data-dir", data_dir, "--epochs", str(epochs)),
             *("--quiet", "--tracking-uri", store, *extra),
         ]
-        peak = watch_peak(
-            subprocess.Popen(cmd, env=env, cwd=tmp, text=True, stderr=subprocess.PIPE)
-        )
+        proc, lifetime = timed(cmd, env, cwd=tmp)
         client = MlflowClient(store)
-        run = client.search_runs(["0"])[0]
+        run = client.search_runs(
+            [e.experiment_id for e in client.search_experiments()],
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )[0]
         history = client.get_metric_history(run.info.run_id, "epoch_time_s")
         assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 938 * epochs
-        epochs = [m.value for m in sorted(history, key=lambda m: m.step)]
-        return epochs, (peak, 0.0)
+        times = [m.value for m in sorted(history, key=lambda m: m.step)]
+        return {"epochs": times, "rss_mib": proc.peak_mib, "lifetime_s": lifetime}
 
 
 def watch_peak(proc: subprocess.Popen) -> float:
-    """The peak RSS of `pipeline train` and of any processes it has started, summed. VmHWM
-    never falls, so the last reading of each process is its peak."""
+    """The peak RSS of a process and of any processes it has started, summed. VmHWM never
+    falls, so the last reading of each process is its peak."""
     import psutil
 
     peaks: dict[int, float] = {}
@@ -217,9 +248,9 @@ def watch_peak(proc: subprocess.Popen) -> float:
             for p in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(True)]:
                 peaks[p.pid] = peak_rss_mib(p.pid)
         time.sleep(0.05)
-    _, stderr = proc.communicate()
+    proc.stdout_text, stderr = proc.communicate()
     if proc.returncode != 0:
-        raise SystemExit(f"pipeline train exited {proc.returncode}:\n{stderr}")
+        raise SystemExit(f"{proc.args} exited {proc.returncode}:\n{stderr}")
     return sum(peaks.values())
 
 
@@ -227,18 +258,173 @@ def cv(values: list[float]) -> float:
     return statistics.stdev(values) / statistics.fmean(values)
 
 
+@contextlib.contextmanager
+def tracking_server(env: dict):
+    """A local `mlflow server` on a sqlite store of its own, for the --server variant."""
+    import socket
+
+    with tempfile.TemporaryDirectory() as tmp, socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        cmd = ["mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+        cmd += ["--backend-store-uri", f"sqlite:///{tmp}/s.db"]
+        server = subprocess.Popen(cmd, env=env, cwd=tmp, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)  # fmt: skip
+        uri = f"http://127.0.0.1:{port}"
+        try:
+            from mlflow import MlflowClient
+
+            for _ in range(120):
+                with contextlib.suppress(Exception):
+                    MlflowClient(uri).search_experiments(max_results=1)
+                    break
+                time.sleep(0.5)
+            yield uri
+        finally:
+            server.terminate()
+            server.wait()
+
+
+def outside_phases(data_dir: str, epochs: int) -> dict[str, float]:
+    """Inside one process, `pipeline train` with a timer around each step it takes outside
+    its epochs: where the time a run spends outside its epochs goes, beyond the imports."""
+    start = time.perf_counter()
+    import torch  # noqa: F401
+    import torchvision  # noqa: F401
+    from mlflow import MlflowClient
+
+    spent = {"import torch, torchvision, MLflow's client": time.perf_counter() - start}
+    start = time.perf_counter()
+    from pipeline import artifact, cli, costs, data, stages, tracking
+
+    spent["import the pipeline's modules"] = time.perf_counter() - start
+    steps = {
+        "connect to the store (sqlite: SQLAlchemy, alembic)": (tracking, "open_experiment"),
+        "load the data": (data, "batches"),
+        "log each epoch's losses (between epochs)": (stages, "_flush_losses"),
+        "the profiled window": (costs.Costs, "profile"),
+        "the parity probe": (stages, "parity_probe"),
+        "the model artifact": (artifact, "log"),
+        "curves.png (matplotlib)": (stages, "_log_curves"),
+        "create the run": (tracking.Run, "start"),
+        "end the run": (tracking.Run, "end"),
+    }
+    for label, (owner, name) in steps.items():
+        setattr(owner, name, _timer(getattr(owner, name), label, spent))
+    with tempfile.TemporaryDirectory() as tmp:
+        store = f"sqlite:///{tmp}/mlflow.db"
+        # Created beforehand, in another process (a first run's migrations are a one-off,
+        # and this process's imports are what is timed).
+        create = f"from mlflow import MlflowClient; MlflowClient({store!r})"
+        subprocess.run([sys.executable, "-c", create], check=True, capture_output=True)
+        args = ["train", "--device", "cpu", "--dataset", "synthetic", "--data-dir", data_dir]
+        start = time.perf_counter()
+        cli.execute([*args, "--epochs", str(epochs), "--quiet", "--tracking-uri", store])
+        spent["the whole command"] = time.perf_counter() - start
+        client = MlflowClient(store)
+        run = client.search_runs(["0"])[0]
+        history = client.get_metric_history(run.info.run_id, "epoch_time_s")
+        spent["the epochs"] = sum(m.value for m in history)
+    return spent
+
+
+def _timer(function, label: str, spent: dict):
+    def timed_call(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            spent[label] = spent.get(label, 0.0) + time.perf_counter() - start
+
+    return timed_call
+
+
+B, A8, A, C, F = "b pipeline train", "a8 bare (uint8)", "a bare (float)", "c quickstart", "f floor"
+
+
+def interleaved(args, data_dir: str, env: dict, extra: list[str], server: str | None) -> dict:
+    """Every variant once a round, each round starting one later, so that a slow drift of the
+    machine hits all alike and no variant always follows the same one."""
+    epochs = args.epochs
+    runners = {
+        A8: lambda: run_child("bare8", epochs, data_dir, env),
+        A: lambda: run_child("bare", epochs, data_dir, env),
+        B: lambda: run_pipeline(epochs, data_dir, env, extra, ""),
+        "bp b, no profiled window": lambda: run_pipeline(
+            epochs, data_dir, env, [*extra, "--profile-batches", "0"], ""
+        ),
+        C: lambda: run_child("quickstart", epochs, data_dir, env),
+        F: lambda: run_floor(env),
+    }
+    if server:
+        runners["bs b, to mlflow server"] = lambda: run_pipeline(
+            epochs, data_dir, env, extra, server
+        )
+    rounds: dict[str, list[dict]] = {name: [] for name in runners}
+    names = list(runners)
+    for r in range(args.rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            rounds[name].append(runners[name]())
+    return rounds
+
+
+def report(args, rounds: dict[str, list[dict]]) -> None:
+    """The epochs against the bare loops; the time outside the epochs against the floor."""
+    print(
+        f"{args.epochs} epochs each, {args.rounds} rounds, synthetic 60,000/10,000, batch 64, "
+        f"CPU ({os.cpu_count()} cores)"
+    )
+    print(f"{'epoch s':26} {'best':>6} {'median':>7}   each round{'':20} {'peak RSS MiB':>12}")
+    best, median = {}, {}
+    for name, results in rounds.items():
+        if name == F:
+            continue
+        per_round = [statistics.median(r["epochs"]) for r in results]
+        best[name], median[name] = min(per_round), statistics.median(per_round)
+        shown = " ".join(f"{m:.2f}" for m in per_round)
+        rss = max(r["rss_mib"] for r in results)
+        print(f"{name:26} {best[name]:>6.3f} {median[name]:>7.3f}   {shown:30} {rss:>12.0f}")
+    # Noise here only ever adds time, so the best round of each is the least disturbed figure.
+    for which, figures in (("best rounds", best), ("medians", median)):
+        b = figures[B]
+        met = "met" if b / figures[A8] <= 1.03 else "NOT met"
+        others = [f"{n.split()[0]}/a8 = {v / figures[A8]:.3f}" for n, v in figures.items()]
+        print(
+            f"{which}: b/a8 = {b / figures[A8]:.3f} (target <= 1.03: {met}); "
+            + "; ".join(o for o in others if not o.startswith(("b/", "a8/")))
+        )
+    rss_b, rss_c = (max(r["rss_mib"] for r in rounds[n]) for n in (B, C))
+    met = "met" if rss_b <= 1.3 * rss_c else "NOT met"
+    print(f"peak RSS of all of b's processes, b/c = {rss_b / rss_c:.3f} (target <= 1.3: {met})")
+
+    print(f"\n{'outside the epochs, s':26} {'best':>6} {'median':>7}   each round")
+    outside = {}
+    for name, results in rounds.items():
+        each = [r["lifetime_s"] - sum(r["epochs"]) for r in results]
+        outside[name] = (min(each), statistics.median(each))
+        shown = " ".join(f"{x:.2f}" for x in each)
+        print(f"{name:26} {outside[name][0]:>6.2f} {outside[name][1]:>7.2f}   {shown}")
+    for i, which in enumerate(("best rounds", "medians")):
+        ratio = outside[B][i] / outside[F][i]
+        met = "met" if ratio <= 1.1 else "NOT met"
+        print(f"{which}: b's time outside its epochs / f = {ratio:.2f} (target <= 1.1: {met})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of a, a', b, b0, c")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of every variant")
     parser.add_argument("--repeat", type=int, default=0, help="run b this many times more")
+    parser.add_argument("--server", action="store_true", help="also b against mlflow server")
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument(
-        "--child", choices=["bare", "bare-kept", "quickstart"], help=argparse.SUPPRESS
-    )
+    children = ["bare", "bare8", "quickstart", "phases"]
+    parser.add_argument("--child", choices=children, help=argparse.SUPPRESS)
     parser.add_argument("--pipeline-args", default="", help="extra args for b, e.g. options")
     args = parser.parse_args()
     data_dir = args.data_dir or tempfile.mkdtemp()
+    if args.child == "phases":  # a fresh process, so that its imports are timed
+        return print(json.dumps(outside_phases(data_dir, args.epochs)))
     if args.child:
         return child(args.child, args.epochs, data_dir)
 
@@ -247,48 +433,15 @@ def main() -> None:
     data.write_synthetic(Path(data_dir), SEED, 60_000, 10_000)  # once, outside the timings
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     extra = args.pipeline_args.split()
-    runners = {
-        "a bare loop": lambda: run_bare_or_quickstart("bare", args.epochs, data_dir, env),
-        "a' bare, kept": lambda: run_bare_or_quickstart("bare-kept", args.epochs, data_dir, env),
-        "b pipeline train": lambda: run_pipeline(args.epochs, data_dir, env, extra),
-        "b0 no sys metrics": lambda: run_pipeline(
-            args.epochs, data_dir, env, [*extra, "--no-system-metrics"]
-        ),
-        "c quickstart": lambda: run_bare_or_quickstart("quickstart", args.epochs, data_dir, env),
-    }
-    rounds: dict[str, list] = {name: [] for name in runners}
-    names = list(runners)
-    for r in range(args.rounds):
-        # Each round starts one later, so that no variant always runs after the same one.
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            rounds[name].append(runners[name]())
-    print(
-        f"{args.epochs} epochs each, {args.rounds} rounds, synthetic 60,000/10,000, batch 64, "
-        f"CPU ({os.cpu_count()} cores)"
-    )
-    print(f"{'':18} {'best s':>7} {'median s':>9} {'each round':>30} {'peak RSS MiB':>13}")
-    best, medians, rss = {}, {}, {}
-    for name, results in rounds.items():
-        per_round = [statistics.median(epochs) for epochs, _ in results]
-        best[name], medians[name] = min(per_round), statistics.median(per_round)
-        rss[name] = max(own for _, (own, _) in results)
-        shown = " ".join(f"{m:.2f}" for m in per_round)
-        print(f"{name:18} {best[name]:>7.3f} {medians[name]:>9.3f} {shown:>30} {rss[name]:>13.0f}")
-    # Noise here only ever adds time, so the best round of each is the least disturbed figure.
-    for which, figures in (("best rounds", best), ("medians", medians)):
-        a, a_kept, b, b0, c = figures.values()
-        met = "met" if b / a <= 1.05 else "NOT met"
-        print(
-            f"{which}: b/a = {b / a:.3f} (target <= 1.05: {met}); b0/a = {b0 / a:.3f}; "
-            f"b/a' = {b / a_kept:.3f}; a'/a = {a_kept / a:.3f}; c/b = {c / b:.2f}"
-        )
-    rss_b, rss_c = rss["b pipeline train"], rss["c quickstart"]
-    met = "met" if rss_b <= 1.3 * rss_c else "NOT met"
-    print(f"peak RSS of all of b's processes, b/c = {rss_b / rss_c:.3f} (target <= 1.3: {met})")
-    print("epoch times (s) and peak RSS (MiB) of each run:")
-    for name, results in rounds.items():
-        runs = [" ".join(f"{e:.2f}" for e in ep) + f" ({own:.0f})" for ep, (own, _) in results]
-        print(f"  {name}: " + " | ".join(runs))
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(tracking_server(env)) if args.server else None
+        rounds = interleaved(args, data_dir, env, extra, server)
+    report(args, rounds)
+    print("\nwhere the time outside the epochs goes, inside one process (s):")
+    cmd = [sys.executable, __file__, "--child", "phases", "--epochs", str(args.epochs)]
+    proc, _ = timed([*cmd, "--data-dir", data_dir], env)
+    for label, seconds in json.loads(proc.stdout_text.strip().splitlines()[-1]).items():
+        print(f"  {seconds:6.2f}  {label}")
 
     same = same_process(data_dir, rounds=6)
     print("same process, taking turns (epoch s, the faster of two from a fresh model):")
@@ -305,8 +458,11 @@ def main() -> None:
         )
 
     if args.repeat:
-        runs = [epochs for epochs, _ in rounds["b pipeline train"]]
-        runs += [run_pipeline(args.epochs, data_dir, env, extra)[0] for _ in range(args.repeat)]
+        runs = [r["epochs"] for r in rounds[B]]
+        runs += [
+            run_pipeline(args.epochs, data_dir, env, extra, "")["epochs"]
+            for _ in range(args.repeat)
+        ]
         per_run = [statistics.median(r) for r in runs]
         print("median epoch s of each run of b: " + " ".join(f"{m:.2f}" for m in per_run))
         steady = [e for r in runs for e in r[1:]]

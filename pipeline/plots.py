@@ -36,7 +36,9 @@ def plot_run(
     ax_acc.set(title="test_accuracy", xlabel="epoch")
     ax_acc.set_ylim(-0.03, 1.03)
     fig.suptitle(title_, fontsize="medium")
-    fig.tight_layout()
+    # Fixed margins: tight_layout would draw the figure once more only to measure it, a
+    # third of the picture's cost, paid outside the epochs of every run.
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.12, top=0.87, wspace=0.15)
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
