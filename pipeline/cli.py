@@ -108,6 +108,10 @@ def compare_runs(
         int, typer.Option(min=1, help="Earlier runs that make a run's baseline")
     ] = 5,
     output_json: Annotated[Path | None, typer.Option(help="Write the findings as JSON")] = None,
+    output_junit: Annotated[
+        Path | None,
+        typer.Option(help="Write JUnit XML: a test case per group and device, findings fail"),
+    ] = None,
     output_dir: Annotated[
         Path | None, typer.Option(help="Also write report.md and the plots here")
     ] = None,
@@ -136,6 +140,7 @@ def compare_runs(
         latest_only=latest,
         tolerances=compare.Tolerances(speed_tolerance, accuracy_tolerance, history),
         output_json=output_json,
+        output_junit=output_junit,
         output_dir=output_dir,
         plots=plots,
     )
@@ -251,9 +256,9 @@ def list_devices() -> None:
 
     from pipeline import devices
 
-    table = Table("device", "name", title="Devices")
-    for device, name in devices.describe():
-        table.add_row(device, name)
+    table = Table("device", "name", "state", title="Devices")
+    for device, name, state in devices.describe():
+        table.add_row(device, name, state, style="red" if state != "usable" else None)
     out.print(table)
     out.print("  ".join(f"{k}={v}" for k, v in devices.build_info().items()))
 
@@ -292,10 +297,13 @@ def execute(args: list[str]) -> int:
     except Exception as e:
         if type(e).__module__.split(".")[0] != "mlflow":
             raise
-        from pipeline.store import redact_text
+        from pipeline.store import redact_text, refusal
 
-        first = redact_text(str(e)).strip().splitlines() or [type(e).__name__]
-        code = _fail(f"error: the tracking store failed: {first[0]}", 1)
+        if refusal(e):  # the server let this account in but not to do this: nothing was logged
+            code = _fail(f"error: the MLflow tracking server {refusal(e)}", 2)
+        else:
+            first = redact_text(str(e)).strip().splitlines() or [type(e).__name__]
+            code = _fail(f"error: the tracking store failed: {first[0]}", 1)
     return code if isinstance(code, int) else 0
 
 

@@ -4,6 +4,7 @@ histories only where a rule or a picture needs them), judge them (pipeline.rules
 
 import json
 import os
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -14,7 +15,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from pipeline import console, render, rules, speed, store, tracking
+from pipeline import ci, console, render, rules, speed, store, tracking
 from pipeline.errors import UserError
 from pipeline.lifecycle import interrupts_requested, run_closed
 from pipeline.records import (
@@ -81,17 +82,23 @@ def load(
         if exp_id not in experiment_ids:
             experiment_ids.append(exp_id)
     tracking.close_orphans(client, experiment_ids)
-    try:
-        found = [summarize(r) for r in search_all(client, experiment_ids, filter_string)]
+    try:  # the filter selects what is judged; every run of the experiments stays a baseline
+        runs = search_all(client, experiment_ids)
+        selected = (
+            {r.info.run_id for r in search_all(client, experiment_ids, filter_string)}
+            if filter_string
+            else {r.info.run_id for r in runs}
+        )
     except MlflowException as e:
         if e.error_code != "INVALID_PARAMETER_VALUE":
             raise
         raise UserError(f"bad --filter: {str(e).splitlines()[0]}") from None
+    found = [summarize(r) for r in runs]
     own_run = os.environ.get("MLFLOW_RUN_ID")  # under `mlflow run -e compare`: our own run
     selecting = bool(run_ids or filter_string or latest_only)
     stages = JUDGED_STAGES if selecting else (Stages.TRAIN, Stages.TEST)
     found = [r for r in found if r.run_id != own_run and r.stage in stages]
-    chosen = [r for r in found if r.run_id in run_ids] if run_ids else found
+    chosen = [r for r in found if r.run_id in selected and (not run_ids or r.run_id in run_ids)]
     if latest_only:
         chosen = latest_of_each(chosen)
     judged = {r.run_id for r in chosen if judgeable(r, selecting)}
@@ -100,6 +107,7 @@ def load(
     if not judged:
         name = client.get_experiment(experiment_ids[0]).name if experiment_ids else ""
         where = f"experiment '{name}'" if not run_ids else "the given runs"
+        where += " that match --filter" if filter_string else ""
         extra = f" ({render.describe_left_out(left_out)} left out)" if left_out else ""
         raise UserError(f"no finished train runs to compare in {where}{extra}")
     tests = [
@@ -110,6 +118,11 @@ def load(
         (r.device, r.host): r  # oldest first: the latest wins
         for r in map(summarize, search_all(client, experiment_ids, DOCTOR_RUNS))
     }
+    checked = [
+        r
+        for r in found
+        if r.stage == Stages.DOCTOR and r.status == "FINISHED" and r.run_id in judged
+    ]
     return Selection(
         runs=finished,
         judged=judged,
@@ -119,6 +132,7 @@ def load(
         tests=tests,
         unsourced=[t for t in tests if t.tags.get(Tags.SOURCE_RUN_ID) not in sources],
         doctors=doctors,
+        checked=checked,
     )
 
 
@@ -156,6 +170,7 @@ class CompareOptions:
     latest_only: bool = False
     tolerances: Tolerances = field(default_factory=Tolerances)
     output_json: Path | None = None
+    output_junit: Path | None = None
     output_dir: Path | None = None
     plots: bool = True
 
@@ -176,9 +191,60 @@ def compare(
     unsourced = render.describe_unsourced(selection.unsourced)
     render.print_terminal(console.out, tables, findings, selection.left_out, quiet, unsourced)
     as_json = render.to_json(tables, findings, selection.left_out, unsourced)
-    if opts.output_json:
-        opts.output_json.write_text(json.dumps(as_json, indent=2))
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        pictures = draw_groups(client, groups, tables, findings, folder) if opts.plots else []
+        (folder / "report.md").write_text(
+            render.markdown(tables, findings, selection.left_out, pictures, unsourced)
+        )
+        (folder / "findings.json").write_text(json.dumps(as_json, indent=2))
+        _write_outputs(opts, folder, ci.junit_xml(tables, findings))
+        summary = render.markdown(tables, findings, selection.left_out, [], unsourced)
+        ci.publish_to_github(summary, findings, [unsourced], sys.stdout)
+        try:
+            run = _log_compare_run(client, selection, opts, findings, folder, host)
+        except MlflowException as e:
+            refusal = store.refusal(e)
+            if refusal is None:
+                raise
+            console.err.print(
+                "compare could not log its own run or tag the flagged runs: the MLflow "
+                f"tracking server {refusal}; "
+                "the findings above stand",
+                markup=False,
+                highlight=False,
+            )
+            return len(findings)
+    plots_logged = f"{len(pictures)} plot{'s' if len(pictures) != 1 else ''}"
+    console.out.print(
+        f"compare run {run.run_id}: report.md, findings.json and {plots_logged} logged"
+    )
+    return len(findings)
 
+
+def _write_outputs(opts: CompareOptions, folder: Path, junit: str) -> None:
+    """--output-json, --output-junit, --output-dir: on this machine, before anything is
+    logged, so that they are there whatever the tracking server allows."""
+    if opts.output_json:
+        opts.output_json.write_text((folder / "findings.json").read_text())
+    if opts.output_junit:
+        opts.output_junit.parent.mkdir(parents=True, exist_ok=True)
+        opts.output_junit.write_text(junit)
+    if opts.output_dir:
+        opts.output_dir.mkdir(parents=True, exist_ok=True)
+        for f in folder.iterdir():
+            (opts.output_dir / f.name).write_bytes(f.read_bytes())
+
+
+def _log_compare_run(
+    client: MlflowClient,
+    selection: Selection,
+    opts: CompareOptions,
+    findings: list[Finding],
+    folder: Path,
+    host: str | None,
+) -> tracking.Run:
+    """The compare run (its verdict, figures and report), then the flagged runs' tags."""
     with interrupts_requested() as stop:
         run = tracking.Run.start(
             client,
@@ -209,26 +275,9 @@ def compare(
                     "accuracy_findings": sum(f.category == ACCURACY for f in findings),
                 }
             )
-            with tempfile.TemporaryDirectory() as tmp:
-                folder = Path(tmp)
-                pictures = (
-                    draw_groups(client, groups, tables, findings, folder) if opts.plots else []
-                )
-                (folder / "report.md").write_text(
-                    render.markdown(tables, findings, selection.left_out, pictures, unsourced)
-                )
-                (folder / "findings.json").write_text(json.dumps(as_json, indent=2))
-                run.log_artifacts(folder)
-                if opts.output_dir:
-                    opts.output_dir.mkdir(parents=True, exist_ok=True)
-                    for f in folder.iterdir():
-                        (opts.output_dir / f.name).write_bytes(f.read_bytes())
+            run.log_artifacts(folder)
             _tag_flags(client, selection, findings)
-    plots_logged = f"{len(pictures)} plot{'s' if len(pictures) != 1 else ''}"
-    console.out.print(
-        f"compare run {run.run_id}: report.md, findings.json and {plots_logged} logged"
-    )
-    return len(findings)
+    return run
 
 
 def operations_reader(client: MlflowClient) -> Operations:

@@ -80,7 +80,25 @@ def resolve(spec: str) -> torch.device:
     name = "cpu" if device.type == "cpu" else str(device)
     if name not in have:
         raise UserError(f"device '{spec}' is not available here; this machine has: {listed}")
-    return torch.device(name)
+    device = torch.device(name)
+    why = unusable(device)
+    if why:
+        raise UserError(f"device '{name}' is listed but unusable: {why}")
+    return device
+
+
+def unusable(device: torch.device) -> str | None:
+    """Why a device this machine lists cannot run work, or None: a small real allocation and
+    one operation on it, checked. GitHub's hosted macOS runners list `mps` and then fail the
+    first allocation (actions/runner-images#9918); a CUDA device whose driver is broken fails
+    here too, before any run exists."""
+    try:
+        x = torch.ones(256, device=device)
+        total = float((x * 2).sum())  # reading it back waits for the device
+    except Exception as e:  # whatever the back end raises: RuntimeError, torch.OutOfMemoryError
+        lines = str(e).strip().splitlines()
+        return lines[0] if lines else type(e).__name__
+    return None if total == 512.0 else f"a test operation gave {total} instead of 512"
 
 
 def synchronize(device: torch.device) -> None:
@@ -153,9 +171,17 @@ def build_info() -> dict[str, str]:
     }
 
 
-def describe() -> list[tuple[str, str]]:
-    """(device, name) for every device this machine has."""
-    return [(d, name(torch.device(d))) for d in available()]
+def describe() -> list[tuple[str, str, str]]:
+    """(device, name, "usable" or why not) for every device this machine lists."""
+    found = []
+    for d in available():
+        why = unusable(torch.device(d))
+        try:
+            called = name(torch.device(d))
+        except Exception:  # a broken driver may not even name its device
+            called = "-"
+        found.append((d, called, f"unusable: {why}" if why else "usable"))
+    return found
 
 
 # --- precision -------------------------------------------------------------------------------

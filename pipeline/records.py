@@ -118,13 +118,14 @@ class Selection:
     unsourced: list[RunSummary] = field(default_factory=list)  # tests whose source is not read
     # the latest doctor run of each (device, host)
     doctors: dict[tuple[str, str], RunSummary] = field(default_factory=dict)
+    checked: list[RunSummary] = field(default_factory=list)  # judged finished `doctor` runs
 
     @property
     def judged_runs(self) -> list[RunSummary]:
-        """Every judged run that a rule looks at: train (finished or not), test, and any
-        other stage's that did not finish."""
+        """Every judged run that a rule looks at: train (finished or not), test, doctor, and
+        any other stage's that did not finish."""
         every = [r for r in self.runs if r.run_id in self.judged]
-        return every + self.unfinished + self.tests
+        return every + self.unfinished + self.tests + self.checked
 
 
 @dataclass

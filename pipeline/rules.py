@@ -34,6 +34,7 @@ Rules (tolerances are options of `pipeline compare`):
   tolerance below the fp32 run of the same model, data, device and host.
 - cpu-fallback: an accelerator run some of whose operations its back end ran on the CPU.
 - run-failed, run-killed: a selected run of any stage that did not finish.
+- doctor-failed: a selected doctor run some of whose checks failed or raised on the device.
 
 `test` runs go through the rules that need no group: non-finite-loss,
 accuracy-inconsistent-with-loss, device-numerics, and evaluation-mismatch when their source
@@ -89,6 +90,8 @@ def judge(
     by_id = {r.run_id: r for r in selection.runs}
     for run in selection.tests:
         add(run, [*numerics.single_run(run), *_evaluation_vs_source(run, by_id, tol)])
+    for run in selection.checked:
+        add(run, _doctor_failed(run))
     return findings, groups
 
 
@@ -181,6 +184,19 @@ def _unfinished(run: RunSummary) -> list[Finding]:
     kind = "run-killed" if run.status == "KILLED" else "run-failed"
     why = reason or "no reason recorded"
     return [Finding(run.run_id, RUN, kind, ERROR, f"{run.device} run ended {run.status}: {why}")]
+
+
+def _doctor_failed(run: RunSummary) -> list[Finding]:
+    """A selected doctor run some of whose checks failed or raised on the device."""
+    bad = sum(run.metrics.get(f"{Metrics.CHECKS}_{s}", 0) for s in ("fail", "error"))
+    if not bad:
+        return []
+    ran = sum(v for k, v in run.metrics.items() if k.startswith(f"{Metrics.CHECKS}_"))
+    which = run.tags.get(Tags.DOCTOR_FAILURES, "") or "see the run's report"
+    message = (
+        f"doctor: {bad:.0f} of {ran:.0f} checks on {run.device} disagree with the CPU: {which}"
+    )
+    return [Finding(run.run_id, ACCURACY, "doctor-failed", ERROR, message[:2000])]
 
 
 def _evaluation_vs_source(run: RunSummary, train_runs: dict, tol: Tolerances) -> list[Finding]:

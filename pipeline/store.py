@@ -11,6 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from pipeline.errors import UserError
 
@@ -74,6 +75,8 @@ def connect(tracking_uri: str | None) -> MlflowClient:
             client = MlflowClient()  # a database store is connected to here
             client.search_experiments(max_results=1)
     except Exception as e:
+        if refusal(e):
+            raise UserError(f"the MLflow tracking server at {redact(uri)} {refusal(e)}") from None
         if uri.startswith(("http://", "https://")):
             what = "reach the MLflow tracking server"
         else:
@@ -104,6 +107,28 @@ def _create_sqlite_store(uri: str) -> None:
     finally:
         with suppress(OSError):  # Windows cannot remove a file that is open
             tmp.unlink()
+
+
+def refusal(e: BaseException) -> str | None:
+    """What the tracking server refused, in words, when it answered 401 or 403; else None.
+    Names the account, never its password."""
+    if not isinstance(e, MlflowException):
+        return None
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    status = e.get_http_status_code()
+    if status == 401:
+        if not user or not os.environ.get("MLFLOW_TRACKING_PASSWORD"):
+            return (
+                "refused the request: it asks for credentials and none were given "
+                "(set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)"
+            )
+        return f"refused the credentials of user '{user}' (wrong user name or password?)"
+    if status == 403:
+        return (
+            f"refused user '{user}' permission: logging runs needs EDIT permission on the "
+            "experiment (an admin grants it; docs/operations.md)"
+        )
+    return None
 
 
 def _why(e: BaseException) -> str:

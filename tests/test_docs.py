@@ -1,6 +1,7 @@
 """The documents and the MLflow project cannot drift from the program: every `python -m
-pipeline ...` and `mlflow run ...` line in README.md and docs/ parses against the real command
-lines (ours and MLflow's), and every MLproject entry point is a command line we accept."""
+pipeline ...` and `mlflow run ...` line in README.md, docs/ and the CI examples (workflow,
+Kubernetes Jobs) parses against the real command lines (ours and MLflow's), and every
+MLproject entry point is a command line we accept."""
 
 import re
 import shlex
@@ -37,12 +38,34 @@ def command_lines(path) -> list[str]:
     return lines
 
 
+def example_lines(path) -> list[str]:
+    """The command lines of an example CI file: a workflow's `run:` steps (GitHub's ${{ }}
+    expressions filled in), a Kubernetes container's command."""
+    lines = []
+    for doc in yaml.safe_load_all(path.read_text()):
+        for job in (doc.get("jobs") or {}).values():
+            lines += [step["run"] for step in job.get("steps", []) if "run" in step]
+        if doc.get("kind") == "Job":
+            lines += [
+                shlex.join(c["command"]) for c in doc["spec"]["template"]["spec"]["containers"]
+            ]
+    filled = []
+    for line in lines:
+        line = re.sub(r"\$\{\{\s*matrix\.device\s*\}\}", "cuda", line)
+        filled.append(re.sub(r"\$\{\{[^}]*\}\}", "abc123", line.replace("\n", " ")))
+    return filled
+
+
+EXAMPLES = sorted((ROOT / "examples").rglob("*.y*ml"))
+
+
 def invocations(prefix: tuple[str, ...]) -> list[tuple[str, list[str]]]:
     found = []
-    for path in DOCS:
+    sources = [(p, command_lines) for p in DOCS] + [(p, example_lines) for p in EXAMPLES]
+    for path, lines_of in sources:
         if not path.exists():
             continue
-        for line in command_lines(path):
+        for line in lines_of(path):
             if " ".join(prefix) not in line:
                 continue
             words = shlex.split(line)
@@ -65,6 +88,8 @@ MLFLOW_RUN_LINES = invocations(("mlflow", "run"))
 
 def test_the_documents_show_both_ways_of_running():
     assert len(PIPELINE_LINES) >= 8 and len(MLFLOW_RUN_LINES) >= 5
+    from_examples = [line for line, _ in PIPELINE_LINES + MLFLOW_RUN_LINES if ".y" in line]
+    assert len(from_examples) >= 5  # the workflow's and the Kubernetes Jobs' commands
 
 
 @pytest.mark.parametrize(("line", "args"), PIPELINE_LINES, ids=[x for x, _ in PIPELINE_LINES])

@@ -1,0 +1,97 @@
+"""What CI systems show of a comparison: JUnit XML, which they render as test results (a test
+case per group and device, a failure per finding), and under GitHub Actions the job summary
+and one workflow annotation per finding. Plain data in (compare's tables and findings), text
+out; `publish_to_github` is the one function that writes."""
+
+import os
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TextIO
+
+from pipeline.records import Finding
+
+
+def junit_xml(tables: list[dict], findings: list[Finding]) -> str:
+    """A <testsuite> per group, a <testcase> per device and host in it (its runs, a sweep
+    cell's repeats among them), a <failure> per finding on those runs. Findings on runs in no
+    group (a test run without its source, a failed doctor run) make a suite of their own."""
+    placed: set[int] = set()
+    suites = ET.Element("testsuites", name="pipeline compare")
+    for table in tables:
+        suite = ET.SubElement(suites, "testsuite", name=table["title"])
+        cases: dict[str, list[Finding]] = {}
+        for row in table["runs"]:
+            case = f"{row['device']} @ {row['host']}"
+            mine = [f for f in findings if f.run_id in row["run_ids"]]
+            cases.setdefault(case, []).extend(f for f in mine if id(f) not in placed)
+            placed.update(id(f) for f in mine)
+        for case, failed in cases.items():
+            _case(suite, table["title"], case, failed)
+    rest = [f for f in findings if id(f) not in placed]
+    if rest:
+        suite = ET.SubElement(suites, "testsuite", name="runs in no group")
+        by_case: dict[str, list[Finding]] = {}
+        for f in rest:
+            by_case.setdefault(f"{f.device or f.run_name} @ {f.host}", []).append(f)
+        for case, failed in by_case.items():
+            _case(suite, "runs in no group", case, failed)
+    for suite in suites:
+        cases = suite.findall("testcase")
+        suite.set("tests", str(len(cases)))
+        suite.set("failures", str(sum(len(c.findall("failure")) > 0 for c in cases)))
+    suites.set("tests", str(sum(int(s.get("tests")) for s in suites)))
+    suites.set("failures", str(sum(int(s.get("failures")) for s in suites)))
+    ET.indent(suites)
+    return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def _case(suite: ET.Element, classname: str, name: str, failed: list[Finding]) -> None:
+    case = ET.SubElement(suite, "testcase", classname=classname, name=name)
+    if failed:
+        failure = ET.SubElement(
+            case,
+            "failure",
+            message="; ".join(f"{f.kind}: {f.message}" for f in failed)[:1000],
+            type=",".join(sorted({f.kind for f in failed})),
+        )
+        failure.text = "\n".join(f"[{f.kind}] run {f.run_id}: {f.message}" for f in failed)
+
+
+def annotations(findings: list[Finding], notes: list[str] = ()) -> list[str]:
+    """GitHub Actions workflow commands: `::error title=KIND::MESSAGE` (or ::warning, by the
+    finding's severity) per finding, `::notice` per note; escaped as the runner expects."""
+    lines = []
+    for f in findings:
+        level = "error" if f.severity == "error" else "warning"
+        title = f"{f.kind} ({f.device} @ {f.host})" if f.device else f.kind
+        lines.append(f"::{level} title={_property(title)}::{_data(f.message)}")
+    lines += [f"::notice title=compare::{_data(note)}" for note in notes if note]
+    return lines
+
+
+def _data(text: str) -> str:
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _property(text: str) -> str:
+    return _data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def publish_to_github(
+    report_md: str,
+    findings: list[Finding],
+    notes: list[str],
+    out: TextIO,
+    environ: Mapping[str, str] = os.environ,
+) -> None:
+    """Under GitHub Actions (GITHUB_ACTIONS=true): the report appended to the job summary
+    ($GITHUB_STEP_SUMMARY) and each finding printed as an annotation. Elsewhere, nothing."""
+    if environ.get("GITHUB_ACTIONS") != "true":
+        return
+    summary = environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with Path(summary).open("a", encoding="utf-8") as f:
+            f.write(report_md.rstrip() + "\n")
+    for line in annotations(findings, notes):
+        print(line, file=out, flush=True)

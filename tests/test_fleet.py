@@ -1,0 +1,230 @@
+"""A fleet of device machines driven from CI: devices proven real before a run, findings where
+CI users look (job summary, annotations, JUnit XML), and the example workflow, Kubernetes
+manifests, Dockerfile and install files checked against the tools that read them."""
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+import xml.etree.ElementTree as ET
+
+import pytest
+import torch
+import yaml
+from conftest import ROOT, SMALL, pipeline_in, user_env
+from test_compare import log_run
+from test_errors import assert_no_run
+
+from pipeline import ci, devices
+from pipeline.records import Finding
+from pipeline.schema import Metrics
+
+WORKFLOW = ROOT / "examples" / "github-actions" / "device-comparison.yml"
+MANIFESTS = ROOT / "examples" / "kubernetes" / "job.yaml"
+DOCKERFILE = ROOT / "examples" / "kubernetes" / "Dockerfile"
+OOM = (
+    "MPS backend out of memory (MPS allocated: 0 bytes, other allocations: 0 bytes, max "
+    "allowed: 0 bytes). Tried to allocate 1.00 KB on private pool."
+)
+
+
+@pytest.fixture
+def unusable_mps(monkeypatch):
+    """NOT an Apple GPU: `mps` listed, and every allocation on it raising as it does on
+    GitHub's hosted macOS runners (actions/runner-images#9918)."""
+    monkeypatch.setattr(devices, "available", lambda: ["cpu", "mps"])
+    real = torch.ones
+
+    def ones(*args, device=None, **kwargs):
+        if device is not None and torch.device(device).type == "mps":
+            raise RuntimeError(OOM)
+        return real(*args, device=device, **kwargs)
+
+    monkeypatch.setattr(torch, "ones", ones)
+
+
+@pytest.mark.parametrize("command", ["train", "doctor"])
+def test_an_unusable_device_is_refused_before_any_run(cli, client, unusable_mps, command):
+    args = [command, "--device", "mps", *(SMALL if command == "train" else ["--quiet"])]
+    result = cli(*args)
+    assert result.code == 2
+    assert result.stderr.strip() == f"error: device 'mps' is listed but unusable: {OOM}"
+    assert_no_run(client)
+
+
+def test_devices_lists_an_unusable_device_with_its_reason(cli, unusable_mps):
+    result = cli("devices")
+    assert result.code == 0
+    text = " ".join(result.stdout.split())  # the table may wrap the reason
+    assert "mps" in text and "unusable: MPS backend out of memory" in text
+    assert re.search(r"cpu .* usable", text)
+
+
+def test_a_sweep_skips_an_unusable_device(cli, client, unusable_mps):
+    result = cli("sweep", "--devices", "cpu,mps", "--batch-sizes", "64", "--epochs", "1", *SMALL)
+    assert result.code == 0, result.stderr
+    assert f"skipping mps: device 'mps' is listed but unusable: {OOM}" in result.stderr
+
+
+# --- findings where CI users look ------------------------------------------------------------
+
+
+def flagged_store(client) -> None:
+    """A CPU run and an `mps` run that is slower and scores 0%: the M1's first evening."""
+    log_run(client, "cpu", summary={Metrics.SAMPLES_PER_S: 1000})
+    log_run(client, "mps", accuracy=[0.0, 0.0, 0.0], summary={Metrics.SAMPLES_PER_S: 700})
+
+
+def test_under_github_actions_compare_writes_the_summary_and_annotations(store, client, tmp_path):
+    flagged_store(client)
+    summary = tmp_path / "summary.md"
+    summary.write_text("earlier step's summary\n")
+    env = user_env(GITHUB_ACTIONS="true", GITHUB_STEP_SUMMARY=str(summary))
+    junit = tmp_path / "out" / "junit.xml"
+    args = ["compare", "--tracking-uri", store, "--no-plots", "--output-junit", str(junit)]
+    result = pipeline_in(tmp_path, *args, env=env, check=False)
+    assert result.code == 1, result.stderr
+    annotations = [line for line in result.stdout.splitlines() if line.startswith("::")]
+    findings = [line for line in annotations if line.startswith(("::error", "::warning"))]
+    kinds = sorted(re.match(r"::\w+ title=([\w-]+)", line)[1] for line in findings)
+    assert kinds == ["accelerator-slower-than-cpu", "accuracy-inconsistent-with-loss",
+                     "accuracy-mismatch"]  # fmt: skip
+    assert all(line.count("::") == 2 for line in findings)  # one line each, escaped
+    text = summary.read_text()
+    assert text.startswith("earlier step's summary\n")  # appended, never overwritten
+    assert "accelerator-slower-than-cpu" in text and "| mps |" in text
+    assert "![" not in text  # no pictures the summary page could not show
+
+    suites = ET.parse(junit).getroot()  # the standard library reads it
+    assert suites.tag == "testsuites" and suites.get("failures") == "1"
+    (suite,) = suites.findall("testsuite")
+    cases = {c.get("name").split(" @ ")[0]: c for c in suite.findall("testcase")}
+    assert set(cases) == {"cpu", "mps"}
+    assert cases["cpu"].find("failure") is None
+    failure = cases["mps"].find("failure")
+    assert set(failure.get("type").split(",")) == set(kinds)
+    assert failure.text.count("[") == 3  # one line per finding
+
+
+def test_elsewhere_compare_prints_no_annotations(store, client, tmp_path):
+    flagged_store(client)
+    summary = tmp_path / "summary.md"
+    env = user_env(GITHUB_STEP_SUMMARY=str(summary))  # GITHUB_ACTIONS not set
+    result = pipeline_in(tmp_path, "compare", "--tracking-uri", store, "--no-plots", env=env,
+                         check=False)  # fmt: skip
+    assert result.code == 1
+    assert not any(line.startswith("::") for line in result.stdout.splitlines())
+    assert not summary.exists()
+
+
+def test_annotations_escape_what_would_end_them():
+    finding = Finding("r1", "speed", "slow,er", "warning", "50% slower\nsee: report", "mps", "h:1")
+    (line,) = ci.annotations([finding])
+    assert line == "::warning title=slow%2Cer (mps @ h%3A1)::50%25 slower%0Asee: report"
+
+
+def test_junit_counts_runs_in_no_group_too():
+    findings = [Finding("t1", "run", "run-failed", "error", "mps run ended FAILED", "mps", "h")]
+    suites = ET.fromstring(ci.junit_xml([], findings))
+    assert suites.get("tests") == "1" and suites.get("failures") == "1"
+    assert suites.find("testsuite").get("name") == "runs in no group"
+
+
+# --- the example workflow, manifests and Dockerfile, checked by the tools that read them ------
+
+
+def test_the_workflow_is_valid_for_github():
+    exe = shutil.which("check-jsonschema") or pytest.fail("check-jsonschema is a dev dependency")
+    out = subprocess.run(
+        [exe, "--builtin-schema", "vendor.github-workflows", str(WORKFLOW)],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_the_workflow_runs_each_device_on_its_runner_then_one_gate():
+    flow = yaml.safe_load(WORKFLOW.read_text())
+    train = flow["jobs"]["train"]
+    matrix = train["strategy"]["matrix"]["include"]
+    legs = {leg["device"]: yaml.safe_load(leg["runner"]) for leg in matrix}
+    assert legs["mps"] == ["self-hosted", "macOS", "ARM64"]
+    assert "self-hosted" in legs["cuda"] and legs["cpu"] == ["ubuntu-latest"]
+    assert train["strategy"]["fail-fast"] is False
+    doctor_legs = {leg["device"] for leg in flow["jobs"]["doctor"]["strategy"]["matrix"]["include"]}
+    assert doctor_legs == {"cuda", "mps"}  # a doctor leg per accelerator
+    gate = flow["jobs"]["gate"]
+    assert set(gate["needs"]) == {"train", "doctor"}
+    (compare,) = [s["run"] for s in gate["steps"] if "pipeline compare" in s.get("run", "")]
+    assert "tags.pipeline.git_commit = '${{ github.sha }}'" in compare
+    assert "--no-fail" not in compare  # its exit code is the verdict
+    secrets = flow["env"]
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        assert secrets[name] == "${{ secrets." + name + " }}"
+
+
+def test_the_kubernetes_manifests_are_valid():
+    exe = shutil.which("kubernetes-validate") or pytest.fail("kubernetes-validate is a dev dep")
+    out = subprocess.run([exe, "--strict", str(MANIFESTS)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    jobs = list(yaml.safe_load_all(MANIFESTS.read_text()))
+    commands = [j["spec"]["template"]["spec"]["containers"][0]["command"] for j in jobs]
+    assert [c[:5] for c in commands] == [
+        ["python", "-m", "pipeline", "train", "--device"],
+        ["python", "-m", "pipeline", "doctor", "--device"],
+    ]
+    for job in jobs:
+        (container,) = job["spec"]["template"]["spec"]["containers"]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+        env = {e["name"]: e for e in container["env"]}
+        assert "secretKeyRef" in env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]
+
+
+def readme_install() -> list[str]:
+    """The README's set-up: its first command's install, as words."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Set-up", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    return shlex.split(block.strip().splitlines()[0].split("&&")[0])
+
+
+def test_the_dockerfile_installs_as_the_readme_does():
+    runs = [line[4:] for line in DOCKERFILE.read_text().splitlines() if line.startswith("RUN ")]
+    (install,) = [shlex.split(r) for r in runs if "pip install" in r]
+    readme = readme_install()
+    assert readme[:2] == ["pip", "install"] and install[:2] == ["pip", "install"]
+    ours = [w for w in install[2:] if w != "--no-cache-dir"]
+    theirs = [w.replace(".[dev]", ".") for w in readme[2:]]  # the image has no test tools
+    assert ours == theirs
+
+
+def requirement_name(spec: str) -> str:
+    return re.split(r"[\s\[<>=!~;]", spec.strip(), maxsplit=1)[0].lower()
+
+
+def test_ranges_in_pyproject_the_tested_set_in_constraints():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = project["dependencies"] + project["optional-dependencies"]["dev"]
+    assert not [d for d in declared if "==" in d]  # ranges: installs into a team's environment
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, version = line.split("==")
+            pins[name.lower()] = version
+    assert {requirement_name(d) for d in declared} <= set(pins)
+    from importlib.metadata import version
+
+    for name in map(requirement_name, declared):  # what the tests run on is the tested set
+        assert version(name) == pins[name], name
+    assert readme_install() == ["pip", "install", "-e", ".[dev]", "-c", "constraints.txt"]
+
+
+def test_conda_yaml_installs_the_tested_set():
+    conda = yaml.safe_load((ROOT / "conda.yaml").read_text())["dependencies"]
+    pip = next(d["pip"] for d in conda if isinstance(d, dict))
+    assert "-c constraints.txt" in pip
+    runtime = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert sorted(p for p in pip if not p.startswith("-")) == sorted(runtime)
+    assert f"python={sys.version_info.major}.{sys.version_info.minor}" in conda
