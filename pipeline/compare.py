@@ -17,7 +17,7 @@ from mlflow.exceptions import MlflowException
 
 from pipeline import ci, console, render, rules, speed, store, tracking
 from pipeline.errors import UserError
-from pipeline.lifecycle import interrupts_requested, run_closed
+from pipeline.lifecycle import StopRequest, interrupts_requested, run_closed
 from pipeline.records import (
     ACCURACY,
     SPEED,
@@ -191,7 +191,7 @@ def compare(
     unsourced = render.describe_unsourced(selection.unsourced)
     render.print_terminal(console.out, tables, findings, selection.left_out, quiet, unsourced)
     as_json = render.to_json(tables, findings, selection.left_out, unsourced)
-    with tempfile.TemporaryDirectory() as tmp:
+    with interrupts_requested() as stop, tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         pictures = draw_groups(client, groups, tables, findings, folder) if opts.plots else []
         (folder / "report.md").write_text(
@@ -201,16 +201,16 @@ def compare(
         _write_outputs(opts, folder, ci.junit_xml(tables, findings))
         summary = render.markdown(tables, findings, selection.left_out, [], unsourced)
         ci.publish_to_github(summary, findings, [unsourced], sys.stdout)
+        stop.check()  # a signal so far: stop before any run exists
         try:
-            run = _log_compare_run(client, selection, opts, findings, folder, host)
+            run = _log_compare_run(client, selection, opts, findings, folder, host, stop)
         except MlflowException as e:
             refusal = store.refusal(e)
             if refusal is None:
                 raise
             console.err.print(
                 "compare could not log its own run or tag the flagged runs: the MLflow "
-                f"tracking server {refusal}; "
-                "the findings above stand",
+                f"tracking server {refusal}; the findings above stand",
                 markup=False,
                 highlight=False,
             )
@@ -243,40 +243,40 @@ def _log_compare_run(
     findings: list[Finding],
     folder: Path,
     host: str | None,
+    stop: StopRequest,
 ) -> tracking.Run:
     """The compare run (its verdict, figures and report), then the flagged runs' tags."""
-    with interrupts_requested() as stop:
-        run = tracking.Run.start(
-            client,
-            selection.experiment_ids[0],
-            f"compare-{time.strftime('%Y%m%d-%H%M%S')}",
+    run = tracking.Run.start(
+        client,
+        selection.experiment_ids[0],
+        f"compare-{time.strftime('%Y%m%d-%H%M%S')}",
+        {
+            Tags.STAGE: Stages.COMPARE,
+            Tags.HOST: tracking.host_name(host),
+            Tags.VERDICT: "flagged" if findings else "clean",
+        },
+    )
+    with run_closed(run, stop):
+        run.log_params(
             {
-                Tags.STAGE: Stages.COMPARE,
-                Tags.HOST: tracking.host_name(host),
-                Tags.VERDICT: "flagged" if findings else "clean",
-            },
+                "speed_tolerance": opts.tolerances.speed,
+                "accuracy_tolerance": opts.tolerances.accuracy,
+                "history": opts.tolerances.history,
+                "filter": opts.filter_string or "-",
+                "run_ids": ",".join(opts.run_ids) or "-",
+            }
         )
-        with run_closed(run, stop):
-            run.log_params(
-                {
-                    "speed_tolerance": opts.tolerances.speed,
-                    "accuracy_tolerance": opts.tolerances.accuracy,
-                    "history": opts.tolerances.history,
-                    "filter": opts.filter_string or "-",
-                    "run_ids": ",".join(opts.run_ids) or "-",
-                }
-            )
-            run.log_metrics(
-                {
-                    "runs_compared": len(selection.judged),
-                    "runs_left_out": sum(selection.left_out.values()),
-                    "findings": len(findings),
-                    "speed_findings": sum(f.category == SPEED for f in findings),
-                    "accuracy_findings": sum(f.category == ACCURACY for f in findings),
-                }
-            )
-            run.log_artifacts(folder)
-            _tag_flags(client, selection, findings)
+        run.log_metrics(
+            {
+                "runs_compared": len(selection.judged),
+                "runs_left_out": sum(selection.left_out.values()),
+                "findings": len(findings),
+                "speed_findings": sum(f.category == SPEED for f in findings),
+                "accuracy_findings": sum(f.category == ACCURACY for f in findings),
+            }
+        )
+        run.log_artifacts(folder)
+        _tag_flags(client, selection, findings)
     return run
 
 

@@ -8,6 +8,7 @@ name, CUDA, driver, host allocator) by the stages that load torch.
 """
 
 import importlib.metadata
+import os
 import platform
 import subprocess
 from collections import Counter
@@ -55,6 +56,12 @@ def collect() -> dict[str, str]:
 
 
 def git_commit() -> str | None:
+    """The commit of this code: its checkout's, else PIPELINE_COMMIT (an image without .git,
+    built from a known commit), else None."""
+    return _checkout_commit() or os.environ.get("PIPELINE_COMMIT") or None
+
+
+def _checkout_commit() -> str | None:
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],

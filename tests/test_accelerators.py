@@ -129,7 +129,9 @@ def test_timed_evaluation_is_warm(tmp_path):
 
 
 def test_mps_0_is_mps_where_mps_exists(monkeypatch):
+    """NOT an Apple GPU: `mps` listed and usable as far as the names go."""
     monkeypatch.setattr(devices, "available", lambda: ["cpu", "mps"])
+    monkeypatch.setattr(devices, "unusable", lambda device: None)
     assert devices.resolve("mps:0") == torch.device("mps")
     assert devices.resolve("mps") == torch.device("mps")
     with pytest.raises(devices.UserError, match="not available"):

@@ -71,7 +71,7 @@ def test_the_ui_compares_runs(cli, tmp_path):
             page.goto(url)
             for r in runs:
                 page.get_by_text(r.info.run_name, exact=True).first.wait_for(timeout=60_000)
-            page.get_by_text("test_accuracy", exact=True).first.wait_for(timeout=30_000)
+            page.get_by_text("test_accuracy", exact=True).first.wait_for(timeout=60_000)
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=ARTIFACTS / "compare-runs.png", full_page=True)
             text = page.inner_text("body")

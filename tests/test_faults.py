@@ -257,17 +257,26 @@ def test_a_signal_during_the_final_logging_ends_the_run_killed(cli, client, monk
 
 
 def test_sigterm_during_compare_ends_its_run_killed(cli, client, monkeypatch):
+    """While compare draws (before its run exists): exit 143 and no run. While it logs: its
+    run ends KILLED."""
     from pipeline import compare
     from pipeline.schema import Stages
 
     assert cli("train", "--device", "cpu", "--epochs", "1", *SMALL).code == 0
+    compare_runs = f"tags.`{Tags.STAGE}` = '{Stages.COMPARE}'"
 
-    def terminated(*args):
-        os.kill(os.getpid(), signal.SIGTERM)
-        return []
+    def terminated(result):
+        def send(*args):
+            os.kill(os.getpid(), signal.SIGTERM)
+            return result
 
-    monkeypatch.setattr(compare, "draw_groups", terminated)
-    result = cli("compare")
-    assert result.code == 143
-    (run,) = client.search_runs(["0"], f"tags.`{Tags.STAGE}` = '{Stages.COMPARE}'")
+        return send
+
+    with monkeypatch.context() as m:
+        m.setattr(compare, "draw_groups", terminated([]))
+        assert cli("compare").code == 143
+    assert client.search_runs(["0"], compare_runs) == []
+    monkeypatch.setattr(compare, "_tag_flags", terminated(None))
+    assert cli("compare").code == 143
+    (run,) = client.search_runs(["0"], compare_runs)
     assert run.info.status == "KILLED"

@@ -14,12 +14,12 @@ import pytest
 import torch
 import yaml
 from conftest import ROOT, SMALL, pipeline_in, user_env
-from test_compare import log_run
+from test_compare import compare_json, log_run
 from test_errors import assert_no_run
 
 from pipeline import ci, devices
 from pipeline.records import Finding
-from pipeline.schema import Metrics
+from pipeline.schema import Metrics, Tags
 
 WORKFLOW = ROOT / "examples" / "github-actions" / "device-comparison.yml"
 MANIFESTS = ROOT / "examples" / "kubernetes" / "job.yaml"
@@ -228,3 +228,42 @@ def test_conda_yaml_installs_the_tested_set():
     runtime = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     assert sorted(p for p in pip if not p.startswith("-")) == sorted(runtime)
     assert f"python={sys.version_info.major}.{sys.version_info.minor}" in conda
+
+
+def test_an_image_without_git_records_the_commit_it_was_built_from(monkeypatch):
+    from pipeline import environment
+
+    monkeypatch.setattr(environment, "_checkout_commit", lambda: None)  # as in the image
+    monkeypatch.delenv("PIPELINE_COMMIT", raising=False)
+    assert environment.git_commit() is None
+    monkeypatch.setenv("PIPELINE_COMMIT", "0123abc")
+    assert environment.git_commit() == "0123abc"
+
+
+def test_the_gate_judges_a_commits_runs_against_every_earlier_commit(cli, client, tmp_path):
+    def at(commit: str, speed: float) -> str:
+        summary = {Metrics.SAMPLES_PER_S: speed}
+        return log_run(client, "cpu", summary=summary, tags={Tags.GIT_COMMIT: commit})
+
+    for _ in range(5):
+        at("old", 1000)
+    new = at("new", 500)
+    result, report = compare_json(cli, tmp_path, "--filter", "tags.pipeline.git_commit = 'new'")
+    assert [(f["kind"], f["run_id"]) for f in report["findings"]] == [("slower-than-history", new)]
+    assert [r["run_id"] for g in report["groups"] for r in g["runs"]] == [new]  # judged: new
+    assert result.code == 1
+
+
+def test_a_selected_doctor_run_that_found_failures_fails_the_gate(cli, client, tmp_path):
+    run = client.create_run(client.get_experiment_by_name("Default").experiment_id)
+    run_id = run.info.run_id
+    for key, value in {Tags.STAGE: "doctor", Tags.DEVICE: "mps", Tags.HOST: "mac",
+                       Tags.DOCTOR_FAILURES: "cast bool->float32"}.items():  # fmt: skip
+        client.set_tag(run_id, key, value)
+    client.log_metric(run_id, f"{Metrics.CHECKS}_pass", 85)
+    client.log_metric(run_id, f"{Metrics.CHECKS}_fail", 3)
+    client.set_terminated(run_id, "FINISHED")
+    result, report = compare_json(cli, tmp_path, "--run-id", run_id)
+    (finding,) = report["findings"]
+    assert finding["kind"] == "doctor-failed" and result.code == 1
+    assert "3 of 88 checks on mps disagree with the CPU: cast bool->float32" in finding["message"]
