@@ -199,7 +199,7 @@ def compare(
         )
         (folder / "findings.json").write_text(json.dumps(as_json, indent=2))
         _write_outputs(opts, folder, ci.junit_xml(tables, findings))
-        summary = render.markdown(tables, findings, selection.left_out, [], unsourced)
+        summary = render.markdown(tables, findings, selection.left_out, None, unsourced)
         ci.publish_to_github(summary, findings, [unsourced], sys.stdout)
         stop.check()  # a signal so far: stop before any run exists
         try:

@@ -167,9 +167,11 @@ def markdown(
     groups: list[dict],
     findings: list[Finding],
     left_out: dict[str, int],
-    plots: list[Path],
+    plots: list[Path] | None,
     unsourced: str = "",
 ) -> str:
+    """report.md: the findings, then each group's table and picture; `plots` None for a
+    report that carries no pictures (a CI job summary)."""
     lines = ["# Device comparison", ""]
     lines += [f"{len(findings)} finding(s) in {sum(len(g['runs']) for g in groups)} runs.", ""]
     if left_out:
@@ -191,12 +193,12 @@ def markdown(
         for r in group["runs"]:
             lines.append("| " + " | ".join(row_cell(r, k, fmt) for _, k, fmt in COLUMNS) + " |")
         lines.append("")
-        for plot in plots:
+        for plot in plots or []:
             if plot.stem == f"group-{group['id']}":
                 lines += [f"![{group['title']}]({plot.name})", ""]
-    drawn = {plot.stem for plot in plots}
+    drawn = {plot.stem for plot in plots or []}
     undrawn = [str(g["id"]) for g in groups if f"group-{g['id']}" not in drawn]
-    if undrawn:
+    if undrawn and plots is not None:
         lines += [
             f"No picture for group {', '.join(undrawn)}: compare draws the flagged groups first, "
             f"then groups with several devices, at most {MAX_PLOTTED_GROUPS} (none with "
