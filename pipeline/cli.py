@@ -285,6 +285,7 @@ def execute(args: list[str]) -> int:
         code = app(args or ["--help"], prog_name="pipeline", standalone_mode=False)
     except UserError as e:
         code = _fail(f"error: {e}", 2)
+        _fail_joined_run(str(e))
     except Interrupted as e:
         code = _fail(f"{e}: run ended as KILLED, metrics logged so far kept", e.code)
     except Diverged as e:
@@ -305,6 +306,19 @@ def execute(args: list[str]) -> int:
             first = redact_text(str(e)).strip().splitlines() or [type(e).__name__]
             code = _fail(f"error: the tracking store failed: {first[0]}", 1)
     return code if isinstance(code, int) else 0
+
+
+def _fail_joined_run(reason: str) -> None:
+    """Under `mlflow run`, which creates the run before the command starts (and hands it over
+    with MLFLOW_RUN_ID and MLFLOW_TRACKING_URI), a usage error, say a device listed but
+    unusable, still leaves that run: end it FAILED with the reason, so that the UI says why.
+    Best effort, within seconds: the store may be what failed."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return
+    from pipeline import tracking
+
+    tracking.fail_run(run_id, reason)
 
 
 def _fail(message: str, code: int) -> int:

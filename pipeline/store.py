@@ -31,7 +31,7 @@ def redact(uri: str | None) -> str:
 
 
 @contextmanager
-def _fail_fast(uri: str) -> Iterator[None]:
+def fail_fast(uri: str) -> Iterator[None]:
     """MLflow retries a server or database it cannot reach for minutes; for the first check,
     don't."""
     settings = {
@@ -71,7 +71,7 @@ def connect(tracking_uri: str | None) -> MlflowClient:
     uri = mlflow.get_tracking_uri()
     try:
         _create_sqlite_store(uri)
-        with _fail_fast(uri):
+        with fail_fast(uri):
             client = MlflowClient()  # a database store is connected to here
             client.search_experiments(max_results=1)
     except Exception as e:

@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
-from pipeline import environment, process
+from pipeline import environment, process, store
 from pipeline.errors import UserError
 from pipeline.schema import Tags
 from pipeline.store import connect, redact, redact_text
@@ -257,6 +257,16 @@ def open_experiment(
     exp_id = experiment_id(client, experiment, create)
     close_orphans(client, [exp_id])
     return client, exp_id
+
+
+def fail_run(run_id: str, reason: str) -> None:
+    """End a run FAILED with its reason, if the store lets us within seconds; else leave it
+    to whoever created it."""
+    uri = mlflow.get_tracking_uri()
+    with suppress(Exception), store.fail_fast(uri):
+        client = MlflowClient(uri)
+        client.set_tag(run_id, Tags.FAILURE_REASON, reason[:5000])
+        client.set_terminated(run_id, "FAILED")
 
 
 def close_orphans(client: MlflowClient, experiment_ids: list[str]) -> list[str]:

@@ -267,3 +267,19 @@ def test_a_selected_doctor_run_that_found_failures_fails_the_gate(cli, client, t
     (finding,) = report["findings"]
     assert finding["kind"] == "doctor-failed" and result.code == 1
     assert "3 of 88 checks on mps disagree with the CPU: cast bool->float32" in finding["message"]
+
+
+def test_under_mlflow_run_an_unusable_device_fails_its_run_with_the_reason(
+    cli, client, store, unusable_mps, monkeypatch, tmp_path
+):
+    """`mlflow run` creates the run before its command starts, and hands it over with
+    MLFLOW_RUN_ID and MLFLOW_TRACKING_URI: the run it made ends FAILED and says why, nothing
+    else is logged."""
+    created = client.create_run(client.get_experiment_by_name("Default").experiment_id)
+    monkeypatch.setenv("MLFLOW_RUN_ID", created.info.run_id)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.chdir((tmp_path / "elsewhere").mkdir() or tmp_path / "elsewhere")
+    assert cli("train", "--device", "mps", *SMALL).code == 2
+    (run,) = client.search_runs(["0"])
+    assert run.info.status == "FAILED" and not run.data.metrics and not run.data.params
+    assert run.data.tags[Tags.FAILURE_REASON] == f"device 'mps' is listed but unusable: {OOM}"
