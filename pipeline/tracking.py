@@ -262,7 +262,7 @@ def open_experiment(
 def fail_run(run_id: str, reason: str) -> None:
     """End a run FAILED with its reason, if the store lets us within seconds; else leave it
     to whoever created it."""
-    uri = mlflow.get_tracking_uri()
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()  # mlflow run's
     with suppress(Exception), store.fail_fast(uri):
         client = MlflowClient(uri)
         client.set_tag(run_id, Tags.FAILURE_REASON, reason[:5000])
