@@ -88,16 +88,13 @@ def resolve(spec: str) -> torch.device:
 
 
 def unusable(device: torch.device) -> str | None:
-    """Why a device this machine lists cannot run work, or None: a small real allocation and
-    one operation on it, checked. GitHub's hosted macOS runners list `mps` and then fail the
-    first allocation (actions/runner-images#9918); a CUDA device whose driver is broken fails
-    here too, before any run exists."""
+    """Why a listed device cannot run work, or None: a small allocation and one operation,
+    checked. GitHub's hosted macOS runners list `mps`, then fail the first allocation
+    (actions/runner-images#9918); so does a CUDA device whose driver is broken."""
     try:
-        x = torch.ones(256, device=device)
-        total = float((x * 2).sum())  # reading it back waits for the device
+        total = float((torch.ones(256, device=device) * 2).sum())  # read back: waits for it
     except Exception as e:  # whatever the back end raises: RuntimeError, torch.OutOfMemoryError
-        lines = str(e).strip().splitlines()
-        return lines[0] if lines else type(e).__name__
+        return (str(e).strip().splitlines() or [type(e).__name__])[0]
     return None if total == 512.0 else f"a test operation gave {total} instead of 512"
 
 
