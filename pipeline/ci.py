@@ -78,6 +78,10 @@ def _property(text: str) -> str:
     return _data(text).replace(":", "%3A").replace(",", "%2C")
 
 
+def on_github_actions(environ: Mapping[str, str] = os.environ) -> bool:
+    return environ.get("GITHUB_ACTIONS") == "true"
+
+
 def publish_to_github(
     report_md: str,
     findings: list[Finding],
@@ -85,10 +89,8 @@ def publish_to_github(
     out: TextIO,
     environ: Mapping[str, str] = os.environ,
 ) -> None:
-    """Under GitHub Actions (GITHUB_ACTIONS=true): the report appended to the job summary
-    ($GITHUB_STEP_SUMMARY) and each finding printed as an annotation. Elsewhere, nothing."""
-    if environ.get("GITHUB_ACTIONS") != "true":
-        return
+    """Under GitHub Actions: the report appended to the job summary ($GITHUB_STEP_SUMMARY)
+    and each finding printed as an annotation."""
     summary = environ.get("GITHUB_STEP_SUMMARY")
     if summary:
         with Path(summary).open("a", encoding="utf-8") as f:

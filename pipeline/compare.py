@@ -198,9 +198,10 @@ def compare(
             render.markdown(tables, findings, selection.left_out, pictures, unsourced)
         )
         (folder / "findings.json").write_text(json.dumps(as_json, indent=2))
-        _write_outputs(opts, folder, ci.junit_xml(tables, findings))
-        summary = render.markdown(tables, findings, selection.left_out, None, unsourced)
-        ci.publish_to_github(summary, findings, [unsourced], sys.stdout)
+        _write_outputs(opts, folder, tables, findings)
+        if ci.on_github_actions():  # the job summary carries no pictures
+            summary = render.markdown(tables, findings, selection.left_out, None, unsourced)
+            ci.publish_to_github(summary, findings, [unsourced], sys.stdout)
         stop.check()  # a signal so far: stop before any run exists
         try:
             run = _log_compare_run(client, selection, opts, findings, folder, host, stop)
@@ -222,14 +223,16 @@ def compare(
     return len(findings)
 
 
-def _write_outputs(opts: CompareOptions, folder: Path, junit: str) -> None:
+def _write_outputs(
+    opts: CompareOptions, folder: Path, tables: list[dict], findings: list[Finding]
+) -> None:
     """--output-json, --output-junit, --output-dir: on this machine, before anything is
     logged, so that they are there whatever the tracking server allows."""
     if opts.output_json:
         opts.output_json.write_text((folder / "findings.json").read_text())
     if opts.output_junit:
         opts.output_junit.parent.mkdir(parents=True, exist_ok=True)
-        opts.output_junit.write_text(junit)
+        opts.output_junit.write_text(ci.junit_xml(tables, findings))
     if opts.output_dir:
         opts.output_dir.mkdir(parents=True, exist_ok=True)
         for f in folder.iterdir():
