@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline import console
 from pipeline.errors import UserError
 from pipeline.schema import Metrics
 
@@ -59,10 +60,13 @@ def resolve(spec: str) -> torch.device:
     spec = spec.strip().lower()
     have = available()
     listed = ", ".join(have)
-    if spec == "auto":
-        for kind in ("cuda:0", "mps", "cpu"):
-            if kind in have:
+    if spec == "auto":  # the first usable of cuda:0, mps, cpu; a listed one that fails says so
+        for kind in [d for d in ("cuda:0", "mps") if d in have]:
+            why = unusable(torch.device(kind))
+            if why is None:
                 return torch.device(kind)
+            console.err.print(f"auto: {kind} is listed but unusable ({why}); not using it")
+        return torch.device("cpu")
     try:
         device = torch.device(spec)
     except RuntimeError:
@@ -173,10 +177,7 @@ def describe() -> list[tuple[str, str, str]]:
     found = []
     for d in available():
         why = unusable(torch.device(d))
-        try:
-            called = name(torch.device(d))
-        except Exception:  # a broken driver may not even name its device
-            called = "-"
+        called = "-" if why else name(torch.device(d))  # a broken driver may not name it
         found.append((d, called, f"unusable: {why}" if why else "usable"))
     return found
 

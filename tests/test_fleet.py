@@ -283,3 +283,11 @@ def test_under_mlflow_run_an_unusable_device_fails_its_run_with_the_reason(
     (run,) = client.search_runs(["0"])
     assert run.info.status == "FAILED" and not run.data.metrics and not run.data.params
     assert run.data.tags[Tags.FAILURE_REASON] == f"device 'mps' is listed but unusable: {OOM}"
+
+
+def test_auto_passes_over_a_listed_device_that_fails(cli, client, unusable_mps):
+    result = cli("train", "--device", "auto", "--epochs", "1", *SMALL, "--quiet")
+    assert result.code == 0, result.stderr
+    assert f"auto: mps is listed but unusable ({OOM}); not using it" in result.stderr
+    (run,) = client.search_runs(["0"])
+    assert run.data.tags[Tags.DEVICE] == "cpu"
