@@ -11,11 +11,11 @@ from unittest import mock
 import pytest
 from conftest import SMALL, pipeline_in, user_env
 from mlflow import MlflowClient
-from test_compare import log_run
 from test_faults import free_port
+from test_fleet import flagged_store
 from test_server import stop, wait_until_healthy
 
-from pipeline.schema import Metrics, Stages, Tags
+from pipeline.schema import Stages, Tags
 
 ADMIN = ("admin", "admin-password-for-tests")
 EDITOR = ("editor", "editor-password-1")
@@ -117,8 +117,7 @@ def test_a_refused_account_is_one_line_and_no_run(server, admin, data_dir, tmp_p
 
 
 def test_a_read_account_compares_and_says_what_it_could_not_log(server, admin, tmp_path):
-    cpu = log_run(admin, "cpu", summary={Metrics.SAMPLES_PER_S: 1000})
-    mps = log_run(admin, "mps", accuracy=[0.0, 0.0, 0.0], summary={Metrics.SAMPLES_PER_S: 700})
+    cpu, mps = flagged_store(admin)
     before = run_ids(admin)
     args = ["compare", "--run-id", cpu, "--run-id", mps, "--no-plots"]
     report = tmp_path / "report"

@@ -71,10 +71,11 @@ def test_a_sweep_skips_an_unusable_device(cli, client, unusable_mps):
 # --- findings where CI users look ------------------------------------------------------------
 
 
-def flagged_store(client) -> None:
+def flagged_store(client) -> tuple[str, str]:
     """A CPU run and an `mps` run that is slower and scores 0%: the M1's first evening."""
-    log_run(client, "cpu", summary={Metrics.SAMPLES_PER_S: 1000})
-    log_run(client, "mps", accuracy=[0.0, 0.0, 0.0], summary={Metrics.SAMPLES_PER_S: 700})
+    cpu = log_run(client, "cpu", summary={Metrics.SAMPLES_PER_S: 1000})
+    mps = log_run(client, "mps", accuracy=[0.0, 0.0, 0.0], summary={Metrics.SAMPLES_PER_S: 700})
+    return cpu, mps
 
 
 def test_under_github_actions_compare_writes_the_summary_and_annotations(store, client, tmp_path):
