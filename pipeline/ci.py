@@ -12,10 +12,14 @@ from typing import TextIO
 from pipeline.records import Finding
 
 
-def junit_xml(tables: list[dict], findings: list[Finding]) -> str:
+def junit_xml(
+    tables: list[dict], findings: list[Finding], failing: list[Finding] | None = None
+) -> str:
     """A <testsuite> per group, a <testcase> per device and host in it (its runs, a sweep
-    cell's repeats among them), a <failure> per finding on those runs. Findings on runs in no
-    group (a test run without its source, a failed doctor run) make a suite of their own."""
+    cell's repeats among them), a <failure> for the `failing` findings on those runs (all by
+    default) and the others in its <system-out>. Findings on runs in no group (a test run
+    without its source, a failed doctor run) make a suite of their own."""
+    failing_ids = {id(f) for f in (findings if failing is None else failing)}
     placed: set[int] = set()
     suites = ET.Element("testsuites", name="pipeline compare")
     for table in tables:
@@ -26,16 +30,16 @@ def junit_xml(tables: list[dict], findings: list[Finding]) -> str:
             mine = [f for f in findings if f.run_id in row["run_ids"]]
             cases.setdefault(case, []).extend(f for f in mine if id(f) not in placed)
             placed.update(id(f) for f in mine)
-        for case, failed in cases.items():
-            _case(suite, table["title"], case, failed)
+        for case, found in cases.items():
+            _case(suite, table["title"], case, found, failing_ids)
     rest = [f for f in findings if id(f) not in placed]
     if rest:
         suite = ET.SubElement(suites, "testsuite", name="runs in no group")
         by_case: dict[str, list[Finding]] = {}
         for f in rest:
             by_case.setdefault(f"{f.device or f.run_name} @ {f.host}", []).append(f)
-        for case, failed in by_case.items():
-            _case(suite, "runs in no group", case, failed)
+        for case, found in by_case.items():
+            _case(suite, "runs in no group", case, found, failing_ids)
     for suite in suites:
         cases = suite.findall("testcase")
         suite.set("tests", str(len(cases)))
@@ -46,8 +50,12 @@ def junit_xml(tables: list[dict], findings: list[Finding]) -> str:
     return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
 
 
-def _case(suite: ET.Element, classname: str, name: str, failed: list[Finding]) -> None:
+def _case(
+    suite: ET.Element, classname: str, name: str, found: list[Finding], failing_ids: set[int]
+) -> None:
     case = ET.SubElement(suite, "testcase", classname=classname, name=name)
+    failed = [f for f in found if id(f) in failing_ids]
+    passed = [f for f in found if id(f) not in failing_ids]
     if failed:
         failure = ET.SubElement(
             case,
@@ -56,6 +64,10 @@ def _case(suite: ET.Element, classname: str, name: str, failed: list[Finding]) -
             type=",".join(sorted({f.kind for f in failed})),
         )
         failure.text = "\n".join(f"[{f.kind}] run {f.run_id}: {f.message}" for f in failed)
+    if passed:  # below the level that fails the gate: shown, not failed
+        ET.SubElement(case, "system-out").text = "\n".join(
+            f"[{f.severity} {f.kind}] run {f.run_id}: {f.message}" for f in passed
+        )
 
 
 def annotations(findings: list[Finding], notes: list[str] = ()) -> list[str]:

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -115,9 +115,14 @@ def compare_runs(
     output_dir: Annotated[
         Path | None, typer.Option(help="Also write report.md and the plots here")
     ] = None,
-    no_fail: Annotated[
-        bool, typer.Option("--no-fail", help="Exit 0 even when something is flagged")
-    ] = False,
+    fail_on: Annotated[
+        Literal["error", "warning", "never"],
+        typer.Option(
+            help="The least severe finding that makes the command exit 1: error (confirmed "
+            "findings only), warning (any finding), never"
+        ),
+    ] = "warning",
+    no_fail: Annotated[bool, typer.Option("--no-fail", help="The same as --fail-on never")] = False,
     plots: Annotated[
         bool,
         typer.Option(
@@ -128,7 +133,8 @@ def compare_runs(
     host: c.Host = None,
     quiet: c.Quiet = False,
 ) -> None:
-    """Compare finished runs; flag slow devices and wrong accuracies. Exit 1 when flagged.
+    """Compare finished runs; flag slow devices and wrong accuracies. Exit 1 when flagged
+    (at --fail-on's level).
 
     Without --experiment or --run-id, the runs of the experiment that train logs to."""
     from pipeline import compare
@@ -143,9 +149,10 @@ def compare_runs(
         output_junit=output_junit,
         output_dir=output_dir,
         plots=plots,
+        fail_on="never" if no_fail else fail_on,
     )
     findings = compare.compare(opts, tracking_uri, host, quiet)
-    if findings and not no_fail:
+    if compare.fails(findings, opts.fail_on):
         raise typer.Exit(1)
 
 

@@ -20,7 +20,9 @@ from pipeline.errors import UserError
 from pipeline.lifecycle import StopRequest, interrupts_requested, run_closed
 from pipeline.records import (
     ACCURACY,
+    ERROR,
     SPEED,
+    WARNING,
     Finding,
     Group,
     History,
@@ -173,35 +175,37 @@ class CompareOptions:
     output_junit: Path | None = None
     output_dir: Path | None = None
     plots: bool = True
+    fail_on: str = WARNING  # the least severe finding that fails the command (or "never")
 
 
 def compare(
     opts: CompareOptions, tracking_uri: str | None, host: str | None = None, quiet: bool = False
-) -> int:
-    """Compare finished runs, report, log a compare run; return the number of findings.
+) -> list[Finding]:
+    """Compare finished runs, report, log a compare run; return the findings.
 
     The compare run ends FINISHED whenever the comparison itself worked, flagged or not: its
     tag `pipeline.verdict` (flagged or clean) and metric `findings` say which."""
     client = store.connect(tracking_uri)
     selection = load(client, opts.experiment, opts.run_ids, opts.filter_string, opts.latest_only)
-    findings, groups = rules.judge(
+    findings, groups, notes = rules.judge(
         selection, opts.tolerances, history_reader(client), operations_reader(client)
     )
     tables = render.tables(selection, groups, findings)
     unsourced = render.describe_unsourced(selection.unsourced)
-    render.print_terminal(console.out, tables, findings, selection.left_out, quiet, unsourced)
-    as_json = render.to_json(tables, findings, selection.left_out, unsourced)
+    notes = [unsourced, *notes] if unsourced else notes
+    render.print_terminal(console.out, tables, findings, selection.left_out, quiet, notes)
+    as_json = render.to_json(tables, findings, selection.left_out, notes)
     with interrupts_requested() as stop, tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         pictures = draw_groups(client, groups, tables, findings, folder) if opts.plots else []
         (folder / "report.md").write_text(
-            render.markdown(tables, findings, selection.left_out, pictures, unsourced)
+            render.markdown(tables, findings, selection.left_out, pictures, notes)
         )
         (folder / "findings.json").write_text(json.dumps(as_json, indent=2))
         _write_outputs(opts, folder, tables, findings)
         if ci.on_github_actions():  # the job summary carries no pictures
-            summary = render.markdown(tables, findings, selection.left_out, None, unsourced)
-            ci.publish_to_github(summary, findings, [unsourced], sys.stdout)
+            summary = render.markdown(tables, findings, selection.left_out, None, notes)
+            ci.publish_to_github(summary, findings, notes, sys.stdout)
         stop.check()  # a signal so far: stop before any run exists
         try:
             run = _log_compare_run(client, selection, opts, findings, folder, host, stop)
@@ -215,12 +219,21 @@ def compare(
                 markup=False,
                 highlight=False,
             )
-            return len(findings)
+            return findings
     plots_logged = f"{len(pictures)} plot{'s' if len(pictures) != 1 else ''}"
     console.out.print(
         f"compare run {run.run_id}: report.md, findings.json and {plots_logged} logged"
     )
-    return len(findings)
+    return findings
+
+
+def fails(findings: list[Finding], fail_on: str) -> bool:
+    """Whether the findings fail the command: any at least as severe as `fail_on` (error,
+    warning; never: none)."""
+    return any(f.severity in FAILING[fail_on] for f in findings)
+
+
+FAILING = {ERROR: {ERROR}, WARNING: {ERROR, WARNING}, "never": set()}
 
 
 def _write_outputs(
@@ -232,7 +245,8 @@ def _write_outputs(
         opts.output_json.write_text((folder / "findings.json").read_text())
     if opts.output_junit:
         opts.output_junit.parent.mkdir(parents=True, exist_ok=True)
-        opts.output_junit.write_text(ci.junit_xml(tables, findings))
+        failing = [f for f in findings if fails([f], opts.fail_on)]
+        opts.output_junit.write_text(ci.junit_xml(tables, findings, failing))
     if opts.output_dir:
         opts.output_dir.mkdir(parents=True, exist_ok=True)
         for f in folder.iterdir():
@@ -267,6 +281,7 @@ def _log_compare_run(
                 "history": opts.tolerances.history,
                 "filter": opts.filter_string or "-",
                 "run_ids": ",".join(opts.run_ids) or "-",
+                "fail_on": opts.fail_on,
             }
         )
         run.log_metrics(

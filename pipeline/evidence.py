@@ -1,33 +1,209 @@
-"""How sure a finding is: noise thresholds of a history, and the confidence of a speed ratio.
+"""How sure a speed finding is: the test behind it, its level, and the intervals compare shows.
 
-Pure functions over lists of numbers (scipy for the bootstrap).
+Pure functions over lists of numbers (scipy for Student's t and the binomial distribution).
 
-A speed finding compares a run side with a baseline side on training throughput
-(samples/s), the figure its flag uses. Its samples are independent ones, of one of two kinds:
+**The test.** A speed comparison puts a run side (one run, or a sweep cell's m repeats) against
+a baseline side (n runs: the run's own history, or the CPU run of its host with its repeats).
+Throughput is lognormal-ish (a slowdown multiplies), so the samples are log samples/s:
 
-- runs: when the baseline has at least MIN_SAMPLES runs (a run's history, or repeated runs
-  of a sweep cell), each run is one sample, its samples_per_s; the statistic is
-  median(run side) / median(baseline side).
-- epochs: otherwise, when one run is compared with one run and each has at least
-  MIN_SAMPLES steady epochs (after the first), each epoch is one sample, its
-  epoch_samples_per_s; the statistic is the ratio of the harmonic means, which is exactly the
-  ratio of the two runs' samples_per_s.
+    d  = mean(log a) - mean(log b)              log of the ratio of the geometric means
+    s² = pooled variance of the sides with two or more samples, df = Σ (size - 1)
+    se = s · sqrt(1/m + 1/n)
+    U  = d + t(1 - α; df) · se                  one-sided upper bound of the true log ratio
 
-The 95% interval of the statistic is a percentile bootstrap (RESAMPLES resamples of each side,
-seeded: the same runs always give the same interval). A slowdown is `confirmed` only when the
-whole interval lies below 1 - tolerance; `unconfirmed` when the interval reaches into the
-tolerance; `insufficient data` when neither kind has enough samples.
+For m = 1 this is the prediction interval for one new run from n earlier ones (Student's t;
+Hahn, Meeker & Escobar, *Statistical Intervals*, 2nd ed. 2017, §4.4): it widens as the
+baseline shrinks (t(0.9975; 1) = 127, t(0.9975; 4) = 5.6, t(0.9975; 29) = 3.0), so two or
+three runs can call only a large drop. When one run meets one run and each has MIN_EPOCHS
+steady epochs, its epochs are the samples instead (Welch's t with the Welch-Satterthwaite df,
+Welch 1947): the noise within the two runs, the only estimate one run a side can give.
+
+**The level is per command.** Each of the command's k comparisons is tested at
+α = TEST_SHARE · (1 - COMMAND_LEVEL) / k (Bonferroni): a command over identical runs raises a
+speed finding with a chance of about 1 - COMMAND_LEVEL at most, however many runs it judges.
+Setting slow runs aside (below) is a selection that makes the remaining baseline look tighter
+than it is (about 1.9× the false alarms of the plain test at 10 runs, by simulation), which
+the other half of the budget pays for (benchmarks/false_alarms.py measures the result).
+
+**The verdict** (`tol` the speed tolerance, a floor under every finding):
+- confirmed (an error): U < log(1 - tol): slower by more than the tolerance, at the level.
+- unconfirmed (a warning): d < log(1 - tol) and U < 0: slower beyond the noise, but not
+  surely by more than the tolerance.
+- a note, no finding: d < log(1 - tol) but U >= 0: the drop is within what the noise explains.
+- insufficient data: no noise estimate (one run a side without enough epochs, or samples
+  with no spread at all). A warning only past LARGE_EFFECT (a drop of at least 25%, beyond
+  what run-to-run noise on a shared machine gives in most pairs), else a note; both say to
+  repeat. Such comparisons are outside the command's level.
+
+**Slow outliers.** A baseline of at least MIN_SET_ASIDE runs sets aside each run slower than
+the one-sided 99% prediction bound of the others (a run slowed by something else on the
+machine drags the baseline down and widens its noise); at most a fifth of the baseline, and
+none when more than a fifth would go.
+
+**Median intervals** (a sweep cell's repeats): the order statistics [x(j), x(n+1-j)] cover
+the median with probability 1 - 2 · P(Binomial(n, 1/2) <= j - 1) for any continuous
+distribution (e.g. Conover, *Practical Nonparametric Statistics*, 3rd ed., §3.2). The
+narrowest such interval (the largest j) that reaches MEDIAN_LEVEL is used and its exact
+coverage shown; below six samples even the range [min, max] covers less (3 runs: 75%), and
+that level is what is shown.
 """
 
+import math
 import statistics
+from dataclasses import dataclass, field
 
-MIN_SAMPLES = 5
-RESAMPLES = 2000
-LEVEL = 0.95
+COMMAND_LEVEL = 0.99  # the chance that identical runs raise no speed finding, per command
+LARGE_EFFECT = 0.25  # the drop a comparison without a noise estimate must exceed
+MIN_EPOCHS = 5  # steady epochs a side for one run to estimate its own noise
+MIN_SET_ASIDE = 10  # baseline runs before slow outliers are set aside
+SET_ASIDE_LEVEL = 0.99
+TEST_SHARE = 0.5  # of the command's false-alarm budget: setting runs aside takes the rest
+MEDIAN_LEVEL = 0.95
+MAX_LOG = 700.0  # exp() of more overflows: a bound that wide bounds nothing
+USEFUL_BOUND = 100.0  # a speed ratio bound above this is described as no bound
 MAD_SCALE = 1.4826  # MAD × this estimates the standard deviation of normal noise
 NOISE_SIGMAS = 3.0
 RUNS, EPOCHS = "runs", "epochs"
 CONFIRMED, UNCONFIRMED, INSUFFICIENT = "confirmed", "unconfirmed", "insufficient data"
+
+
+@dataclass(frozen=True)
+class Test:
+    """A comparison's log ratio and its noise: the inputs of the one-sided bound."""
+
+    kind: str  # runs | epochs
+    log_ratio: float
+    se: float
+    df: float
+    sizes: tuple[int, int]  # samples on the run side, on the baseline side
+    set_aside: tuple[int, ...] = field(default=())  # baseline indices left out as outliers
+
+
+def logs(values: list[float]) -> list[float]:
+    return [math.log(v) for v in values]
+
+
+def runs_test(ours: list[float], base: list[float], set_aside: tuple[int, ...] = ()) -> Test | None:
+    """The pooled two-sample t of log speeds (one run against n: the prediction interval);
+    None when no side has two samples, or the samples have no spread."""
+    kept = [v for i, v in enumerate(base) if i not in set_aside]
+    a, b = logs(ours), logs(kept)
+    df = (len(a) - 1) + (len(b) - 1)
+    if df < 1:
+        return None
+    squares = sum((x - statistics.fmean(side)) ** 2 for side in (a, b) for x in side)
+    s = math.sqrt(squares / df)
+    if s == 0:
+        return None
+    d = statistics.fmean(a) - statistics.fmean(b)
+    return Test(RUNS, d, s * math.sqrt(1 / len(a) + 1 / len(b)), df, (len(a), len(b)), set_aside)
+
+
+def epochs_test(ours: list[float], base: list[float]) -> Test | None:
+    """Welch's t of the log epoch speeds of one run against one run; None with fewer than
+    MIN_EPOCHS a side or no spread."""
+    if min(len(ours), len(base)) < MIN_EPOCHS:
+        return None
+    a, b = logs(ours), logs(base)
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    if va + vb == 0:
+        return None
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    d = statistics.fmean(a) - statistics.fmean(b)
+    return Test(EPOCHS, d, math.sqrt(va + vb), df, (len(a), len(b)))
+
+
+def slow_outliers(base: list[float]) -> tuple[int, ...]:
+    """The baseline runs to set aside: each one slower than the one-sided SET_ASIDE_LEVEL
+    prediction bound of the others; none under MIN_SET_ASIDE runs or when more than a fifth
+    would go."""
+    n = len(base)
+    if n < MIN_SET_ASIDE:
+        return ()
+    from scipy import stats
+
+    y = logs(base)
+    t = stats.t.ppf(SET_ASIDE_LEVEL, n - 2)
+    out = []
+    for i, v in enumerate(y):
+        others = y[:i] + y[i + 1 :]
+        bound = statistics.fmean(others) - t * statistics.stdev(others) * math.sqrt(1 + 1 / (n - 1))
+        if v < bound:
+            out.append(i)
+    return tuple(out) if len(out) <= n // 5 else ()
+
+
+def family_alpha(comparisons: int) -> float:
+    """α of each comparison so that the command's k comparisons together keep COMMAND_LEVEL:
+    the command's 1 - COMMAND_LEVEL over k, times TEST_SHARE for setting slow runs aside."""
+    return (1 - COMMAND_LEVEL) * TEST_SHARE / max(comparisons, 1)
+
+
+def upper_bound(test: Test, alpha: float) -> float:
+    """The one-sided (1 - α) upper bound of the true speed ratio."""
+    from scipy import stats
+
+    log_bound = test.log_ratio + stats.t.ppf(1 - alpha, test.df) * test.se
+    return math.exp(log_bound) if log_bound < MAX_LOG else math.inf
+
+
+def verdict(test: Test | None, ratio: float, alpha: float, tolerance: float) -> str | None:
+    """CONFIRMED, UNCONFIRMED or INSUFFICIENT for a finding; None for no finding (a note
+    when the ratio is past the tolerance)."""
+    if test is None:
+        return INSUFFICIENT if ratio < 1 - max(tolerance, LARGE_EFFECT) else None
+    if ratio >= 1 - tolerance:
+        return None
+    bound = upper_bound(test, alpha)
+    if bound < 1 - tolerance:
+        return CONFIRMED
+    return UNCONFIRMED if bound < 1 else None
+
+
+def values(test: Test | None, alpha: float, comparisons: int, sizes: dict) -> dict:
+    """What a speed finding records of its evidence (Finding.values)."""
+    if test is None:
+        return {
+            "confidence": INSUFFICIENT,
+            "sample_kind": None,
+            "samples": sizes,
+            "large_effect": LARGE_EFFECT,
+        }
+    return {
+        "sample_kind": test.kind,
+        "samples": {test.kind: list(test.sizes)},
+        "ratio_bound": upper_bound(test, alpha),
+        "level": 1 - alpha,
+        "command_level": COMMAND_LEVEL,
+        "comparisons": comparisons,
+    }
+
+
+def describe(test: Test | None, alpha: float, comparisons: int, sizes: dict) -> str:
+    """What a speed finding or note says of its evidence: the bound and how it was made."""
+    if test is None:
+        runs, epochs = sizes["runs"][1], min(sizes["epochs"])
+        return (
+            f"insufficient data ({runs} baseline run{'s' * (runs != 1)}, {epochs} steady "
+            f"epoch{'s' * (epochs != 1)} a side: no noise estimate, so only a drop past "
+            f"{LARGE_EFFECT:.0%} is flagged); repeat to confirm (`sweep --repeats 5`)"
+        )
+    n_ours, n_base = test.sizes
+    aside = f", {len(test.set_aside)} slow baseline run(s) set aside" if test.set_aside else ""
+    bound = upper_bound(test, alpha)
+    said = f"speed ratio at most {bound:.2f}×" if bound < USEFUL_BOUND else "no useful bound"
+    return (
+        f"{said} at {1 - alpha:.2%} one-sided "
+        f"({test.kind}: {n_ours} against {n_base}{aside}; {comparisons} speed "
+        f"comparison{'s' * (comparisons != 1)} in this command, {COMMAND_LEVEL:.0%} together)"
+    )
+
+
+def threshold(test: Test, alpha: float) -> float:
+    """The ratio below which this comparison's noise would let a drop through: exp(-t · se)."""
+    from scipy import stats
+
+    return math.exp(-stats.t.ppf(1 - alpha, test.df) * test.se)
 
 
 def noise_threshold(history: list[float], floor: float, relative: bool) -> tuple[float, float]:
@@ -38,117 +214,24 @@ def noise_threshold(history: list[float], floor: float, relative: bool) -> tuple
     return median, max(floor, spread)
 
 
-def ratio(ours: list[float], base: list[float], kind: str) -> float:
-    """The statistic: medians for runs, harmonic means for epochs."""
-    centre = statistics.median if kind == RUNS else statistics.harmonic_mean
-    return centre(ours) / centre(base)
-
-
-def ratio_interval(ours: list[float], base: list[float], kind: str) -> tuple[float, float]:
-    """The 95% percentile-bootstrap interval of ratio(ours, base, kind). A side of one value
-    resamples to itself: the interval then comes from the other side alone."""
-    import numpy as np
+def median_interval(values: list[float]) -> tuple[float, float, float] | None:
+    """(low, high, coverage): the order-statistic interval of the median of these samples,
+    the narrowest that reaches MEDIAN_LEVEL or else the range, with its exact coverage; None for
+    fewer than two samples."""
     from scipy import stats
 
-    centre = np.median if kind == RUNS else stats.hmean
-
-    def statistic(a, b, axis=-1):
-        return centre(a, axis=axis) / centre(b, axis=axis)
-
-    if len(ours) == 1 and len(base) == 1:
-        value = ratio(ours, base, kind)
-        return value, value
-    samples = (np.asarray(ours, dtype=float), np.asarray(base, dtype=float))
-    if len(ours) == 1:  # scipy resamples every side: fix the single one by hand
-        result = stats.bootstrap(
-            (samples[1],),
-            lambda b, axis=-1: ours[0] / centre(b, axis=axis),
-            n_resamples=RESAMPLES,
-            confidence_level=LEVEL,
-            method="percentile",
-            rng=0,
-        )
-    else:
-        result = stats.bootstrap(
-            samples,
-            statistic,
-            n_resamples=RESAMPLES,
-            confidence_level=LEVEL,
-            method="percentile",
-            rng=0,
-        )
-    low, high = result.confidence_interval
-    return float(low), float(high)
+    n = len(values)
+    if n < 2:
+        return None
+    x = sorted(values)
+    j = 1
+    while j < n // 2 and 1 - 2 * stats.binom.cdf(j, n, 0.5) >= MEDIAN_LEVEL:
+        j += 1
+    coverage = 1 - 2 * stats.binom.cdf(j - 1, n, 0.5)
+    return x[j - 1], x[n - j], float(coverage)
 
 
-def speed_confidence(
-    runs: tuple[list[float], list[float]],
-    epochs: tuple[list[float], list[float]],
-    tolerance: float,
-) -> dict:
-    """How sure a slowdown past `tolerance` is. `runs` holds (run side, baseline side) as one
-    samples_per_s a run; `epochs` (one run, one baseline run) as epoch_samples_per_s of their
-    steady epochs. Returns the finding's values: confidence, sample_kind, samples per side,
-    and the ratio's interval when there is one."""
-    if len(runs[1]) >= MIN_SAMPLES and runs[0]:
-        kind, (ours, base) = RUNS, runs
-    elif min(len(epochs[0]), len(epochs[1])) >= MIN_SAMPLES:
-        kind, (ours, base) = EPOCHS, epochs
-    else:
-        return insufficient((len(runs[0]), len(runs[1])), (len(epochs[0]), len(epochs[1])))
-    low, high = ratio_interval(ours, base, kind)
-    return {
-        "confidence": CONFIRMED if high < 1 - tolerance else UNCONFIRMED,
-        "sample_kind": kind,
-        "samples": {kind: [len(ours), len(base)]},
-        "ratio_ci": [low, high],
-    }
-
-
-def insufficient(runs: tuple[int, int], epochs: tuple[int, int]) -> dict:
-    """The values of a finding with too few samples of either kind: how many runs and steady
-    epochs each side has."""
-    return {
-        "confidence": INSUFFICIENT,
-        "sample_kind": None,
-        "samples": {"runs": list(runs), "epochs": list(epochs)},
-    }
-
-
-def describe(sure: dict) -> str:
-    """What to add to a speed finding's message: '; confirmed (...)' and the like."""
-    if sure["confidence"] == INSUFFICIENT:
-        runs, epochs = sure["samples"]["runs"][1], min(sure["samples"]["epochs"])
-        return (
-            f"; insufficient data ({runs} baseline run{'s' * (runs != 1)}, {epochs} steady "
-            f"epoch{'s' * (epochs != 1)} a side; confirming needs {MIN_SAMPLES} baseline runs "
-            f"or {MIN_SAMPLES} steady epochs a side)"
-        )
-    kind = sure["sample_kind"]
-    n_ours, n_base = sure["samples"][kind]
-    low, high = sure["ratio_ci"]
-    return (
-        f"; {sure['confidence']} (speed ratio 95% CI {low:.2f}-{high:.2f}, "
-        f"{kind}: {n_ours} against {n_base})"
-    )
-
-
-def median_interval(values: list[float]) -> tuple[float, float, float]:
-    """(median, low, high): a repeated measurement's median and the 95% percentile-bootstrap
-    interval of that median."""
-    import numpy as np
-    from scipy import stats
-
-    median = statistics.median(values)
-    if len(values) < 2 or min(values) == max(values):
-        return median, median, median
-    result = stats.bootstrap(
-        (np.asarray(values, dtype=float),),
-        np.median,
-        n_resamples=RESAMPLES,
-        confidence_level=LEVEL,
-        method="percentile",
-        rng=0,
-    )
-    low, high = result.confidence_interval
-    return median, float(low), float(high)
+def describe_interval(interval: tuple[float, float, float]) -> str:
+    """'11,900–12,600, 75.0%': a median interval and its level."""
+    low, high, coverage = interval
+    return f"{low:,.0f}–{high:,.0f}, {coverage:.1%}"

@@ -38,7 +38,7 @@ MAX_PLOTTED_GROUPS = 6
 
 def row(runs: list[RunSummary], group: Group, findings: list[Finding]) -> dict:
     """One table row: a run, or a sweep cell's repeated runs as their medians (the latest
-    run's id and name), with the 95% interval of the median throughput."""
+    run's id and name), with the interval of the median throughput and its level."""
     latest = runs[-1]
 
     def median(key: str) -> float | None:
@@ -47,7 +47,7 @@ def row(runs: list[RunSummary], group: Group, findings: list[Finding]) -> dict:
 
     ids = {r.run_id for r in runs}
     speeds = [r.metrics[Metrics.SAMPLES_PER_S] for r in runs if Metrics.SAMPLES_PER_S in r.metrics]
-    interval = list(evidence.median_interval(speeds)[1:]) if len(speeds) > 1 else None
+    interval = evidence.median_interval(speeds)
     return {
         "run_id": latest.run_id,
         "run_name": latest.name,
@@ -60,7 +60,8 @@ def row(runs: list[RunSummary], group: Group, findings: list[Finding]) -> dict:
         "wall_time_s": median(Metrics.WALL_TIME_S),
         "train_time_s": median(Metrics.TRAIN_TIME_S),
         "samples_per_s": median(Metrics.SAMPLES_PER_S),
-        "samples_per_s_ci": interval,
+        "samples_per_s_ci": list(interval[:2]) if interval else None,
+        "samples_per_s_ci_level": interval[2] if interval else None,
         "speed_vs_cpu": speed_vs_cpu(latest, group),
         "time_to_target_s": median(Metrics.TIME_TO_TARGET_S),
         "test_accuracy": median(Metrics.TEST_ACCURACY),
@@ -104,10 +105,11 @@ def title(group: Group, short: bool = False) -> str:
 
 
 def row_cell(r: dict, key: str, fmt: str) -> str:
-    """A table row's entry; repeated runs' throughput with its interval."""
+    """A table row's entry; repeated runs' throughput with its interval and level."""
     if key == "samples_per_s" and r.get("samples_per_s_ci"):
         low, high = r["samples_per_s_ci"]
-        return f"{cell(r[key], fmt)} ({low:,.0f}–{high:,.0f})"
+        interval = evidence.describe_interval((low, high, r["samples_per_s_ci_level"]))
+        return f"{cell(r[key], fmt)} ({interval})"
     return cell(r[key], fmt)
 
 
@@ -125,9 +127,9 @@ def print_terminal(
     findings: list[Finding],
     left_out: dict[str, int],
     quiet: bool = False,
-    unsourced: str = "",
+    notes: list[str] = (),
 ) -> None:
-    """The tables (none when quiet), what was left out, and the findings."""
+    """The tables (none when quiet), what was left out, the notes, and the findings."""
     flagged = {f.group for f in findings}
     shown = (
         groups if len(groups) <= MAX_TERMINAL_GROUPS else [g for g in groups if g["id"] in flagged]
@@ -147,8 +149,8 @@ def print_terminal(
         )
     if left_out:
         console.print(f"left out (not finished): {describe_left_out(left_out)}")
-    if unsourced:
-        console.print(unsourced, markup=False, highlight=False)
+    for note in notes:
+        console.print(f"note: {note}", markup=False, highlight=False)
     if not findings:
         console.print("[green]no findings[/green]")
         return
@@ -168,7 +170,7 @@ def markdown(
     findings: list[Finding],
     left_out: dict[str, int],
     plots: list[Path] | None,
-    unsourced: str = "",
+    notes: list[str] = (),
 ) -> str:
     """report.md: the findings, then each group's table and picture; `plots` None for a
     report that carries no pictures (a CI job summary)."""
@@ -176,8 +178,10 @@ def markdown(
     lines += [f"{len(findings)} finding(s) in {sum(len(g['runs']) for g in groups)} runs.", ""]
     if left_out:
         lines += [f"Left out (not finished): {describe_left_out(left_out)}.", ""]
-    if unsourced:
-        lines += [unsourced[0].upper() + unsourced[1:] + ".", ""]
+    if notes:
+        lines += ["## Notes", ""]
+        lines += [f"- {note}" for note in notes]
+        lines.append("")
     if findings:
         lines += ["## Findings", ""]
         for f in findings:
@@ -209,14 +213,14 @@ def markdown(
 
 
 def to_json(
-    groups: list[dict], findings: list[Finding], left_out: dict[str, int], unsourced: str = ""
+    groups: list[dict], findings: list[Finding], left_out: dict[str, int], notes: list[str] = ()
 ) -> dict:
     return _finite(
         {
             "findings": [asdict(f) for f in findings],
             "groups": groups,
             "left_out": left_out,
-            "notes": [unsourced] if unsourced else [],
+            "notes": list(notes),
         }
     )
 

@@ -7,16 +7,17 @@ them.
 
 Every finding that compares a run with a baseline names what differs between the two in the
 environment the runs record (pipeline.environment). A speed finding says how sure it is
-(pipeline.evidence): confirmed, unconfirmed or insufficient data. A sweep's repeated runs of
-one cell (same group, device, host and parent) are one measurement: speed rules take them
-together, and their finding is reported on the latest of them.
+(pipeline.evidence): confirmed, unconfirmed or insufficient data; all speed comparisons of
+one command are tested at one family-wise level, and a drop past the tolerance that the
+evidence cannot call is a note, not a finding. A sweep's repeated runs of one cell (same
+group, device, host and parent) are one side of a comparison, reported on the latest of them.
 
 Rules (tolerances are options of `pipeline compare`):
 - accelerator-slower-than-cpu: a cuda/mps run's steady-state throughput is below the latest
-  CPU run of its group on the same host by more than the speed tolerance.
-- slower-than-history: a run's throughput is below the median of the last N earlier finished
-  runs of its group, device type and host by more than max(speed tolerance, 3 × the history's
-  scaled median absolute deviation / median): ordinary scatter never flags, a real slowdown does.
+  CPU run of its group on the same host by more than the speed tolerance and by more than
+  the two sides' noise explains (pipeline.evidence).
+- slower-than-history: the same against the last N earlier finished runs of its group,
+  device and host.
 - accuracy-mismatch: final test accuracy differs from the group's CPU run by more than the
   accuracy tolerance (absolute); when the test losses agree, the device's metric computation is
   suspect, not its training.
@@ -66,8 +67,10 @@ def judge(
     tol: Tolerances,
     history: History | None = None,
     operations: Operations | None = None,
-):
-    """All findings on the judged runs, and the groups of the finished train runs."""
+) -> tuple[list[Finding], list, list[str]]:
+    """All findings on the judged runs, the groups of the finished train runs, and the notes:
+    speed drops past the tolerance that the evidence cannot call. The speed comparisons of
+    the whole command are tested together, at one family-wise level."""
     groups = groups_of(selection.runs)
     findings: list[Finding] = []
 
@@ -79,12 +82,24 @@ def judge(
             findings.append(f)
 
     fp32 = fp32_twins(selection.runs)
+    compared: list[speed.Comparison] = []
     for group in groups:
         for run in group.runs:
             if run.run_id in selection.judged:
-                found = _check_run(run, group, tol, history, selection.judged, operations)
+                if _latest_judged_repeat(run, group, selection.judged):
+                    compared += speed.comparisons(run, group, tol, history)
+                found = _check_run(run, group, tol, history)
                 found += _precision_loss(run, fp32.get(twin_key(run)), tol)
                 add(run, found, group.id)
+    k = sum(c.test is not None for c in compared)
+    alpha = evidence.family_alpha(k)
+    notes = []
+    for c in compared:
+        outcome = speed.verdict_of(c, alpha, k, tol, operations)
+        if isinstance(outcome, Finding):
+            add(c.run, [outcome], c.group)
+        elif outcome:
+            notes.append(outcome)
     for run in selection.unfinished:
         add(run, _unfinished(run))
     by_id = {r.run_id: r for r in selection.runs}
@@ -92,7 +107,7 @@ def judge(
         add(run, [*numerics.single_run(run), *_evaluation_vs_source(run, by_id, tol)])
     for run in selection.checked:
         add(run, _doctor_failed(run))
-    return findings, groups
+    return findings, groups, notes
 
 
 # Findings that mean one of the device's operations gives wrong results.
@@ -230,13 +245,17 @@ def _evaluation_vs_source(run: RunSummary, train_runs: dict, tol: Tolerances) ->
     ]
 
 
-def _check_run(run, group, tol, history, judged: set[str], operations=None) -> list[Finding]:
-    """Every rule on a finished train run. Speed rules take a sweep cell's repeats together:
-    their finding goes to the latest judged repeat only."""
+def _latest_judged_repeat(run: RunSummary, group, judged: set[str]) -> bool:
+    """Whether the run is the latest judged of its sweep cell's repeats (a run outside a
+    sweep is its own): speed comparisons take the repeats together and report on it."""
     later = [r for r in group.runs if r.run_id in judged and run in repeats(r, group.runs)]
-    speed_rules = [speed.slower_than_cpu, speed.slower_than_history] if later[-1] is run else []
+    return later[-1] is run
+
+
+def _check_run(run, group, tol, history) -> list[Finding]:
+    """Every rule but the speed comparisons on a finished train run."""
     return [
-        *(f for rule in speed_rules for f in rule(run, group, tol, history, operations)),
+        *speed.slower_to_target(run, group, tol),
         *speed.cpu_fallback(run),
         *numerics.single_run(run),
         *_accuracy_vs_cpu(run, group, tol, history),

@@ -2,13 +2,16 @@
 
 Pure functions over pipeline.records. A run's speed is its steady-state training throughput
 (samples_per_s), else the inverse of its training time, else of its whole command's time
-(the M1 record has nothing else). A sweep's repeated runs of one cell are one measurement:
-their medians are compared. How sure a finding is comes from pipeline.evidence; what changed
-in the environment from pipeline.environment.
+(the M1 record has nothing else). A sweep's repeated runs of one cell are one side of a
+comparison together. Each rule makes a `Comparison`; the command judges all of its
+comparisons at one level (`verdict_of`, with evidence.family_alpha), so that its false-alarm
+rate holds per command. How sure a finding is comes from pipeline.evidence; what changed in
+the environment from pipeline.environment.
 """
 
 import math
 import statistics
+from dataclasses import dataclass
 
 from pipeline import evidence
 from pipeline.environment import changed, describe_changes
@@ -53,38 +56,20 @@ def steady_epochs(run: RunSummary, history: History | None) -> list[float]:
     costs), by step; none when the run has not logged it or no history reader is given."""
     if history is None or Metrics.EPOCH_SAMPLES_PER_S not in run.metrics:
         return []
-    return [v for _, v in sorted(history(run.run_id, Metrics.EPOCH_SAMPLES_PER_S))][1:]
-
-
-def speed_evidence(
-    ours: list[RunSummary], base: list[RunSummary], key: str, tol: float, history: History | None
-) -> dict:
-    """evidence.speed_confidence of a run side against a baseline side: runs by their speed
-    figure; when the baseline has too few runs, the latest run of each side by its steady
-    epochs (histories read only when the `epochs` params allow enough of them)."""
-    runs = ([speed(r, key) for r in ours], [speed(r, key) for r in base])
-    if len(base) >= evidence.MIN_SAMPLES or key != Metrics.SAMPLES_PER_S:
-        return evidence.speed_confidence(runs, ([], []), tol)
-    planned = [steady_epochs_planned(r) for r in (ours[-1], base[-1])]
-    if min(planned) < evidence.MIN_SAMPLES:
-        return evidence.insufficient((len(ours), len(base)), (planned[0], planned[1]))
-    epochs = (steady_epochs(ours[-1], history), steady_epochs(base[-1], history))
-    return evidence.speed_confidence(runs, epochs, tol)
+    steps = [v for _, v in sorted(history(run.run_id, Metrics.EPOCH_SAMPLES_PER_S))][1:]
+    return [v for v in steps if 0 < v < math.inf]  # a broken epoch is no sample
 
 
 def steady_epochs_planned(run: RunSummary) -> int:
     """How many steady epochs the run's `epochs` param allows (a large number when unknown)."""
     planned = run.params.get(Params.EPOCHS, "")
-    return int(planned) - 1 if planned.isdigit() else evidence.MIN_SAMPLES
-
-
-def speed_severity(sure: dict) -> str:
-    return ERROR if sure["confidence"] == evidence.CONFIRMED else WARNING
+    return max(int(planned) - 1, 0) if planned.isdigit() else evidence.MIN_EPOCHS
 
 
 def speed_vs_cpu(run: RunSummary, group: Group) -> float | None:
     """The run's speed against the latest CPU run of its group on its host, each taken with
-    its repeats (medians); None without such a CPU run or a shared speed figure."""
+    its repeats (medians): the table's `vs cpu`; None without such a CPU run or a shared
+    speed figure."""
     cpu = latest_cpu(group, run.host)
     if cpu is None:
         return None
@@ -97,101 +82,171 @@ def speed_vs_cpu(run: RunSummary, group: Group) -> float | None:
     )
 
 
-def slower_than_cpu(
+@dataclass
+class Comparison:
+    """One speed comparison of a run side with a baseline side, before its verdict: the
+    command tests all of its comparisons together (evidence.family_alpha)."""
+
+    kind: str  # accelerator-slower-than-cpu | slower-than-history
+    run: RunSummary  # the latest run of the run side, which a finding is reported on
+    group: int
+    ours: list[RunSummary]
+    base: list[RunSummary]  # the baseline runs kept (slow outliers set aside)
+    ratio: float  # of the two sides' speeds
+    test: evidence.Test | None  # None: no noise estimate
+    sizes: dict  # {"runs": [m, n], "epochs": [e, e]}: what each side had
+    set_aside: list[RunSummary]
+
+
+def compare_sides(
+    kind: str,
     run: RunSummary,
     group: Group,
-    tol: Tolerances,
+    ours: list[RunSummary],
+    base: list[RunSummary],
+    key: str,
     history: History | None,
-    operations: Operations | None = None,
-) -> list[Finding]:
+) -> Comparison:
+    """The comparison of two sides by their speed figure: their runs when a side has two or
+    more, else the steady epochs of one run against one (read only when the `epochs` params
+    allow enough of them), else no noise estimate."""
+    a, b = [speed(r, key) for r in ours], [speed(r, key) for r in base]
+    aside = evidence.slow_outliers(b)
+    kept = [r for i, r in enumerate(base) if i not in aside]
+    test = evidence.runs_test(a, b, aside)
+    epochs = [0, 0]
+    if test is None and key == Metrics.SAMPLES_PER_S:
+        planned = [steady_epochs_planned(r) for r in (ours[-1], base[-1])]
+        epochs = planned
+        if min(planned) >= evidence.MIN_EPOCHS:
+            ea, eb = steady_epochs(ours[-1], history), steady_epochs(base[-1], history)
+            epochs = [len(ea), len(eb)]
+            test = evidence.epochs_test(ea, eb)
+    if test is not None and test.kind == evidence.RUNS:
+        ratio = math.exp(test.log_ratio)  # of the geometric means, as the bound
+    else:  # one run a side: the ratio of their speeds, as the table's
+        ratio = statistics.median(a) / statistics.median(b)
+    sizes = {"runs": [len(a), len(kept)], "epochs": epochs}
+    skipped = [base[i] for i in aside]
+    return Comparison(kind, run, group.id, ours, kept, ratio, test, sizes, skipped)
+
+
+def vs_cpu(run: RunSummary, group: Group, history: History | None) -> Comparison | None:
+    """An accelerator run (with its repeats) against the latest CPU run of its group on its
+    host (with its repeats)."""
     cpu = latest_cpu(group, run.host)
     if run.device_type == "cpu" or cpu is None:
-        return []
-    found = []
-    diff = changed(run, [cpu], same_by_design=("device_name",))
-    ratio = speed_vs_cpu(run, group)
-    if ratio is not None and ratio < 1 - tol.speed:
-        ours, base = repeats(run, group.runs), repeats(cpu, group.runs)
-        sure = speed_evidence(ours, base, speed_figure(ours + base), tol.speed, history)
-        why = where_time_goes(run, cpu, operations)
-        found.append(
-            Finding(
-                run.run_id,
-                SPEED,
-                "accelerator-slower-than-cpu",
-                speed_severity(sure),
-                f"{run.device} trains at {ratio:.2f}× the speed of the CPU on {run.host} "
-                f"({1 / ratio:.2f}× slower; tolerance {tol.speed:.0%})"
-                + evidence.describe(sure)
-                + describe(why)
-                + fallbacks_named(run)
-                + describe_changes(diff),
-                values={
-                    "speed_vs_cpu": ratio,
-                    "cpu_run_id": cpu.run_id,
-                    **sure,
-                    "operations": why,
-                    "changed": diff,
-                },
-            )
-        )
-    a, b = run.metrics.get(Metrics.TIME_TO_TARGET_S), cpu.metrics.get(Metrics.TIME_TO_TARGET_S)
-    if a and b and a > b * (1 + tol.speed):
-        found.append(
-            Finding(
-                run.run_id,
-                SPEED,
-                "accelerator-slower-to-target",
-                WARNING,
-                f"{run.device} reached the target accuracy in {a:.2f} s, the CPU in {b:.2f} s"
-                + describe_changes(diff),
-                values={"time_to_target_s": a, "cpu_time_to_target_s": b, "changed": diff},
-            )
-        )
-    return found
+        return None
+    ours, base = repeats(run, group.runs), repeats(cpu, group.runs)
+    key = speed_figure(ours + base)
+    if key is None:
+        return None
+    return compare_sides("accelerator-slower-than-cpu", run, group, ours, base, key, history)
 
 
-def slower_than_history(
-    run: RunSummary,
-    group: Group,
-    tol: Tolerances,
-    history: History | None,
-    operations: Operations | None = None,
-) -> list[Finding]:
+def vs_history(
+    run: RunSummary, group: Group, tol: Tolerances, history: History | None
+) -> Comparison | None:
+    """A run (with its repeats) against the last --history earlier runs of its group, device
+    and host."""
     ours = repeats(run, group.runs)
     key = speed_figure(ours)
     if key is None:
-        return []
+        return None
     earlier = [h for h in history_of(run, group, tol.history) if speed_figure([h]) == key]
     if len(earlier) < MIN_HISTORY:
-        return []
-    median, allowed = evidence.noise_threshold(
-        [speed(h, key) for h in earlier], tol.speed, relative=True
+        return None
+    return compare_sides("slower-than-history", run, group, ours, earlier, key, history)
+
+
+def comparisons(
+    run: RunSummary, group: Group, tol: Tolerances, history: History | None
+) -> list[Comparison]:
+    """Every speed comparison the run's side takes part in."""
+    found = (vs_cpu(run, group, history), vs_history(run, group, tol, history))
+    return [c for c in found if c is not None]
+
+
+def verdict_of(
+    c: Comparison, alpha: float, k: int, tol: Tolerances, operations: Operations | None
+) -> Finding | str | None:
+    """The comparison's verdict at the per-comparison level α: a finding; a note (a drop past
+    the tolerance that the evidence cannot call); or None."""
+    confidence = evidence.verdict(c.test, c.ratio, alpha, tol.speed)
+    what = _what(c, tol)
+    if confidence is None:
+        if c.ratio >= 1 - tol.speed:
+            return None
+        if c.test is None:
+            why = evidence.describe(None, alpha, k, c.sizes)
+            return f"{what}: not flagged, a drop under {evidence.LARGE_EFFECT:.0%}; {why}"
+        below = evidence.threshold(c.test, alpha)
+        needs = f"a finding here needs below {below:.2f}×" if below >= 0.01 else "too noisy to call"
+        return (
+            f"{what}: within what the noise explains, not flagged ({needs}; "
+            + evidence.describe(c.test, alpha, k, c.sizes)
+            + ")"
+        )
+    sure = {"confidence": confidence, **evidence.values(c.test, alpha, k, c.sizes)}
+    if c.set_aside:
+        sure["set_aside"] = [r.run_id for r in c.set_aside]
+    diff = changed(
+        c.run, c.base, same_by_design=("device_name",) if c.kind != "slower-than-history" else ()
     )
-    ratio = statistics.median(speed(r, key) for r in ours) / median
-    if ratio >= 1 - allowed:
+    why = where_time_goes(c.run, c.base[-1], operations)
+    if c.kind == "slower-than-history":
+        figures = {"speed_vs_history": c.ratio, "history_runs": len(c.base)}
+        extra = ""
+    else:
+        figures = {"speed_vs_cpu": c.ratio, "cpu_run_id": c.base[-1].run_id}
+        extra = fallbacks_named(c.run)
+    prefix = "" if confidence == evidence.INSUFFICIENT else f"{confidence}: "
+    return Finding(
+        c.run.run_id,
+        SPEED,
+        c.kind,
+        ERROR if confidence == evidence.CONFIRMED else WARNING,
+        f"{what}; {prefix}"
+        + evidence.describe(c.test, alpha, k, c.sizes)
+        + describe(why)
+        + extra
+        + describe_changes(diff),
+        values={**figures, **sure, "operations": why, "changed": diff},
+    )
+
+
+def _what(c: Comparison, tol: Tolerances) -> str:
+    """The comparison's figure in words."""
+    if c.kind == "slower-than-history":
+        n = len(c.base)
+        return (
+            f"{c.run.device} on {c.run.host} ran at {c.ratio:.2f}× the speed of its last {n} "
+            f"run{'s' * (n != 1)} (geometric mean; tolerance {tol.speed:.0%})"
+        )
+    return (
+        f"{c.run.device} trains at {c.ratio:.2f}× the speed of the CPU on {c.run.host} "
+        f"({1 / c.ratio:.2f}× slower; tolerance {tol.speed:.0%})"
+    )
+
+
+def slower_to_target(run: RunSummary, group: Group, tol: Tolerances) -> list[Finding]:
+    """An accelerator run that reached the target accuracy later than its host's CPU."""
+    cpu = latest_cpu(group, run.host)
+    if run.device_type == "cpu" or cpu is None:
         return []
-    sure = speed_evidence(ours, earlier, key, tol.speed, history)
-    diff = changed(run, earlier)
-    why = where_time_goes(run, earlier[-1], operations)
+    a, b = run.metrics.get(Metrics.TIME_TO_TARGET_S), cpu.metrics.get(Metrics.TIME_TO_TARGET_S)
+    if not (a and b and a > b * (1 + tol.speed)):
+        return []
+    diff = changed(run, [cpu], same_by_design=("device_name",))
     return [
         Finding(
             run.run_id,
             SPEED,
-            "slower-than-history",
-            speed_severity(sure),
-            f"{run.device} on {run.host} ran at {ratio:.2f}× the median speed of its last "
-            f"{len(earlier)} runs (allowed drop {allowed:.0%})"
-            + evidence.describe(sure)
-            + describe(why)
+            "accelerator-slower-to-target",
+            WARNING,
+            f"{run.device} reached the target accuracy in {a:.2f} s, the CPU in {b:.2f} s"
             + describe_changes(diff),
-            values={
-                "speed_vs_history": ratio,
-                "history_runs": len(earlier),
-                **sure,
-                "operations": why,
-                "changed": diff,
-            },
+            values={"time_to_target_s": a, "cpu_time_to_target_s": b, "changed": diff},
         )
     ]
 
