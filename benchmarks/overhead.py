@@ -59,7 +59,7 @@ def peak_rss_mib(pid: int | str = "self") -> float:
 def bare_batches(split, scale_per_batch: bool):
     """a's batches: views of the split preloaded as floats; or, with scale_per_batch, the
     pipeline's own (uint8 kept, each batch scaled to floats when it is taken)."""
-    from pipeline import data
+    from pipeline.training import data
 
     x, y = split.data.unsqueeze(1), split.targets
     if scale_per_batch:
@@ -118,7 +118,7 @@ def child(mode: str, epochs: int, data_dir: str) -> None:
     from torch.utils.data import DataLoader
     from torchvision.transforms import ToTensor
 
-    from pipeline import data
+    from pipeline.training import data
 
     spec = data.DataSpec("synthetic", Path(data_dir), SEED)
     if mode.startswith("bare"):
@@ -141,7 +141,8 @@ def same_process(data_dir: str, rounds: int) -> dict[str, list[float]]:
     loop, timers and logging cost."""
     from mlflow import MlflowClient
 
-    from pipeline import cli, data, devices
+    from pipeline import cli, devices
+    from pipeline.training import data
 
     devices.keep_freed_host_memory()
     spec = data.DataSpec("synthetic", Path(data_dir), SEED)
@@ -296,7 +297,9 @@ def outside_phases(data_dir: str, epochs: int) -> dict[str, float]:
 
     spent = {"import torch, torchvision, MLflow's client": time.perf_counter() - start}
     start = time.perf_counter()
-    from pipeline import artifact, cli, costs, data, stages, tracking
+    from pipeline import cli, tracking
+    from pipeline.training import artifact, costs, data
+    from pipeline.training import stage as stages
 
     spent["import the pipeline's modules"] = time.perf_counter() - start
     steps = {
@@ -428,7 +431,7 @@ def main() -> None:
     if args.child:
         return child(args.child, args.epochs, data_dir)
 
-    from pipeline import data
+    from pipeline.training import data
 
     data.write_synthetic(Path(data_dir), SEED, 60_000, 10_000)  # once, outside the timings
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}

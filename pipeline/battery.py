@@ -9,8 +9,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from pipeline import data, loops, model
 from pipeline.doctor import ROCM_TRACKER, TRACKER, Check, Inputs
+from pipeline.training import data, loops, model
 
 
 def rand(*shape: int) -> Callable[[torch.Generator], torch.Tensor]:

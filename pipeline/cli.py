@@ -59,10 +59,10 @@ def train(
     """Train on one device, testing after every epoch; log one MLflow run."""
     if allow_cpu_fallback:  # read once, when torch is imported: before the stage imports it
         os.environ["PYTORCH_ENABLE_MPS_FALLBACK"] = "1"
-    from pipeline import stages
+    from pipeline.training import stage as training
 
     target = c.Target(experiment, tracking_uri, run_name, host, parent_run_id)
-    stages.train(c.train_config(locals()), target, quiet)
+    training.train(c.train_config(locals()), target, quiet)
 
 
 @app.command()
@@ -80,10 +80,10 @@ def test(
     quiet: c.Quiet = False,
 ) -> None:
     """Evaluate a logged model on a device (perhaps not the one it was trained on)."""
-    from pipeline import stages
+    from pipeline.training import stage as training
 
     target = c.Target(experiment, tracking_uri, run_name, host)
-    stages.test(model_uri, device, data_dir, batch_size, target, quiet)
+    training.test(model_uri, device, data_dir, batch_size, target, quiet)
 
 
 @app.command("compare")

@@ -5,12 +5,13 @@ import json
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from pipeline import battery, devices, doctor, model, render, replay, tracking
+from pipeline import battery, devices, doctor, render, replay, tracking
 from pipeline.config import Target
 from pipeline.console import out
 from pipeline.lifecycle import interrupts_requested, run_closed
 from pipeline.schema import Metrics, Params, Stages, Tags
-from pipeline.stages import device_tags
+from pipeline.training import model
+from pipeline.training.stage import device_tags
 
 
 def checks_for(model_config: dict | None, precision: str) -> list[doctor.Check]:

@@ -17,9 +17,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from pipeline import devices, loops, model
-from pipeline.data import NUM_CLASSES
+from pipeline import devices
 from pipeline.doctor import Check
+from pipeline.training import loops, model
+from pipeline.training.data import NUM_CLASSES
 
 UNINITIALISED = {"empty_like", "new_empty", "new_empty_strided", "empty_strided", "empty"}
 # Operations that sum many terms, held to test_mps.py's looser bounds (pipeline.doctor).

@@ -17,11 +17,12 @@ from pathlib import Path
 import mlflow
 from mlflow import MlflowClient
 
-from pipeline import config, console, devices, model, plots, render, tracking
+from pipeline import config, console, devices, plots, render, tracking
 from pipeline.config import Target, TrainConfig
 from pipeline.errors import UserError
 from pipeline.lifecycle import interrupts_requested, run_closed
 from pipeline.schema import Metrics, Params, Stages, Tags
+from pipeline.training import model
 
 
 @dataclass(frozen=True)

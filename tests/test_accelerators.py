@@ -15,8 +15,9 @@ from test_compare import log_run
 from test_doctor import CPU, broken, stand_in
 from torchvision.transforms import ToTensor
 
-from pipeline import battery, compare, data, devices, doctor, environment, loops, process
+from pipeline import battery, compare, devices, doctor, environment, process
 from pipeline.schema import Metrics, Tags
+from pipeline.training import data, loops
 
 
 @pytest.mark.parametrize(

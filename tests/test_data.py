@@ -3,7 +3,7 @@
 import torch
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
-from pipeline import data
+from pipeline.training import data
 
 
 def test_synthetic_is_written_as_idx_and_read_through_torchvision(tmp_path):

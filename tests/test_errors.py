@@ -4,7 +4,8 @@ import pytest
 from conftest import SMALL, pipeline_process
 from torchvision import datasets
 
-from pipeline import data, devices
+from pipeline import devices
+from pipeline.training import data
 
 
 def assert_one_line_error(result, *expected: str) -> None:

@@ -15,8 +15,8 @@ from conftest import SMALL, only_run
 from mlflow import MlflowClient
 from test_errors import assert_no_run, assert_one_line_error
 
-from pipeline import loops
 from pipeline.schema import Metrics, Tags
+from pipeline.training import loops
 
 
 def free_port() -> int:
@@ -239,7 +239,7 @@ def test_losses_buffered_when_interrupted_are_flushed(cli, client, monkeypatch):
 def test_a_signal_during_the_final_logging_ends_the_run_killed(cli, client, monkeypatch):
     """Ctrl-C at any moment after the run exists, here while the model is being logged after
     the last epoch: the run ends KILLED and the command exits 130, not FINISHED and 0."""
-    from pipeline import artifact
+    from pipeline.training import artifact
 
     original = artifact.log
 

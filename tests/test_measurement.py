@@ -7,8 +7,10 @@ import sys
 import pytest
 from conftest import SMALL, only_run
 
-from pipeline import devices, loops, stages
+from pipeline import devices
 from pipeline.schema import Metrics, Params, Tags
+from pipeline.training import loops
+from pipeline.training import stage as stages
 
 GLIBC = devices.keep_freed_host_memory() == devices.ALLOCATOR_KEEPS_FREED
 
@@ -17,7 +19,8 @@ GLIBC = devices.keep_freed_host_memory() == devices.ALLOCATOR_KEEPS_FREED
 EPOCH_FAULTS = """
 import resource, sys, torch
 from mlflow import MlflowClient
-from pipeline import data, devices, loops, model
+from pipeline import devices
+from pipeline.training import data, loops, model
 MlflowClient("sqlite:///" + sys.argv[2]).search_experiments()
 if sys.argv[1] == "kept":
     devices.keep_freed_host_memory()

@@ -7,8 +7,8 @@ from conftest import SMALL, only_run
 from test_compare import compare_json, kinds, log_run
 from test_errors import assert_no_run, assert_one_line_error
 
-from pipeline import model
 from pipeline.schema import Metrics, Params
+from pipeline.training import model
 
 ONE_EPOCH = ("train", "--device", "cpu", "--epochs", "1", *SMALL, "--no-system-metrics")
 

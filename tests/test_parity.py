@@ -6,8 +6,8 @@ import torch
 from conftest import SMALL, only_run
 from torch import nn
 
-from pipeline import data, loops, model
 from pipeline.schema import Metrics
+from pipeline.training import data, loops, model
 
 
 class RolledLogitsStandIn(nn.Module):

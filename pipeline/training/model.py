@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.data import NUM_CLASSES
 from pipeline.errors import UserError
+from pipeline.training.data import NUM_CLASSES
 
 BUILT_IN = ("mlp", "cnn", "vit")
 IMAGE = (1, 28, 28)

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import torch
 
-from pipeline import model, tracking
+from pipeline import tracking
 from pipeline.config import TrainConfig
 from pipeline.errors import UserError
+from pipeline.training import model
 
 MODEL_ARTIFACT = "model"
 

@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from pipeline import devices, loops
+from pipeline import devices
+from pipeline.training import loops
 
 DEFAULT_BATCHES = 20
 NOTES = {

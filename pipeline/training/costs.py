@@ -7,8 +7,9 @@ from pathlib import Path
 
 import torch
 
-from pipeline import devices, profiling
+from pipeline import devices
 from pipeline.schema import Metrics, Tags
+from pipeline.training import profiling
 
 
 class Costs:
