@@ -245,13 +245,13 @@ def doctor(
 ) -> None:
     """Check a device's operations against the CPU's: the fixed battery, then every operation
     of one training step of the model. Exit 1 when a check fails or raises."""
-    from pipeline import diagnose
+    from pipeline.doctor import stage as doctor_stage
 
     workload = c.TrainConfig(
         model=model, hidden=hidden, layers=layers, model_options=c.key_values(model_option)
     )
     target = c.Target(experiment, tracking_uri, run_name, host)
-    failed = diagnose.run(device, target, workload.model_config, precision, output_json, quiet)
+    failed = doctor_stage.run(device, target, workload.model_config, precision, output_json, quiet)
     if failed and not no_fail:
         raise typer.Exit(1)
 

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline import evidence
+from pipeline.console import cell
 from pipeline.records import Finding, Group, RunSummary, Selection
 from pipeline.schema import Metrics, Params, Tags
 from pipeline.speed import speed_vs_cpu
@@ -111,14 +112,6 @@ def row_cell(r: dict, key: str, fmt: str) -> str:
         interval = evidence.describe_interval((low, high, r["samples_per_s_ci_level"]))
         return f"{cell(r[key], fmt)} ({interval})"
     return cell(r[key], fmt)
-
-
-def cell(value, fmt: str) -> str:
-    if value is None or value == "":
-        return "" if fmt == "{}" else "-"
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return fmt.format(value)
 
 
 def print_terminal(
@@ -315,45 +308,3 @@ def crossover_lines(summary: dict) -> list[str]:
             f"({c['speedup_vs_cpu']:.2f}×)"
         )
     return out
-
-
-# --- doctor ----------------------------------------------------------------------------------
-
-DOCTOR_COLUMNS = ("status", "family", "name", "shape", "dtype", "layout")
-
-
-def doctor_table(rows: list[dict], device: str) -> Table:
-    """One row a check, failures first (as given)."""
-    table = Table(title=f"doctor: {device} against the CPU", title_justify="left")
-    for heading in (*DOCTOR_COLUMNS, "max abs diff", "mismatch", "tolerance", "what"):
-        table.add_column(heading, overflow="fold")
-    colour = {"fail": "red", "error": "red", "unsupported": "yellow", "skipped": "dim"}
-    for r in rows:
-        c = colour.get(r["status"], "green")
-        table.add_row(
-            f"[{c}]{r['status']}[/{c}]",
-            *(str(r[k]) for k in DOCTOR_COLUMNS[1:]),
-            cell(r["max_abs_diff"], "{:.3g}"),
-            cell(r["mismatch_fraction"], "{:.1%}"),
-            tolerance_text(r),
-            r["detail"] or (r["reference"] if r["status"] != "pass" else ""),
-        )
-    return table
-
-
-def tolerance_text(r: dict) -> str:
-    """'exact', or 'atol 1e-05·s + rtol 1.3e-06' (s: the output's scale)."""
-    if r["atol"] is None:
-        return "exact" if r["status"] in ("pass", "fail") else ""
-    return f"atol {r['atol']:g}·s + rtol {r['rtol']:g}"
-
-
-def doctor_summary(rows: list[dict], device: str) -> str:
-    """'mps: 45 of 47 checks passed; 2 failed: ...; 1 error: ...; 2 skipped'."""
-    line = f"{device}: {sum(r['status'] == 'pass' for r in rows)} of {len(rows)} checks passed"
-    for status, word in (("fail", "failed"), ("error", "error"), ("unsupported", "unsupported")):
-        names = [r["name"] for r in rows if r["status"] == status]
-        if names:
-            line += f"; {len(names)} {word}: {', '.join(names)}"
-    skipped = sum(r["status"] == "skipped" for r in rows)
-    return line + (f"; {skipped} skipped (random)" if skipped else "")

@@ -15,7 +15,9 @@ from test_compare import compare_json, log_run
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 
-from pipeline import battery, devices, doctor, replay
+from pipeline import devices
+from pipeline.doctor import battery, replay
+from pipeline.doctor import checks as doctor
 from pipeline.schema import Stages, Tags
 
 CPU = torch.device("cpu")

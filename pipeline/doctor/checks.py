@@ -1,4 +1,4 @@
-"""doctor: when a device's results are wrong, name the operation that is broken.
+"""doctor's check engine: when a device's results are wrong, name the operation that is broken.
 
 A check runs one operation on the device and, as the reference, on the CPU, with the same
 inputs, and compares the two element by element, the way PyTorch's own cross-device tests
@@ -13,10 +13,10 @@ values of order 1, and an SGD update of 1e-6 must be checked at its own scale, n
 any atol. NaN must meet NaN and an infinity the same infinity; nothing else passes.
 Integer and boolean results must be equal.
 
-The fixed battery (pipeline.battery) takes the reference in float64 (an exact upcast: the
+The fixed battery (battery.py) takes the reference in float64 (an exact upcast: the
 CPU's float32 kernels are checked too), but for a whole training step under bf16 or fp16
 autocast, where a ReLU whose input rounds across zero changes a gradient outright, it takes
-the CPU in the same precision, as a workload's own operations (pipeline.replay) do.
+the CPU in the same precision, as a workload's own operations (replay.py) do.
 
 Each result is `pass`, `fail`, `error` (the device, or the CPU reference, raised), `skipped`
 (a random operation that cannot be replayed) or `unsupported` (only for "not implemented on

@@ -1,32 +1,36 @@
 """The doctor stage: run the fixed battery and the operations of your own workload on a
-device against the CPU, print them failures first, and log them as a run of stage `doctor`."""
+device against the CPU, print them failures first (the table and its summary line are
+drawn here), and log them as a run of stage `doctor`."""
 
 import json
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from pipeline import battery, devices, doctor, render, replay, tracking
+from rich.table import Table
+
+from pipeline import devices, tracking
 from pipeline.config import Target
-from pipeline.console import out
+from pipeline.console import cell, out
+from pipeline.doctor import battery, checks, replay
 from pipeline.lifecycle import interrupts_requested, run_closed
 from pipeline.schema import Metrics, Params, Stages, Tags
 from pipeline.training import model
 from pipeline.training.stage import device_tags
 
 
-def checks_for(model_config: dict | None, precision: str) -> list[doctor.Check]:
+def checks_for(model_config: dict | None, precision: str) -> list[checks.Check]:
     """The battery (under tf32 its accumulating fp32 checks in TF32 too), then one training
     step of the workload, recorded on the CPU, operation by operation."""
-    checks = list(battery.CHECKS)
+    selected = list(battery.CHECKS)
     if precision == "tf32":
-        checks += [
+        selected += [
             replace(c, name=f"{c.name}, tf32", precision="tf32")
             for c in battery.CHECKS
             if c.accumulates and c.precision == "fp32"
         ]
     if model_config is not None:
-        checks += replay.checks_of(model_config, precision)
-    return checks
+        selected += replay.checks_of(model_config, precision)
+    return selected
 
 
 def run(
@@ -44,12 +48,12 @@ def run(
     if model_config is not None:
         model.checked(model_config)  # a bad --model is one line, before anything is logged
     client, experiment_id = tracking.open_experiment(target.tracking_uri, target.experiment)
-    results = doctor.run_all(doctor.on(device), checks_for(model_config, precision))
+    results = checks.run_all(checks.on(device), checks_for(model_config, precision))
     rows = [asdict(r) for r in results]
-    failures = [doctor.describe_failure(r) for r in results if r.status in doctor.FAILURES]
+    failures = [checks.describe_failure(r) for r in results if r.status in checks.FAILURES]
     if not quiet:
-        out.print(render.doctor_table(rows, str(device)))
-    out.print(render.doctor_summary(rows, str(device)))
+        out.print(checks_table(rows, str(device)))
+    out.print(summary_line(rows, str(device)))
     if output_json:
         output_json.write_text(json.dumps({"device": str(device), "checks": rows}, indent=2))
 
@@ -59,12 +63,12 @@ def run(
     params = {Params.DEVICE: str(device), Params.PRECISION: precision, "checks": len(results)}
     if model_config is not None:
         params[Params.MODEL] = model.describe(model_config)
-    counts = doctor.counts(results)
+    counts = checks.counts(results)
     with interrupts_requested() as stop:
         run = tracking.Run.start(client, experiment_id, name, tags)
         with run_closed(run, stop):
             run.log_params(params)
-            scores = doctor.family_scores(results)
+            scores = checks.family_scores(results)
             run.log_metrics(
                 {f"passed_{family}": score for family, score in scores.items()}
                 | {f"{Metrics.CHECKS}_{status}": n for status, n in counts.items()}
@@ -76,14 +80,54 @@ def run(
 
 def note(device: str, device_name: str, counts: dict[str, int], failures: list[str]) -> str:
     """The run's description: what failed or raised, and what could not be checked."""
-    checked = sum(counts.values()) - counts[doctor.SKIPPED] - counts[doctor.UNSUPPORTED]
+    checked = sum(counts.values()) - counts[checks.SKIPPED] - counts[checks.UNSUPPORTED]
     if failures:
         verdict = f"{len(failures)} of {checked} checks failed or raised: " + "; ".join(failures)
     elif checked:
         verdict = f"all {checked} checks that ran passed"
     else:
         verdict = "no check could run"
-    for status in (doctor.UNSUPPORTED, doctor.SKIPPED):
+    for status in (checks.UNSUPPORTED, checks.SKIPPED):
         if counts[status]:
             verdict += f"; {counts[status]} {status}"
     return f"doctor on {device} ({device_name}): {verdict}."
+
+
+COLUMNS = ("status", "family", "name", "shape", "dtype", "layout")
+
+
+def checks_table(rows: list[dict], device: str) -> Table:
+    """One row a check, failures first (as given)."""
+    table = Table(title=f"doctor: {device} against the CPU", title_justify="left")
+    for heading in (*COLUMNS, "max abs diff", "mismatch", "tolerance", "what"):
+        table.add_column(heading, overflow="fold")
+    colour = {"fail": "red", "error": "red", "unsupported": "yellow", "skipped": "dim"}
+    for r in rows:
+        c = colour.get(r["status"], "green")
+        table.add_row(
+            f"[{c}]{r['status']}[/{c}]",
+            *(str(r[k]) for k in COLUMNS[1:]),
+            cell(r["max_abs_diff"], "{:.3g}"),
+            cell(r["mismatch_fraction"], "{:.1%}"),
+            tolerance_text(r),
+            r["detail"] or (r["reference"] if r["status"] != "pass" else ""),
+        )
+    return table
+
+
+def tolerance_text(r: dict) -> str:
+    """'exact', or 'atol 1e-05·s + rtol 1.3e-06' (s: the output's scale)."""
+    if r["atol"] is None:
+        return "exact" if r["status"] in ("pass", "fail") else ""
+    return f"atol {r['atol']:g}·s + rtol {r['rtol']:g}"
+
+
+def summary_line(rows: list[dict], device: str) -> str:
+    """'mps: 45 of 47 checks passed; 2 failed: ...; 1 error: ...; 2 skipped'."""
+    line = f"{device}: {sum(r['status'] == 'pass' for r in rows)} of {len(rows)} checks passed"
+    for status, word in (("fail", "failed"), ("error", "error"), ("unsupported", "unsupported")):
+        names = [r["name"] for r in rows if r["status"] == status]
+        if names:
+            line += f"; {len(names)} {word}: {', '.join(names)}"
+    skipped = sum(r["status"] == "skipped" for r in rows)
+    return line + (f"; {skipped} skipped (random)" if skipped else "")

@@ -18,7 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from pipeline import devices
-from pipeline.doctor import Check
+from pipeline.doctor.checks import Check
 from pipeline.training import loops, model
 from pipeline.training.data import NUM_CLASSES
 
