@@ -201,7 +201,7 @@ def sweep(
 ) -> None:
     """Every device against every batch size and width, each a child run in a process of its
     own, under one parent run."""
-    from pipeline import sweep as sweeping
+    from pipeline.sweep import stage as sweeping
 
     grid = sweeping.Grid(
         c.split(devices),

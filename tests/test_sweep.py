@@ -6,8 +6,9 @@ import json
 from conftest import SMALL
 from test_errors import assert_no_run
 
-from pipeline import render, sweep
 from pipeline.schema import Params, Stages, Tags
+from pipeline.sweep import stage as sweep
+from pipeline.sweep import tables as render
 from pipeline.training import data
 
 GRID = ["--devices", "cpu,cuda:3,mps", "--batch-sizes", "32,64", "--hidden", "16,32"]

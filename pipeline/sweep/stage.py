@@ -1,5 +1,5 @@
-"""The sweep: every device against every workload (model, precision, width, batch size), as
-child runs of one parent run, and where each accelerator starts to beat the CPU."""
+"""The sweep stage: every device against every workload (model, precision, width, batch
+size), as child runs of one parent run, and where each accelerator starts to beat the CPU."""
 
 import contextlib
 import json
@@ -17,11 +17,12 @@ from pathlib import Path
 import mlflow
 from mlflow import MlflowClient
 
-from pipeline import config, console, devices, plots, render, tracking
+from pipeline import config, console, devices, plots, tracking
 from pipeline.config import Target, TrainConfig
 from pipeline.errors import UserError
 from pipeline.lifecycle import interrupts_requested, run_closed
 from pipeline.schema import Metrics, Params, Stages, Tags
+from pipeline.sweep import tables
 from pipeline.training import model
 
 
@@ -134,7 +135,7 @@ def sweep(
             ):
                 stop.check()  # a signal between two children stops here
                 cfg = replace(workload, device=device)
-                what = f"{device} {describe(cfg)}"
+                what = f"{device} {describe_cell(cfg)}"
                 if grid.repeats > 1:
                     what += f" (run {repeat + 1} of {grid.repeats})"
                 if done[(device, *workload_of(child_params(cfg)))] > repeat:
@@ -153,7 +154,7 @@ def sweep(
     return failed
 
 
-def describe(cfg: TrainConfig) -> str:
+def describe_cell(cfg: TrainConfig) -> str:
     """'mlp hidden 512 fp32 batch 64', 'cnn bf16 batch 256'."""
     width = f" hidden {cfg.hidden}" if cfg.model == "mlp" else ""
     return f"{cfg.model}{width} {cfg.precision} batch {cfg.batch_size}"
@@ -358,18 +359,18 @@ def crossover_table(records: list[dict]) -> dict:
 
 def _log_summary(parent: tracking.Run, summary: dict, quiet: bool) -> None:
     if not quiet:
-        console.out.print(render.sweep_table(summary))
-    for line in render.crossover_lines(summary) or ["no accelerator in this sweep"]:
+        console.out.print(tables.sweep_table(summary))
+    for line in tables.crossover_lines(summary) or ["no accelerator in this sweep"]:
         console.out.print(line)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        (folder / "sweep.md").write_text(render.sweep_markdown(summary))
+        (folder / "sweep.md").write_text(tables.sweep_markdown(summary))
         (folder / "sweep.json").write_text(json.dumps(summary, indent=2))
         plots.plot_sweep(summary, folder / "throughput.png")
         parent.log_artifacts(folder)
     parent.set_tags(
         {
             Tags.NOTE: f"Sweep finished {time.strftime('%Y-%m-%d %H:%M')}. "
-            + " ".join(render.crossover_lines(summary))
+            + " ".join(tables.crossover_lines(summary))
         }
     )

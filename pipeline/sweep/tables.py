@@ -1,0 +1,70 @@
+"""What a sweep shows: the terminal table of each workload's samples/s on each device (with
+the speed-up over the CPU, peak memory and energy), and sweep.md, the same table in Markdown
+with where each accelerator starts to beat the CPU. Plain data in (the stage's summary),
+text out."""
+
+from rich.table import Table
+
+SWEEP_KEYS = ("model", "precision", "hidden", "batch_size")
+
+
+def cells(row: dict, device_names: list[str], sep: str = "\n") -> list[str]:
+    """One table row's entries: samples/s, with the speed-up over the CPU where there is one,
+    then peak memory and energy where the run measured them."""
+    out = []
+    for d in device_names:
+        speed, up = row["samples_per_s"].get(d), row["speedup_vs_cpu"].get(d)
+        if speed is None:
+            out.append("-")
+            continue
+        costs = [
+            fmt.format(row[key][d])
+            for key, fmt in (("peak_memory_mb", "{:,.0f} MiB"), ("energy_j", "{:,.0f} J"))
+            if row.get(key, {}).get(d) is not None
+        ]
+        text = f"{speed:,.0f}" + (f" ({up:.2f}×)" if up else "")
+        out.append(sep.join([text, " · ".join(costs)]) if costs else text)
+    return out
+
+
+def workload_cells(row: dict) -> list[str]:
+    return ["-" if row[k] is None else str(row[k]) for k in SWEEP_KEYS]
+
+
+def sweep_table(summary: dict) -> Table:
+    title = "sweep: steady-state samples/s (speed-up over the CPU), peak memory, energy"
+    table = Table(title=title)
+    for heading in ("model", "precision", "hidden", "batch", *summary["devices"]):
+        table.add_column(heading)
+    for row in summary["rows"]:
+        table.add_row(*workload_cells(row), *cells(row, summary["devices"]))
+    return table
+
+
+def sweep_markdown(summary: dict) -> str:
+    lines = ["# Sweep", "", "Steady-state training samples/s (speed-up over the CPU); peak memory"]
+    lines += ["and energy where the run measured them.", ""]
+    lines.append("| model | precision | hidden | batch | " + " | ".join(summary["devices"]) + " |")
+    lines.append("|---|---|---|---|" + "---|" * len(summary["devices"]))
+    for row in summary["rows"]:
+        entries = [*workload_cells(row), *cells(row, summary["devices"], sep="<br>")]
+        lines.append("| " + " | ".join(entries) + " |")
+    lines += ["", "## Crossover", ""]
+    lines += crossover_lines(summary) or ["No accelerator in this sweep."]
+    return "\n".join(lines) + "\n"
+
+
+def crossover_lines(summary: dict) -> list[str]:
+    """Where each accelerator starts to beat the CPU, for each model and precision."""
+    out = []
+    for c in summary["crossover"]:
+        what = f"- {c['device']}, {c['model']} {c['precision']}"
+        if c["batch_size"] is None:
+            out.append(f"{what}: never in the range swept")
+            continue
+        width = f"hidden {c['hidden']}, " if c["hidden"] is not None else ""
+        out.append(
+            f"{what}: beats the CPU from {width}batch {c['batch_size']} on "
+            f"({c['speedup_vs_cpu']:.2f}×)"
+        )
+    return out
