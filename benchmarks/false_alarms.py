@@ -1,7 +1,7 @@
 """How often compare's speed rules cry wolf, and how often they find a real slowdown.
 
 Synthetic histories of identical runs go through the judging code `compare` uses
-(`rules.judge` on a `records.Selection`, then `compare.fails` at the default `--fail-on
+(`rules.judge` on a `records.Selection`, then `stage.fails` at the default `--fail-on
 warning`); only the tracking store is left out. Each run's samples/s is lognormal around its
 series' speed with relative spread σ; in every baseline one run in ten (at least one) is 25%
 slower, as a run disturbed by something else on a shared machine is.
@@ -31,8 +31,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import compare, evidence, rules
-from pipeline.records import RunSummary, Selection, Tolerances
+from pipeline.compare import evidence, rules
+from pipeline.compare import stage as compare
+from pipeline.compare.records import RunSummary, Selection, Tolerances
 from pipeline.schema import Metrics, Tags
 
 SIGMAS = (0.03, 0.05, 0.10, 0.20)

@@ -137,7 +137,7 @@ def compare_runs(
     (at --fail-on's level).
 
     Without --experiment or --run-id, the runs of the experiment that train logs to."""
-    from pipeline import compare
+    from pipeline.compare import stage as compare
 
     opts = compare.CompareOptions(
         experiment=experiment,
@@ -151,7 +151,7 @@ def compare_runs(
         plots=plots,
         fail_on="never" if no_fail else fail_on,
     )
-    findings = compare.compare(opts, tracking_uri, host, quiet)
+    findings = compare.run_compare(opts, tracking_uri, host, quiet)
     if compare.fails(findings, opts.fail_on):
         raise typer.Exit(1)
 

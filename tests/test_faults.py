@@ -259,7 +259,7 @@ def test_a_signal_during_the_final_logging_ends_the_run_killed(cli, client, monk
 def test_sigterm_during_compare_ends_its_run_killed(cli, client, monkeypatch):
     """While compare draws (before its run exists): exit 143 and no run. While it logs: its
     run ends KILLED."""
-    from pipeline import compare
+    from pipeline.compare import stage as compare
     from pipeline.schema import Stages
 
     assert cli("train", "--device", "cpu", "--epochs", "1", *SMALL).code == 0

@@ -17,8 +17,9 @@ from conftest import ROOT, SMALL, pipeline_in, user_env
 from test_compare import compare_json, log_run
 from test_errors import assert_no_run
 
-from pipeline import ci, devices
-from pipeline.records import Finding
+from pipeline import devices
+from pipeline.compare import ci
+from pipeline.compare.records import Finding
 from pipeline.schema import Metrics, Tags
 
 WORKFLOW = ROOT / "examples" / "github-actions" / "device-comparison.yml"

@@ -9,8 +9,9 @@ import pytest
 from mlflow.entities import Metric
 from test_compare import QUICKSTART, compare_json, kinds, log_run
 
-from pipeline import environment, evidence, rules
-from pipeline.records import RunSummary, Selection, Tolerances
+from pipeline.compare import changes as environment
+from pipeline.compare import evidence, rules
+from pipeline.compare.records import RunSummary, Selection, Tolerances
 from pipeline.schema import Metrics, Params, Stages, Tags
 
 DIVERGED = {Tags.FAILURE_REASON: "diverged: train_loss became nan at step 9 (epoch 1)"}

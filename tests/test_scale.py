@@ -10,7 +10,7 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from compare_at_scale import populate
 
-from pipeline import render
+from pipeline.compare import render
 from pipeline.schema import Stages, Tags
 
 

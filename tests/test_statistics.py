@@ -1,6 +1,6 @@
 """The speed verdicts hold the rates they state, proven by simulation through the real rule.
 
-Synthetic histories go through `rules.judge` and `compare.fails`, the code `compare` runs
+Synthetic histories go through `rules.judge` and `compare.stage.fails`, the code `compare` runs
 (benchmarks/false_alarms.py, whose full grid of 2,000 draws a setting is in
 docs/benchmarks.md). Here a reduced, seeded grid: each rate is checked against the count that
 a rule keeping its bound exceeds with a chance under 0.1%, so that a broken bound (the old
@@ -18,8 +18,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import false_alarms as sim
 from identical_runs import identical_runs
 
-from pipeline import compare, evidence
-from pipeline.records import ERROR, WARNING
+from pipeline.compare import evidence
+from pipeline.compare import stage as compare
+from pipeline.compare.records import ERROR, WARNING
 
 DRAWS = 300
 SEED = 7

@@ -1,6 +1,6 @@
 """The compare stage: read runs through MlflowClient (summaries from one paged search_runs;
-histories only where a rule or a picture needs them), judge them (pipeline.rules), report
-(pipeline.render, pipeline.plots), log a compare run, and tag the flagged runs."""
+histories only where a rule or a picture needs them), judge them (rules.py), report
+(render.py, pipeline.plots), log a compare run, and tag the flagged runs."""
 
 import json
 import os
@@ -15,10 +15,9 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from pipeline import ci, console, render, rules, speed, store, tracking
-from pipeline.errors import UserError
-from pipeline.lifecycle import StopRequest, interrupts_requested, run_closed
-from pipeline.records import (
+from pipeline import console, store, tracking
+from pipeline.compare import ci, render, rules, speed
+from pipeline.compare.records import (
     ACCURACY,
     ERROR,
     SPEED,
@@ -31,6 +30,8 @@ from pipeline.records import (
     Selection,
     Tolerances,
 )
+from pipeline.errors import UserError
+from pipeline.lifecycle import StopRequest, interrupts_requested, run_closed
 from pipeline.schema import Metrics, Stages, Tags
 
 
@@ -63,7 +64,7 @@ def search_all(client: MlflowClient, experiment_ids: list[str], filter_string: s
             return runs
 
 
-def load(
+def select(
     client: MlflowClient,
     experiment: str | None,
     run_ids: Iterable[str] = (),
@@ -178,7 +179,7 @@ class CompareOptions:
     fail_on: str = WARNING  # the least severe finding that fails the command (or "never")
 
 
-def compare(
+def run_compare(
     opts: CompareOptions, tracking_uri: str | None, host: str | None = None, quiet: bool = False
 ) -> list[Finding]:
     """Compare finished runs, report, log a compare run; return the findings.
@@ -186,7 +187,7 @@ def compare(
     The compare run ends FINISHED whenever the comparison itself worked, flagged or not: its
     tag `pipeline.verdict` (flagged or clean) and metric `findings` say which."""
     client = store.connect(tracking_uri)
-    selection = load(client, opts.experiment, opts.run_ids, opts.filter_string, opts.latest_only)
+    selection = select(client, opts.experiment, opts.run_ids, opts.filter_string, opts.latest_only)
     findings, groups, notes = rules.judge(
         selection, opts.tolerances, history_reader(client), operations_reader(client)
     )

@@ -1,21 +1,21 @@
-"""compare's speed rules: a run slower than the CPU of its host, or than its own history.
+"""The speed rules: a run slower than the CPU of its host, or than its own history.
 
-Pure functions over pipeline.records. A run's speed is its steady-state training throughput
+Pure functions over records.py. A run's speed is its steady-state training throughput
 (samples_per_s), else the inverse of its training time, else of its whole command's time
 (the M1 record has nothing else). A sweep's repeated runs of one cell are one side of a
 comparison together. Each rule makes a `Comparison`; the command judges all of its
 comparisons at one level (`verdict_of`, with evidence.family_alpha), so that its false-alarm
-rate holds per command. How sure a finding is comes from pipeline.evidence; what changed in
-the environment from pipeline.environment.
+rate holds per command. How sure a finding is comes from evidence.py; what changed in the
+environment from changes.py.
 """
 
 import math
 import statistics
 from dataclasses import dataclass
 
-from pipeline import evidence
-from pipeline.environment import changed, describe_changes
-from pipeline.records import (
+from pipeline.compare import evidence
+from pipeline.compare.changes import changed, describe_changes
+from pipeline.compare.records import (
     ERROR,
     SPEED,
     WARNING,
@@ -208,7 +208,7 @@ def verdict_of(
         ERROR if confidence == evidence.CONFIRMED else WARNING,
         f"{what}; {prefix}"
         + evidence.describe(c.test, alpha, k, c.sizes)
-        + describe(why)
+        + describe_slowdown(why)
         + extra
         + describe_changes(diff),
         values={**figures, **sure, "operations": why, "changed": diff},
@@ -313,7 +313,7 @@ def explain(ours: list[dict], base: list[dict], top: int = 3) -> list[dict]:
     ]
 
 
-def describe(explained: list[dict]) -> str:
+def describe_slowdown(explained: list[dict]) -> str:
     """'; where the time goes: aten::addmm 71% of the difference (412 vs 130 us a call), ...'"""
     if not explained:
         return ""

@@ -1,13 +1,13 @@
-"""compare's rules: flag speed regressions and accuracy anomalies.
+"""The rules: flag speed regressions and accuracy anomalies.
 
-Pure functions over pipeline.records: `judge` applies every rule that can apply to each
+Pure functions over records.py: `judge` applies every rule that can apply to each
 judged run and returns findings. The rules that need a metric history get it from a function
 they are handed (`History`), so that compare fetches histories only for the runs that need
 them.
 
 Every finding that compares a run with a baseline names what differs between the two in the
-environment the runs record (pipeline.environment). A speed finding says how sure it is
-(pipeline.evidence): confirmed, unconfirmed or insufficient data; all speed comparisons of
+environment the runs record (changes.py). A speed finding says how sure it is
+(evidence.py): confirmed, unconfirmed or insufficient data; all speed comparisons of
 one command are tested at one family-wise level, and a drop past the tolerance that the
 evidence cannot call is a note, not a finding. A sweep's repeated runs of one cell (same
 group, device, host and parent) are one side of a comparison, reported on the latest of them.
@@ -15,7 +15,7 @@ group, device, host and parent) are one side of a comparison, reported on the la
 Rules (tolerances are options of `pipeline compare`):
 - accelerator-slower-than-cpu: a cuda/mps run's steady-state throughput is below the latest
   CPU run of its group on the same host by more than the speed tolerance and by more than
-  the two sides' noise explains (pipeline.evidence).
+  the two sides' noise explains (evidence.py).
 - slower-than-history: the same against the last N earlier finished runs of its group,
   device and host.
 - accuracy-mismatch: final test accuracy differs from the group's CPU run by more than the
@@ -42,9 +42,9 @@ accuracy-inconsistent-with-loss, device-numerics, and evaluation-mismatch when t
 run is among those read.
 """
 
-from pipeline import evidence, numerics, speed
-from pipeline.environment import changed, describe_changes
-from pipeline.records import (
+from pipeline.compare import evidence, sanity, speed
+from pipeline.compare.changes import changed, describe_changes
+from pipeline.compare.records import (
     ACCURACY,
     ERROR,
     RUN,
@@ -104,7 +104,7 @@ def judge(
         add(run, _unfinished(run))
     by_id = {r.run_id: r for r in selection.runs}
     for run in selection.tests:
-        add(run, [*numerics.single_run(run), *_evaluation_vs_source(run, by_id, tol)])
+        add(run, [*sanity.single_run(run), *_evaluation_vs_source(run, by_id, tol)])
     for run in selection.checked:
         add(run, _doctor_failed(run))
     return findings, groups, notes
@@ -257,10 +257,10 @@ def _check_run(run, group, tol, history) -> list[Finding]:
     return [
         *speed.slower_to_target(run, group, tol),
         *speed.cpu_fallback(run),
-        *numerics.single_run(run),
+        *sanity.single_run(run),
         *_accuracy_vs_cpu(run, group, tol, history),
         *_accuracy_vs_history(run, group, tol),
-        *numerics.loss_not_falling(run, history),
+        *sanity.loss_not_falling(run, history),
     ]
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from pipeline import evidence
+from pipeline.compare import evidence
+from pipeline.compare.records import Finding, Group, RunSummary, Selection
+from pipeline.compare.speed import speed_vs_cpu
 from pipeline.console import cell
-from pipeline.records import Finding, Group, RunSummary, Selection
 from pipeline.schema import Metrics, Params, Tags
-from pipeline.speed import speed_vs_cpu
 
 # (title, row key, format) of each column, in the terminal and in Markdown alike.
 COLUMNS = [

@@ -1,11 +1,11 @@
-"""compare's rules on a run's own numbers, with no baseline: non-finite losses, an accuracy
+"""The sanity rules, on a run's own numbers with no baseline: non-finite losses, an accuracy
 that its loss rules out, the parity probe (inputs and predictions against the CPU), and a
-training loss that does not fall. Pure functions over pipeline.records."""
+training loss that does not fall. Pure functions over records.py."""
 
 import math
 import statistics
 
-from pipeline.records import ACCURACY, ERROR, WARNING, Finding
+from pipeline.compare.records import ACCURACY, ERROR, WARNING, Finding
 from pipeline.schema import Metrics
 
 PARITY_MIN_AGREEMENT = 0.99

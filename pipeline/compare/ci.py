@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TextIO
 
-from pipeline.records import Finding
+from pipeline.compare.records import Finding
 
 
 def junit_xml(
