@@ -297,7 +297,8 @@ def outside_phases(data_dir: str, epochs: int) -> dict[str, float]:
 
     spent = {"import torch, torchvision, MLflow's client": time.perf_counter() - start}
     start = time.perf_counter()
-    from pipeline import cli, tracking
+    from pipeline import cli
+    from pipeline.tracking import runs as tracking
     from pipeline.training import artifact, costs, data
     from pipeline.training import stage as stages
 

@@ -285,7 +285,7 @@ def execute(args: list[str]) -> int:
     codes: 0 done; 1 compare flagged something, a run diverged, or the tracking store failed
     mid-run; 2 a usage error (one line, nothing logged); 130/143 interrupted by SIGINT/SIGTERM
     (the run ends KILLED)."""
-    from pipeline.lifecycle import Diverged, Interrupted
+    from pipeline.tracking.lifecycle import Diverged, Interrupted
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     try:
@@ -305,7 +305,7 @@ def execute(args: list[str]) -> int:
     except Exception as e:
         if type(e).__module__.split(".")[0] != "mlflow":
             raise
-        from pipeline.store import redact_text, refusal
+        from pipeline.tracking.store import redact_text, refusal
 
         if refusal(e):  # the server let this account in but not to do this: nothing was logged
             code = _fail(f"error: the MLflow tracking server {refusal(e)}", 2)
@@ -323,9 +323,9 @@ def _fail_joined_run(reason: str) -> None:
     run_id = os.environ.get("MLFLOW_RUN_ID")
     if not run_id:
         return
-    from pipeline import tracking
+    from pipeline.tracking.runs import fail_run
 
-    tracking.fail_run(run_id, reason)
+    fail_run(run_id, reason)
 
 
 def _fail(message: str, code: int) -> int:

@@ -35,7 +35,7 @@ class Tags:
     DEVICE_TYPE = "pipeline.device_type"  # cpu, cuda or mps
     DEVICE_NAME = "pipeline.device_name"  # GPU, SoC or CPU model
     HOST = "pipeline.host"
-    # The process that logs the run, beyond doubt (pipeline.process): a RUNNING run is closed
+    # The process that logs the run, beyond doubt (tracking.process): a RUNNING run is closed
     # only when its machine is this one and no process with that pid and start time exists.
     PID = "pipeline.pid"
     PROCESS_START = "pipeline.process_start"  # the process's own start time, as a token

@@ -15,12 +15,13 @@ from test_compare import log_run
 from test_doctor import CPU, broken, stand_in
 from torchvision.transforms import ToTensor
 
-from pipeline import devices, process
+from pipeline import devices
 from pipeline.compare import changes as environment
 from pipeline.compare import stage as compare
 from pipeline.doctor import battery
 from pipeline.doctor import checks as doctor
 from pipeline.schema import Metrics, Tags
+from pipeline.tracking import process
 from pipeline.training import data, loops
 
 

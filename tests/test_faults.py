@@ -177,7 +177,7 @@ def test_a_new_sqlite_store_appears_complete(tmp_path):
         [
             sys.executable,
             "-c",
-            f"from pipeline import store; store.connect('sqlite:///{path}')",
+            f"from pipeline.tracking import store; store.connect('sqlite:///{path}')",
         ],
         stderr=subprocess.PIPE,
         text=True,

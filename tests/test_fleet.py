@@ -233,7 +233,7 @@ def test_conda_yaml_installs_the_tested_set():
 
 
 def test_an_image_without_git_records_the_commit_it_was_built_from(monkeypatch):
-    from pipeline import environment
+    from pipeline.tracking import environment
 
     monkeypatch.setattr(environment, "_checkout_commit", lambda: None)  # as in the image
     monkeypatch.delenv("PIPELINE_COMMIT", raising=False)

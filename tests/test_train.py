@@ -6,8 +6,9 @@ import pytest
 import torch
 from conftest import SMALL, only_run
 
-from pipeline import devices, tracking
+from pipeline import devices
 from pipeline.schema import Metrics, Params, Stages, Tags
+from pipeline.tracking import runs as tracking
 from pipeline.training import data, loops, model
 
 BATCHES_PER_EPOCH = 10  # 640 images / batch 64

@@ -14,8 +14,9 @@ from conftest import ROOT, SMALL, pipeline_in, user_env
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
-from pipeline import process, tracking
 from pipeline.schema import Metrics, Params, Stages, Tags
+from pipeline.tracking import process
+from pipeline.tracking import runs as tracking
 
 
 def pipeline_cmd(folder: Path, env: dict, *args: str, check: bool = True):

@@ -1,11 +1,11 @@
 """What changed in the recorded environment between a run and its baseline: the part of a
 finding that names what differs (torch, CUDA, driver, ...), over the list of what a run
-records (pipeline.environment's ENVIRONMENT)."""
+records (pipeline.tracking.environment's ENVIRONMENT)."""
 
 from collections import Counter
 
 from pipeline.compare.records import RunSummary
-from pipeline.environment import ENVIRONMENT
+from pipeline.tracking.environment import ENVIRONMENT
 
 
 def changed(

@@ -15,7 +15,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from pipeline import console, store, tracking
+from pipeline import console
 from pipeline.compare import ci, render, rules, speed
 from pipeline.compare.records import (
     ACCURACY,
@@ -31,8 +31,10 @@ from pipeline.compare.records import (
     Tolerances,
 )
 from pipeline.errors import UserError
-from pipeline.lifecycle import StopRequest, interrupts_requested, run_closed
 from pipeline.schema import Metrics, Stages, Tags
+from pipeline.tracking import runs as tracking
+from pipeline.tracking import store
+from pipeline.tracking.lifecycle import StopRequest, interrupts_requested, run_closed
 
 
 def summarize(run) -> RunSummary:

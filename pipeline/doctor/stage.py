@@ -8,12 +8,13 @@ from pathlib import Path
 
 from rich.table import Table
 
-from pipeline import devices, tracking
+from pipeline import devices
 from pipeline.config import Target
 from pipeline.console import cell, out
 from pipeline.doctor import battery, checks, replay
-from pipeline.lifecycle import interrupts_requested, run_closed
 from pipeline.schema import Metrics, Params, Stages, Tags
+from pipeline.tracking import runs as tracking
+from pipeline.tracking.lifecycle import interrupts_requested, run_closed
 from pipeline.training import model
 from pipeline.training.stage import device_tags
 

@@ -17,12 +17,13 @@ from pathlib import Path
 import mlflow
 from mlflow import MlflowClient
 
-from pipeline import config, console, devices, plots, tracking
+from pipeline import config, console, devices, plots
 from pipeline.config import Target, TrainConfig
 from pipeline.errors import UserError
-from pipeline.lifecycle import interrupts_requested, run_closed
 from pipeline.schema import Metrics, Params, Stages, Tags
 from pipeline.sweep import tables
+from pipeline.tracking import runs as tracking
+from pipeline.tracking.lifecycle import interrupts_requested, run_closed
 from pipeline.training import model
 
 

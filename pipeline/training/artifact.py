@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from pipeline import tracking
 from pipeline.config import TrainConfig
 from pipeline.errors import UserError
+from pipeline.tracking import runs as tracking
 from pipeline.training import model
 
 MODEL_ARTIFACT = "model"

@@ -10,11 +10,13 @@ from pathlib import Path
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from pipeline import devices, plots, process, tracking
+from pipeline import devices, plots
 from pipeline.config import Target, TrainConfig, workload
 from pipeline.console import err, out
-from pipeline.lifecycle import Diverged, interrupts_requested, run_closed
 from pipeline.schema import Metrics, Params, Stages, Tags
+from pipeline.tracking import process
+from pipeline.tracking import runs as tracking
+from pipeline.tracking.lifecycle import Diverged, interrupts_requested, run_closed
 from pipeline.training import artifact, data, loops, model
 from pipeline.training.costs import Costs
 

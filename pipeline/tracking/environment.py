@@ -1,4 +1,4 @@
-"""The environment a run records, and what changed in it between a run and its baseline.
+"""The environment a run records, and collecting the process-wide part of it.
 
 ENVIRONMENT is the one list of what a finding can attribute a difference to: a run records
 each of these as a tag, and every finding that compares a run with a baseline (another

@@ -1,6 +1,6 @@
-"""All MLflow access after connecting (pipeline.store): where runs go, creating runs, batched
+"""All MLflow access after connecting (store.py): where runs go, creating runs, batched
 writes, ending runs, downloading a logged model, reading histories, and closing runs whose
-process provably died (pipeline.process)."""
+process provably died (process.py)."""
 
 import logging
 import os
@@ -15,10 +15,10 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
-from pipeline import environment, process, store
 from pipeline.errors import UserError
 from pipeline.schema import Tags
-from pipeline.store import connect, redact, redact_text
+from pipeline.tracking import environment, process, store
+from pipeline.tracking.store import connect, redact, redact_text
 
 # "Creating initial MLflow database tables..." is not news to our users.
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
@@ -243,7 +243,7 @@ def host_name(given: str | None) -> str:
 
 
 def process_tags() -> dict[str, str]:
-    """The tags that tie a run to this process on this machine (see pipeline.process)."""
+    """The tags that tie a run to this process on this machine (see process.py)."""
     me = process.identity()
     return {Tags.PID: me["pid"], Tags.PROCESS_START: me["started"], Tags.MACHINE: me["machine"]}
 
