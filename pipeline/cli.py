@@ -61,7 +61,7 @@ def train(
         os.environ["PYTORCH_ENABLE_MPS_FALLBACK"] = "1"
     from pipeline.training import stage as training
 
-    target = c.Target(experiment, tracking_uri, run_name, host, parent_run_id)
+    target = c.RunTarget(experiment, tracking_uri, run_name, host, parent_run_id)
     training.train(c.train_config(locals()), target, quiet)
 
 
@@ -82,7 +82,7 @@ def test(
     """Evaluate a logged model on a device (perhaps not the one it was trained on)."""
     from pipeline.training import stage as training
 
-    target = c.Target(experiment, tracking_uri, run_name, host)
+    target = c.RunTarget(experiment, tracking_uri, run_name, host)
     training.test(model_uri, device, data_dir, batch_size, target, quiet)
 
 
@@ -218,7 +218,7 @@ def sweep(
         lr=lr,
         seed=seed,
     )
-    target = c.Target(experiment, tracking_uri, run_name, host)
+    target = c.RunTarget(experiment, tracking_uri, run_name, host)
     failed = sweeping.sweep(grid, base, target, strict, resume, quiet)
     if failed:
         err.print(f"error: {failed} of the sweep's runs failed (lines above)")
@@ -250,7 +250,7 @@ def doctor(
     workload = c.TrainConfig(
         model=model, hidden=hidden, layers=layers, model_options=c.key_values(model_option)
     )
-    target = c.Target(experiment, tracking_uri, run_name, host)
+    target = c.RunTarget(experiment, tracking_uri, run_name, host)
     failed = doctor_stage.run(device, target, workload.model_config, precision, output_json, quiet)
     if failed and not no_fail:
         raise typer.Exit(1)

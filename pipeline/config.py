@@ -223,7 +223,7 @@ def key_values(pairs: list[str] | None) -> tuple[tuple[str, str], ...]:
 
 
 @dataclass(frozen=True)
-class Target:
+class RunTarget:
     """Where a run is logged."""
 
     experiment: str | None = None  # None: MLFLOW_EXPERIMENT_ID (mlflow run's), else Default

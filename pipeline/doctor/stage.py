@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.table import Table
 
 from pipeline import devices
-from pipeline.config import Target
+from pipeline.config import RunTarget
 from pipeline.console import cell, out
 from pipeline.doctor import battery, checks, replay
 from pipeline.schema import Metrics, Params, Stages, Tags
@@ -36,7 +36,7 @@ def checks_for(model_config: dict | None, precision: str) -> list[checks.Check]:
 
 def run(
     device_spec: str,
-    target: Target,
+    target: RunTarget,
     model_config: dict | None = None,
     precision: str = "fp32",
     output_json: Path | None = None,

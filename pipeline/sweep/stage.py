@@ -18,7 +18,7 @@ import mlflow
 from mlflow import MlflowClient
 
 from pipeline import config, console, devices, plots
-from pipeline.config import Target, TrainConfig
+from pipeline.config import RunTarget, TrainConfig
 from pipeline.errors import UserError
 from pipeline.schema import Metrics, Params, Stages, Tags
 from pipeline.sweep import tables
@@ -98,7 +98,7 @@ def usable_devices(wanted: tuple[str, ...], strict: bool) -> list[str]:
 def sweep(
     grid: Grid,
     base: TrainConfig,
-    target: Target,
+    target: RunTarget,
     strict: bool = False,
     resume: str | None = None,
     quiet: bool = False,
@@ -171,14 +171,14 @@ def child_params(cfg: TrainConfig) -> dict[str, str]:
     }
 
 
-def child_command(cfg: TrainConfig, target: Target, parent_id: str) -> list[str]:
+def child_command(cfg: TrainConfig, target: RunTarget, parent_id: str) -> list[str]:
     """`python -m pipeline train` for one combination, under the parent run."""
     args = [sys.executable, "-m", "pipeline", "train", "--quiet", *config.train_args(cfg)]
     args += ["--parent-run-id", parent_id]
     return args + (["--host", target.host] if target.host else [])
 
 
-def _train_child(cfg, target: Target, parent_id: str, experiment_id: str, stop) -> int:
+def _train_child(cfg, target: RunTarget, parent_id: str, experiment_id: str, stop) -> int:
     """Train one combination in a fresh process (no warm caches, allocator or CUDA context
     carried over from the one before); return its exit code. A signal for the sweep is passed
     on to the child, which ends its own run KILLED."""

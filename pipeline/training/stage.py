@@ -11,7 +11,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pipeline import devices, plots
-from pipeline.config import Target, TrainConfig, workload
+from pipeline.config import RunTarget, TrainConfig, workload
 from pipeline.console import err, out
 from pipeline.schema import Metrics, Params, Stages, Tags
 from pipeline.tracking import process
@@ -104,7 +104,7 @@ def progress_bar(enabled: bool):
     )
 
 
-def train(cfg: TrainConfig, target: Target, quiet: bool = False) -> str:
+def train(cfg: TrainConfig, target: RunTarget, quiet: bool = False) -> str:
     """Train and test on one device, log one run; return the run's id.
 
     Raises UserError before anything is logged when the device, the tracking store or the
@@ -343,7 +343,7 @@ def test(
     device_spec: str,
     data_dir: Path,
     batch_size: int,
-    target: Target,
+    target: RunTarget,
     quiet: bool = False,
 ) -> str:
     """Evaluate a logged model on a device; log a run of stage `test` pointing at its source."""
