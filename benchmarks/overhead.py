@@ -300,17 +300,17 @@ def outside_phases(data_dir: str, epochs: int) -> dict[str, float]:
     from pipeline import cli
     from pipeline.tracking import runs as tracking
     from pipeline.training import artifact, costs, data
-    from pipeline.training import stage as stages
+    from pipeline.training import stage as training
 
     spent["import the pipeline's modules"] = time.perf_counter() - start
     steps = {
         "connect to the store (sqlite: SQLAlchemy, alembic)": (tracking, "open_experiment"),
         "load the data": (data, "batches"),
-        "log each epoch's losses (between epochs)": (stages, "_flush_losses"),
+        "log each epoch's losses (between epochs)": (training, "_flush_losses"),
         "the profiled window": (costs.Costs, "profile"),
-        "the parity probe": (stages, "parity_probe"),
+        "the parity probe": (training, "parity_probe"),
         "the model artifact": (artifact, "log"),
-        "curves.png (matplotlib)": (stages, "_log_curves"),
+        "curves.png (matplotlib)": (training, "_log_curves"),
         "create the run": (tracking.Run, "start"),
         "end the run": (tracking.Run, "end"),
     }

@@ -23,7 +23,7 @@ from pipeline.training import loops, model
 from pipeline.training.data import NUM_CLASSES
 
 UNINITIALISED = {"empty_like", "new_empty", "new_empty_strided", "empty_strided", "empty"}
-# Operations that sum many terms, held to test_mps.py's looser bounds (pipeline.doctor).
+# Operations that sum many terms, held to test_mps.py's looser bounds (checks.py).
 ACCUMULATING = ("conv", "mm", "matmul", "linear", "norm", "attention", "softmax", "sum", "mean",
                 "var", "std", "nll_loss", "prod", "dot")  # fmt: skip
 BATCH = 64
