@@ -43,6 +43,14 @@ def test_identical_runs_fail_the_gate_in_at_most_one_command_in_a_hundred(n, sig
     assert rate <= most(1 - evidence.COMMAND_LEVEL, DRAWS)
 
 
+@pytest.mark.parametrize(("n", "sigma"), [(10, 0.10), (30, 0.20)])
+def test_plain_identical_runs_fail_the_gate_in_at_most_one_command_in_a_hundred(n, sigma):
+    """No disturbed baseline run: setting slow runs aside must not push the level past 1%."""
+    rate = sim.false_alarms_gate(n, sigma, DRAWS, SEED, disturb=False)
+    print(f"shape (a), plain, n={n}, σ={sigma:.0%}, {DRAWS} draws: false alarms {rate:.2%}")
+    assert rate <= most(1 - evidence.COMMAND_LEVEL, DRAWS)
+
+
 @pytest.mark.parametrize(("length", "sigma"), [(6, 0.20), (10, 0.10), (30, 0.05)])
 def test_a_series_judged_whole_fails_in_at_most_one_command_in_a_hundred(length, sigma):
     rate = sim.false_alarms_series(length, sigma, DRAWS, SEED)
@@ -50,7 +58,7 @@ def test_a_series_judged_whole_fails_in_at_most_one_command_in_a_hundred(length,
     assert rate <= most(1 - evidence.COMMAND_LEVEL, DRAWS)
 
 
-@pytest.mark.parametrize(("n", "sigma"), [(10, 0.05), (30, 0.03)])
+@pytest.mark.parametrize(("n", "sigma"), [(11, 0.05), (30, 0.03)])
 def test_a_30_percent_slowdown_is_found_in_95_draws_of_100(n, sigma):
     rate = sim.detection(n, sigma, DRAWS, SEED)
     print(f"shape (a), n={n}, σ={sigma:.0%}, {DRAWS} draws: 30% slowdown found {rate:.1%}")
