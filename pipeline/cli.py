@@ -52,6 +52,7 @@ def train(
     ] = None,
     experiment: c.Experiment = None,
     run_name: c.RunName = None,
+    register_model: c.RegisterModel = None,
     tracking_uri: c.TrackingUri = None,
     host: c.Host = None,
     quiet: c.Quiet = False,
@@ -61,7 +62,9 @@ def train(
         os.environ["PYTORCH_ENABLE_MPS_FALLBACK"] = "1"
     from pipeline.training import stage as training
 
-    target = c.RunTarget(experiment, tracking_uri, run_name, host, parent_run_id)
+    target = c.RunTarget(
+        experiment, tracking_uri, run_name, host, parent_run_id, register_model or None
+    )
     training.train(c.train_config(locals()), target, quiet)
 
 

@@ -74,6 +74,10 @@ Host = Annotated[
     ),
 ]
 RunName = Annotated[str | None, typer.Option(help="Run name [default: what the run is]")]
+RegisterModel = Annotated[
+    str | None,
+    typer.Option(help="Register the trained model under this name in MLflow's model registry"),
+]
 Quiet = Annotated[
     bool, typer.Option("--quiet", "-q", help="No progress, tables or per-epoch lines")
 ]
@@ -231,6 +235,7 @@ class RunTarget:
     run_name: str | None = None
     host: str | None = None  # None: this machine's host name
     parent_run_id: str | None = None  # a sweep's parent run
+    register_model: str | None = None  # a registered model to add the trained model to
 
 
 # What a workload is, whoever launched it: the fields of the params `train` resolves (the data

@@ -70,6 +70,12 @@ class Tags:
     DOCTOR_FAILURES = "pipeline.doctor_failures"  # doctor runs: the checks that failed
     NOTE = "mlflow.note.content"  # the run's description in the MLflow UI
     PARENT = "mlflow.parentRunId"  # a sweep's children: the UI nests them under the parent
+    # MLflow's run context, as a fluent mlflow.start_run records it (the UI's User, Source and
+    # Version columns); `mlflow run` sets its own, which a run it created keeps.
+    USER = "mlflow.user"
+    SOURCE_NAME = "mlflow.source.name"
+    SOURCE_TYPE = "mlflow.source.type"
+    SOURCE_COMMIT = "mlflow.source.git.commit"
 
 
 class Stages:

@@ -180,3 +180,82 @@ def test_no_private_imports_from_typer_or_click():
                 every |= {alias.name for alias in node.names}
         private = {m for m in every if m.split(".")[0] in {"typer", "click"} and "._" in m}
         assert not private, f"{module} imports {private}"
+
+
+# MLflow's documented Python API (its API reference): the only MLflow modules pipeline/ uses.
+MLFLOW_PUBLIC = {
+    "mlflow",
+    "mlflow.client",
+    "mlflow.entities",
+    "mlflow.exceptions",
+    "mlflow.pytorch",
+    "mlflow.models",
+    "mlflow.data",
+    "mlflow.artifacts",
+    "mlflow.environment_variables",
+    "mlflow.system_metrics",
+    "mlflow.server",
+}
+
+
+def mlflow_uses(tree: ast.AST) -> set[str]:
+    """Every MLflow name a module reaches: `from X import Y` as X.Y, `import X` as X, and
+    attribute chains on the name mlflow (`mlflow.store.db.utils.X` as that chain)."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module.split(".")[0] == "mlflow":
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "mlflow"}
+        elif isinstance(node, ast.Attribute):
+            chain = []
+            while isinstance(node, ast.Attribute):
+                chain.insert(0, node.attr)
+                node = node.value
+            if isinstance(node, ast.Name) and node.id == "mlflow":
+                found.add(".".join(["mlflow", *chain]))
+    return found
+
+
+def private_mlflow(name: str) -> bool:
+    """Whether a dotted MLflow name lies outside MLFLOW_PUBLIC or is private (_x) in it: the
+    longest importable module that prefixes it must be public, and the name after it too."""
+    import importlib.util
+
+    parts = name.split(".")
+    for i in range(len(parts), 0, -1):
+        module = ".".join(parts[:i])
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if found:
+            rest = parts[i : i + 1]
+            return module not in MLFLOW_PUBLIC or any(p.startswith("_") for p in rest)
+    return True
+
+
+def test_pipeline_uses_only_mlflows_public_api():
+    used = {
+        (module, name)
+        for module, path in MODULES.items()
+        for name in mlflow_uses(ast.parse(path.read_text()))
+    }
+    assert used, "no MLflow use found: the reader is broken"
+    internal = sorted((m, n) for m, n in used if private_mlflow(n))
+    assert not internal, f"MLflow internals used: {internal}"
+
+
+def test_the_public_api_check_catches_an_internal():
+    tree = ast.parse(
+        "import mlflow\nfrom mlflow.store.db import utils\n"
+        "from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor\n"
+        "mlflow.tracking._tracking_service.utils\nmlflow.set_tracking_uri('x')\n"
+    )
+    flagged = {n for n in mlflow_uses(tree) if private_mlflow(n)}
+    assert {
+        "mlflow.store.db.utils",
+        "mlflow.system_metrics.system_metrics_monitor.SystemMetricsMonitor",
+        "mlflow.tracking._tracking_service.utils",
+    } <= flagged
+    assert "mlflow.set_tracking_uri" not in flagged

@@ -7,10 +7,12 @@ value differs. The process-wide ones are collected here; torch's and the device'
 name, CUDA, driver, host allocator) by the stages that load torch.
 """
 
+import getpass
 import importlib.metadata
 import os
 import platform
 import subprocess
+import sys
 from pathlib import Path
 
 import pipeline
@@ -51,6 +53,27 @@ def collect() -> dict[str, str]:
     if commit:
         tags[Tags.GIT_COMMIT] = commit
     return tags
+
+
+def run_context() -> dict[str, str]:
+    """MLflow's standard tags of a run started here, as a fluent mlflow.start_run records
+    them: who (the login name), what (the program, as MLflow names a local source) and which
+    commit (this code's)."""
+    tags = {
+        Tags.USER: _user(),
+        Tags.SOURCE_NAME: str(Path(sys.argv[0]).resolve()) if sys.argv and sys.argv[0] else "",
+        Tags.SOURCE_TYPE: "LOCAL",
+    }
+    if commit := git_commit():
+        tags[Tags.SOURCE_COMMIT] = commit
+    return {k: v for k, v in tags.items() if v}
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name and no user entry, as in some containers
+        return ""
 
 
 def git_commit() -> str | None:

@@ -2,6 +2,7 @@
 writes, ending runs, downloading a logged model, reading histories, and closing runs whose
 process provably died (process.py)."""
 
+import json
 import logging
 import os
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from pipeline.errors import UserError
@@ -28,6 +29,7 @@ logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
 os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
 
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100  # log_batch's limits per call
+DATASET_CONTEXT = "mlflow.data.context"  # an input's role, as mlflow.log_input records it
 
 
 def matching(field: str, value: str) -> str:
@@ -95,7 +97,7 @@ class Run:
 
     def __init__(self, client: MlflowClient, run_id: str):
         self.client, self.run_id = client, run_id
-        self.monitor = None
+        self.fluent = False  # resumed as MLflow's active run (for system metrics)
 
     @classmethod
     def start(
@@ -109,14 +111,16 @@ class Run:
         """A new run, or with `join` the one `mlflow run` created for this process
         (MLFLOW_RUN_ID)."""
         tags = {Tags.HOST: host_name(None), **environment.collect(), **tags, **process_tags()}
+        context = environment.run_context()
         run_id = os.environ.get("MLFLOW_RUN_ID") if join else None
         if run_id:
             run = cls(client, run_id)
             if name:
                 client.update_run(run_id, name=name)
-            run.set_tags(tags)
+            existing = client.get_run(run_id).data.tags  # what `mlflow run` set stays
+            run.set_tags({k: v for k, v in context.items() if k not in existing} | dict(tags))
             return run
-        created = client.create_run(experiment_id, run_name=name, tags=dict(tags))
+        created = client.create_run(experiment_id, run_name=name, tags=context | dict(tags))
         return cls(client, created.info.run_id)
 
     def claim(self) -> None:
@@ -156,23 +160,42 @@ class Run:
         columns = {key: [row[key] for row in rows] for key in rows[0]} if rows else {}
         self.client.log_table(self.run_id, columns, artifact_file)
 
+    def log_datasets(self, inputs: list[dict]) -> None:
+        """Data sets as the run's inputs (the UI's Datasets column): each a dict of name,
+        digest, source (a folder), rows and context (the split: train or test)."""
+        self.client.log_inputs(
+            self.run_id,
+            datasets=[
+                DatasetInput(
+                    Dataset(
+                        name=d["name"],
+                        digest=d["digest"],
+                        source_type="local",
+                        source=json.dumps({"uri": d["source"]}),
+                        profile=json.dumps({"num_rows": d["rows"]}),
+                    ),
+                    tags=[InputTag(DATASET_CONTEXT, d["context"])],
+                )
+                for d in inputs
+            ],
+        )
+
     def log_artifacts(self, local_dir: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
 
     def start_system_metrics(self, interval_s: float) -> None:
         """MLflow's system metrics (CPU, memory; GPU where nvidia-ml-py finds one) every
-        interval_s seconds, from a background thread, until the run ends."""
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-        self.monitor = SystemMetricsMonitor(
-            self.run_id, sampling_interval=interval_s, tracking_uri=mlflow.get_tracking_uri()
-        )
-        self.monitor.start()
+        interval_s seconds, from a background thread, until the run ends: through MLflow's
+        public API, which samples for the active fluent run, so the run is resumed as that."""
+        mlflow.set_system_metrics_sampling_interval(interval_s)
+        mlflow.start_run(run_id=self.run_id, log_system_metrics=True)
+        self.fluent = True
 
     def end(self, status: str = "FINISHED") -> None:
-        if self.monitor is not None:
-            self.monitor.finish()
-        self.client.set_terminated(self.run_id, status)
+        if self.fluent:
+            mlflow.end_run(status)  # stops the sampling thread after its last sample
+        else:
+            self.client.set_terminated(self.run_id, status)
 
 
 def download(model_uri: str, dst: Path) -> Path:
@@ -208,8 +231,9 @@ def table(client: MlflowClient, run_id: str, artifact_file: str) -> list[dict]:
 
 
 def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
-    """A metric's history as (step, value) pairs."""
-    return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+    """A metric's history as (step, value) pairs: the run's own points (a point linked to a
+    logged model repeats one of them, as MLflow links a model's metrics)."""
+    return [(m.step, m.value) for m in client.get_metric_history(run_id, key) if not m.model_id]
 
 
 def set_tags_of(client: MlflowClient, tags: dict[str, dict[str, str]]) -> None:

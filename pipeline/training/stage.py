@@ -17,7 +17,7 @@ from pipeline.schema import Metrics, Params, Stages, Tags
 from pipeline.tracking import process
 from pipeline.tracking import runs as tracking
 from pipeline.tracking.lifecycle import Diverged, interrupts_requested, run_closed
-from pipeline.training import artifact, data, loops, model
+from pipeline.training import artifact, data, fingerprint, loops, model
 from pipeline.training.costs import Costs
 
 
@@ -121,6 +121,10 @@ def train(cfg: TrainConfig, target: RunTarget, quiet: bool = False) -> str:
     test_batches = data.batches(cfg.data, False, cfg.loader, cfg.batch_size, device)
     net = model.initialised(cfg.model_config, cfg.seed, device)
     losses = loops.LossBuffer(len(train_batches), device)
+    inputs = [
+        fingerprint.dataset_input(cfg.data.name, cfg.data.data_dir, split, context)
+        for split, context in ((train_batches, "train"), (test_batches, "test"))
+    ]
 
     sizes = train_batches.num_samples, test_batches.num_samples
     params = train_params(cfg, device, *sizes, net)
@@ -140,6 +144,7 @@ def train(cfg: TrainConfig, target: RunTarget, quiet: bool = False) -> str:
             run.start_system_metrics(cfg.system_metrics)
         with run_closed(run, stop, before_kill=lambda: _flush_losses(run, losses)):
             run.log_params(params)
+            run.log_datasets(inputs)
             # Everything made so far lives to the end: out of the collector's way, so that
             # its passes during training scan only what training makes.
             gc.freeze()
@@ -154,7 +159,11 @@ def train(cfg: TrainConfig, target: RunTarget, quiet: bool = False) -> str:
             summary[Metrics.CPU_FALLBACKS] = len(fallbacks)
             run.set_tags(costs.tags(fallbacks))
             costs.log(run)
-            artifact.log(run, net, cfg, device)
+            example = next(iter(test_batches))[0]
+            final = {Metrics.TEST_ACCURACY: epochs[-1].test_accuracy,
+                     Metrics.TEST_LOSS: epochs[-1].test_loss}  # fmt: skip
+            test_data = inputs[1]["name"], inputs[1]["digest"]
+            artifact.log(run, net, cfg, device, example, final, test_data, target.register_model)
             _log_curves(run, all_losses, epochs, name)
             run.set_tags({Tags.NOTE: describe_run(params, tags, summary, epochs[-1])})
             run.log_metrics(summary)
@@ -351,9 +360,10 @@ def test(
     allocator = devices.keep_freed_host_memory()
     client, experiment_id = tracking.open_experiment(target.tracking_uri, target.experiment)
     with tempfile.TemporaryDirectory() as tmp:
-        net, config = artifact.load(tracking.download(model_uri, Path(tmp)), device)
+        net, config = artifact.load(model_uri, Path(tmp), device)
     spec = data.DataSpec(data_dir=data_dir, **config["data"])
     test_batches = data.batches(spec, False, "tensors", batch_size, device)
+    test_input = fingerprint.dataset_input(spec.name, spec.data_dir, test_batches, "test")
 
     source_id = config["run_id"]
     # the source run may be in another store: its config says enough then
@@ -371,6 +381,7 @@ def test(
         run = tracking.Run.start(client, experiment_id, name, tags)
         with run_closed(run, stop):
             run.log_params(params)
+            run.log_datasets([test_input])
             test_loss, test_accuracy, warm_up, eval_time = loops.timed_evaluation(
                 net, test_batches, device
             )
