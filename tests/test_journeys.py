@@ -94,6 +94,29 @@ def assert_journey(client: MlflowClient, tmp_path: Path, experiment: str) -> Non
     assert client.get_metric_history(parent.info.run_id, Metrics.TRAIN_LOSS) == []
     local = client.download_artifacts(parent.info.run_id, "sweep.json", str(tmp_path))
     assert len(json.loads(Path(local).read_text())["rows"]) == 2
+    assert_mlflow_standard(client, runs, trains, test_run)
+
+
+def assert_mlflow_standard(client: MlflowClient, runs: list, trains: list, test_run) -> None:
+    """What MLflow's users look for: every run with its user, source and commit; each train
+    run's model a LoggedModel with its accuracy; data sets as inputs, one per split."""
+    for r in runs:
+        tags = r.data.tags
+        assert tags.get(Tags.USER) and tags.get(Tags.SOURCE_NAME), r.info.run_name
+        assert tags.get(Tags.SOURCE_TYPE) in ("LOCAL", "PROJECT"), r.info.run_name
+        assert len(tags.get(Tags.SOURCE_COMMIT, "")) == 40, r.info.run_name
+    models = {m.source_run_id: m for m in client.search_logged_models(
+        [trains[0].info.experiment_id])}  # fmt: skip
+    for train in trains:
+        linked = {m.key: m.value for m in models[train.info.run_id].metrics}
+        assert linked[Metrics.TEST_ACCURACY] == train.data.metrics[Metrics.TEST_ACCURACY]
+    inputs = {r.info.run_id: {i.tags[0].value: i.dataset for i in r.inputs.dataset_inputs}
+              for r in [*trains, test_run]}  # fmt: skip
+    assert [set(inputs[t.info.run_id]) for t in trains] == [{"train", "test"}] * 2
+    assert set(inputs[test_run.info.run_id]) == {"test"}
+    first, second = (inputs[t.info.run_id] for t in trains)
+    assert first["train"].digest == second["train"].digest != first["test"].digest
+    assert inputs[test_run.info.run_id]["test"].digest == first["test"].digest
 
 
 def test_mlflow_run_journey_with_nothing_named(tmp_path, data_dir):
@@ -121,7 +144,9 @@ def test_pipeline_journey_with_nothing_named(tmp_path, data_dir):
     env = user_env()
     data = ["--data-dir", str(data_dir)]
     started = time.time()
-    pipeline(folder, env, "train", "--device", "cpu", *options(TRAIN), *data)
+    pipeline(
+        folder, env, "train", "--device", "cpu", *options(TRAIN), *data, "--register-model", "j"
+    )
     lifetime = time.time() - started
     pipeline(folder, env, "train", "--device", "auto", *options(TRAIN), *data)
     client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
@@ -129,7 +154,7 @@ def test_pipeline_journey_with_nothing_named(tmp_path, data_dir):
     # from the process's start (as the OS records it) to the last metric logged
     assert first.data.metrics[Metrics.WALL_TIME_S] >= 0.9 * lifetime
     assert first.data.metrics[Metrics.WALL_TIME_S] <= lifetime
-    pipeline(folder, env, "test", "--model-uri", f"runs:/{first.info.run_id}/model", *data)
+    pipeline(folder, env, "test", "--model-uri", "models:/j/1", *data)  # the registered one
     out = folder / "findings.json"
     pipeline(folder, env, "compare", "--output-json", str(out))
     assert [r["device"] for g in json.loads(out.read_text())["groups"] for r in g["runs"]] == [

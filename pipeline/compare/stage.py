@@ -274,6 +274,7 @@ def _log_compare_run(
             Tags.STAGE: Stages.COMPARE,
             Tags.HOST: tracking.host_name(host),
             Tags.VERDICT: "flagged" if findings else "clean",
+            Tags.NOTE: describe_verdict(len(selection.judged), findings),
         },
     )
     with run_closed(run, stop):
@@ -299,6 +300,17 @@ def _log_compare_run(
         run.log_artifacts(folder)
         _tag_flags(client, selection, findings)
     return run
+
+
+def describe_verdict(judged: int, findings: list[Finding]) -> str:
+    """The compare run's description in the MLflow UI: its verdict and what it found."""
+    if not findings:
+        return f"clean: {judged} run{'s' * (judged != 1)} compared, no findings."
+    by = Counter(f.severity for f in findings)
+    counts = ", ".join(f"{n} {s}{'s' * (n != 1)}" for s, n in sorted(by.items()))
+    return (
+        f"flagged: {judged} run{'s' * (judged != 1)} compared, {len(findings)} findings ({counts})."
+    )
 
 
 def operations_reader(client: MlflowClient) -> Operations:

@@ -157,8 +157,13 @@ class Run:
 
     def log_table(self, rows: list[dict], artifact_file: str) -> None:
         """Rows as an MLflow table artifact, which the UI shows as a table."""
-        columns = {key: [row[key] for row in rows] for key in rows[0]} if rows else {}
-        self.client.log_table(self.run_id, columns, artifact_file)
+        import pandas as pd
+
+        frame = pd.DataFrame({key: [row[key] for row in rows] for key in rows[0]} if rows else {})
+        for name in frame.columns:  # text as objects: MLflow's image check warns on str dtype
+            if pd.api.types.is_string_dtype(frame[name]):
+                frame[name] = frame[name].astype(object)
+        self.client.log_table(self.run_id, frame, artifact_file)
 
     def log_datasets(self, inputs: list[dict]) -> None:
         """Data sets as the run's inputs (the UI's Datasets column): each a dict of name,

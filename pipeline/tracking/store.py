@@ -4,6 +4,7 @@ creating a new sqlite store safely, and keeping credentials out of everything pr
 import os
 import re
 import uuid
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -16,6 +17,10 @@ from mlflow.exceptions import MlflowException
 from pipeline.errors import UserError
 
 CHECK_TIMEOUT_S = "5"
+
+# MLflow's sqlite store uses a SQLAlchemy option SQLAlchemy deprecates: nothing a user of this
+# pipeline can act on.
+warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"mlflow\.store\.")
 
 
 def redact(uri: str | None) -> str:
