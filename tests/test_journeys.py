@@ -75,6 +75,7 @@ def assert_journey(client: MlflowClient, tmp_path: Path, experiment: str) -> Non
     (compare_run,) = by_stage(runs, Stages.COMPARE)
     assert compare_run.info.status == "FINISHED"
     assert compare_run.data.metrics["findings"] == 0
+    assert compare_run.data.tags[Tags.NOTE] == "clean: 2 runs compared, no findings."
     local = client.download_artifacts(compare_run.info.run_id, "findings.json", str(tmp_path))
     report = json.loads(Path(local).read_text())
     (group,) = report["groups"]
@@ -207,6 +208,7 @@ def test_a_flagged_compare_under_mlflow_run_is_a_finished_comparison(tmp_path):
     assert compare_run.info.status == "FINISHED"
     assert compare_run.data.metrics["findings"] == 1
     assert compare_run.data.tags[Tags.VERDICT] == "flagged"
+    assert compare_run.data.tags[Tags.NOTE] == "flagged: 1 run compared, 1 finding (1 error)."
     gate = subprocess.run(
         [sys.executable, "-m", "pipeline", "compare"], cwd=folder, env=env, capture_output=True
     )

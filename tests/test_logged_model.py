@@ -20,8 +20,10 @@ from pipeline.training import artifact, data
 def trained(tmp_path_factory, data_dir):
     """One `pipeline train` in an empty folder with nothing set: (folder, client, run)."""
     folder = tmp_path_factory.mktemp("empty")
-    pipeline_in(folder, "train", "--device", "cpu", "--epochs", "2", *SMALL,
-                "--data-dir", str(data_dir))  # fmt: skip
+    shown = user_env(PYTHONWARNINGS="always")  # every warning printed, none of them ours
+    result = pipeline_in(folder, "train", "--device", "cpu", "--epochs", "2", *SMALL,
+                         "--data-dir", str(data_dir), env=shown)  # fmt: skip
+    assert "Warning" not in result.stderr, result.stderr
     client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
     (run,) = client.search_runs(["0"])
     return folder, client, run

@@ -304,13 +304,13 @@ def _log_compare_run(
 
 def describe_verdict(judged: int, findings: list[Finding]) -> str:
     """The compare run's description in the MLflow UI: its verdict and what it found."""
+    runs = f"{judged} run{'s' * (judged != 1)} compared"
     if not findings:
-        return f"clean: {judged} run{'s' * (judged != 1)} compared, no findings."
+        return f"clean: {runs}, no findings."
     by = Counter(f.severity for f in findings)
     counts = ", ".join(f"{n} {s}{'s' * (n != 1)}" for s, n in sorted(by.items()))
-    return (
-        f"flagged: {judged} run{'s' * (judged != 1)} compared, {len(findings)} findings ({counts})."
-    )
+    n = len(findings)
+    return f"flagged: {runs}, {n} finding{'s' * (n != 1)} ({counts})."
 
 
 def operations_reader(client: MlflowClient) -> Operations:
