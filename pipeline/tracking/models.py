@@ -6,7 +6,6 @@ No torch here: `mlflow.pytorch` imports it when a model is logged or loaded, by 
 room, which hands over the module and its example as plain arrays.
 """
 
-import time
 from pathlib import Path
 
 import mlflow
@@ -28,7 +27,7 @@ def log(
     output,
     requirements: list[str],
     metadata: dict,
-    final: dict[str, float],
+    final: list[str],
     step: int,
     dataset: tuple[str, str] | None = None,
     code_paths: list[str] | None = None,
@@ -40,9 +39,10 @@ def log(
     without this package or the code that defined the module; a module torch cannot export is
     pickled instead, which needs its code (`code_paths`) to load. The signature and input
     example are the workload's real shape with a free batch dimension; the requirements are
-    given, so nothing is inferred. The `final` metrics (the last test accuracy and loss, at
-    `step`, measured on `dataset`: its name and digest) are logged again linked to the model,
-    as MLflow links a model's metrics."""
+    given, so nothing is inferred. The run's `final` metrics at `step` (the last test accuracy
+    and loss, measured on `dataset`: its name and digest) are linked to the model: logged
+    again with the model's id and their own timestamps, which the run's history keeps as the
+    one point it has."""
     from mlflow.models import infer_signature
 
     common = {
@@ -63,13 +63,15 @@ def log(
         metadata["pt2_export_failed"] = str(export_failure).splitlines()[0][:300]
         info = _log_pytorch(module, "pickle", common)
     name, digest = dataset or (None, None)
-    now = int(time.time() * 1000)
+    client = MlflowClient()
     linked = [
-        Metric(key, value, now, step, model_id=info.model_id, dataset_name=name,
+        Metric(key, m.value, m.timestamp, step, model_id=info.model_id, dataset_name=name,
                dataset_digest=digest, run_id=run_id)
-        for key, value in final.items()
+        for key in final
+        for m in client.get_metric_history(run_id, key)[-1:]
+        if m.step == step
     ]  # fmt: skip
-    MlflowClient().log_batch(run_id, metrics=linked)
+    client.log_batch(run_id, metrics=linked)
     if register:
         _register(info.model_uri, register)
     return info.model_id

@@ -236,9 +236,8 @@ def table(client: MlflowClient, run_id: str, artifact_file: str) -> list[dict]:
 
 
 def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
-    """A metric's history as (step, value) pairs: the run's own points (a point linked to a
-    logged model repeats one of them, as MLflow links a model's metrics)."""
-    return [(m.step, m.value) for m in client.get_metric_history(run_id, key) if not m.model_id]
+    """A metric's history as (step, value) pairs."""
+    return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
 
 
 def set_tags_of(client: MlflowClient, tags: dict[str, dict[str, str]]) -> None:

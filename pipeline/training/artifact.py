@@ -45,7 +45,7 @@ def log(
     cfg: TrainConfig,
     device: torch.device,
     example: torch.Tensor,
-    final: dict[str, float],
+    final: list[str],
     dataset: tuple[str, str] | None = None,
     register: str | None = None,
 ) -> str:

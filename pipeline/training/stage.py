@@ -160,8 +160,7 @@ def train(cfg: TrainConfig, target: RunTarget, quiet: bool = False) -> str:
             run.set_tags(costs.tags(fallbacks))
             costs.log(run)
             example = next(iter(test_batches))[0]
-            final = {Metrics.TEST_ACCURACY: epochs[-1].test_accuracy,
-                     Metrics.TEST_LOSS: epochs[-1].test_loss}  # fmt: skip
+            final = [Metrics.TEST_ACCURACY, Metrics.TEST_LOSS]
             test_data = inputs[1]["name"], inputs[1]["digest"]
             artifact.log(run, net, cfg, device, example, final, test_data, target.register_model)
             _log_curves(run, all_losses, epochs, name)
