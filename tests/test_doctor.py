@@ -326,6 +326,7 @@ def test_a_device_that_raises_is_an_error_not_a_pass(cli, client, tmp_path, monk
     assert result.code == 1
     statuses = {c["status"] for c in json.loads(out.read_text())["checks"]}
     assert statuses == {"error", "skipped"}
+    assert result.stderr.startswith("nothing could be checked on cpu: 0 unsupported, ")
     (run,) = client.search_runs(["0"])
     assert "illegal memory access" in run.data.tags[Tags.NOTE]
     assert "illegal memory access" in run.data.tags[Tags.DOCTOR_FAILURES]
@@ -340,15 +341,40 @@ def test_a_device_that_raises_is_an_error_not_a_pass(cli, client, tmp_path, monk
     assert "error: CUDA error: an illegal memory access" in message
 
 
-def test_a_device_that_lacks_every_operation_is_unsupported(cli, client, tmp_path, monkeypatch):
+def test_a_device_that_lacks_every_operation_checks_nothing(cli, client, tmp_path, monkeypatch):
+    """Nothing passed: exit 1 (even though nothing failed) with one line saying so."""
     missing = NotImplementedError("not implemented for this device")
     monkeypatch.setattr(doctor, "on", lambda device: raising(missing))
     out = tmp_path / "doctor.json"
     result = cli("doctor", "--device", "cpu", "--output-json", str(out))
-    assert result.code == 0
-    assert {c["status"] for c in json.loads(out.read_text())["checks"]} == {"unsupported"}
+    assert result.code == 1
+    checks = json.loads(out.read_text())["checks"]
+    assert {c["status"] for c in checks} == {"unsupported"}
+    assert (
+        result.stderr.strip()
+        == f"nothing could be checked on cpu: {len(checks)} unsupported, 0 errors"
+    )
     (run,) = client.search_runs(["0"])
     assert "no check could run" in run.data.tags[Tags.NOTE]
+
+
+@pytest.mark.parametrize(
+    ("message", "status"),
+    [
+        ("\"addmm_cuda\" not implemented for 'Bool'", "unsupported"),
+        ("aten::isin is not currently implemented for the MPS device", "unsupported"),
+        ("The operator 'aten::x' is not currently supported on the MPS backend", "unsupported"),
+        ("MPS does not support cumsum op with int64 input", "unsupported"),
+        ("CUDA error: operation not supported", "error"),
+        ("CUDA error: operation not supported when stream is capturing", "error"),
+        ("HIP error: operation not supported", "error"),
+        ("operation not supported", "error"),
+        ("CUDA error: an illegal memory access was encountered", "error"),
+    ],
+)
+def test_only_a_missing_operation_is_unsupported(message, status):
+    assert doctor.status_of(RuntimeError(message)) == status
+    assert doctor.status_of(NotImplementedError(message)) == "unsupported"
 
 
 def test_the_cpu_reference_raising_is_an_error():

@@ -59,12 +59,15 @@ PASS, FAIL, ERROR, SKIPPED, UNSUPPORTED = "pass", "fail", "error", "skipped", "u
 FAILURES = (FAIL, ERROR)
 ORDER = {FAIL: 0, ERROR: 1, UNSUPPORTED: 2, SKIPPED: 3, PASS: 4}
 # What back ends say when an operation is not implemented for them (CUDA: '"addmm_cuda" not
-# implemented for 'Bool''; MPS: 'not currently implemented for the MPS device', 'MPS does not
-# support ...'); anything else a device raises is an error, never a pass.
+# implemented for 'Bool''; MPS: 'not currently implemented for the MPS device', 'The operator
+# ... is not currently supported on the MPS backend', 'MPS does not support ...'). A runtime
+# error is never one of them, whatever its words ('CUDA error: operation not supported' is
+# cudaErrorNotSupported): anything else a device raises is an error, never a pass.
 NOT_IMPLEMENTED = re.compile(
-    r"not (currently )?(implemented|supported)|(does not|doesn't) support|is not supported",
+    r"not (currently )?implemented|not currently supported|(does not|doesn't) support",
     re.IGNORECASE,
 )
+RUNTIME_ERROR = re.compile(r"\b(CUDA|HIP|cuDNN|MPS|Metal) error\b|CUBLAS_STATUS|CUDNN_STATUS")
 
 
 @dataclass(frozen=True)
@@ -164,7 +167,9 @@ def tolerance(check: Check, dtype: torch.dtype) -> tuple[float, float] | None:
 
 def status_of(e: BaseException) -> str:
     """unsupported for 'not implemented on this device', error for anything else."""
-    if isinstance(e, NotImplementedError) or NOT_IMPLEMENTED.search(str(e)):
+    if isinstance(e, NotImplementedError):
+        return UNSUPPORTED
+    if NOT_IMPLEMENTED.search(str(e)) and not RUNTIME_ERROR.search(str(e)):
         return UNSUPPORTED
     return ERROR
 
