@@ -62,7 +62,9 @@ def test_the_byte_table_is_totensors_values_for_every_byte():
     every = np.arange(256, dtype=np.uint8).reshape(16, 16, 1)
     expected = ToTensor()(every).flatten()
     assert torch.equal(data.BYTE_TO_FLOAT, expected)  # bit for bit
-    assert torch.equal(data.to_float(torch.arange(256, dtype=torch.uint8)), expected)
+    every = torch.arange(256, dtype=torch.uint8)
+    assert torch.equal(data.to_float(every), expected)  # the CPU's division
+    assert torch.equal(data.to_float(every, table=True), expected)  # every accelerator's lookup
     # what a GPU does with a division by a scalar, and why the table is needed
     assert int((torch.arange(256).float() * (1 / 255) != expected).sum()) == 126
 
