@@ -427,3 +427,48 @@ def test_an_accuracy_finding_names_the_doctor_runs_failures(cli, client, tmp_pat
     message = next(f["message"] for f in report["findings"] if f["kind"] == "accuracy-mismatch")
     assert f"doctor run {doctor_run.info.run_id[:8]} on this host found: {failure}" in message
     assert result.code == 1
+
+
+class PoolIndices(TorchDispatchMode):
+    """A stand-in device's max_pool2d_with_indices: the CPU's maxima, the given indices."""
+
+    def __init__(self, indices: list):
+        super().__init__()
+        self.indices = torch.tensor(indices).view(1, 1, 2, 2)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        if func is torch.ops.aten.max_pool2d_with_indices.default:
+            return result[0], self.indices.clone()
+        return result
+
+
+def pooled(x: torch.Tensor) -> doctor.Check:
+    """The replayed check of a 2x2 max-pool with indices of x (1x1x4x4)."""
+    recorder = replay.Recorder()
+    with recorder:
+        torch.nn.functional.max_pool2d(x, 2, return_indices=True)
+    (check,) = replay.checks_from(list(recorder.calls.values()), "a 2x2 max-pool")
+    return check
+
+
+def picking(indices: list) -> doctor.Target:
+    @contextmanager
+    def context(precision):
+        with PoolIndices(indices):
+            yield
+
+    return doctor.Target("cpu (stand-in: max-pool indices as given)", copy_on_cpu, context=context)
+
+
+def test_max_pool_indices_are_checked_without_ties():
+    """All-zero windows (ReLU's zeros): the CPU picks each window's first index, a device may
+    pick its last; an index outside its window, or at a smaller value, is wrong."""
+    ties = pooled(torch.zeros(1, 1, 4, 4))
+    assert doctor.run_check(ties, picking([0, 2, 8, 10])).status == "pass"  # the CPU's
+    assert doctor.run_check(ties, picking([5, 7, 13, 15])).status == "pass"  # the last of each
+    assert doctor.run_check(ties, picking([15, 2, 8, 10])).status == "fail"  # outside its window
+    assert doctor.run_check(ties, picking([99, 2, 8, 10])).status == "fail"  # outside the input
+    distinct = pooled(torch.arange(16.0).view(1, 1, 4, 4))  # maxima at 5, 7, 13, 15
+    assert doctor.run_check(distinct, picking([5, 7, 13, 15])).status == "pass"
+    assert doctor.run_check(distinct, picking([4, 7, 13, 15])).status == "fail"
