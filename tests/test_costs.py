@@ -3,6 +3,8 @@ run (outside the timed epochs, on a copy of the model), compare naming the opera
 a slowdown, CPU fallbacks counted, and peak memory. Stand-in devices are the CPU, labelled so."""
 
 import json
+import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -82,7 +84,8 @@ TEXT = ("The operator '{}' is not currently supported on the MPS backend and wil
 
 
 class StandIn(nn.Module):
-    '''NOT an MPS device: the CPU, warning as MPS does when two operations fall back.'''
+    '''NOT an MPS device: the CPU, warning through Python's warnings (as DirectML's fallbacks
+    do) when two operations fall back; torch's warn-once path: the test after this one.'''
 
     def __init__(self):
         super().__init__()
@@ -106,6 +109,24 @@ def test_every_fallback_is_recorded(tmp_path, data_dir):
     _, (run,) = runs(tmp_path)
     assert run.data.metrics[Metrics.CPU_FALLBACKS] == 2
     assert run.data.tags[Tags.CPU_FALLBACKS] == "aten::_linalg_eigh, aten::isin.Tensor_Tensor_out"
+
+
+def reverse(x: torch.Tensor) -> torch.Tensor:
+    return x.T  # on 3-D: TORCH_WARN_ONCE
+
+
+def test_a_warning_torch_gives_once_is_recorded_in_every_run(monkeypatch):
+    """NOT an MPS fallback: torch's own warn-once path (TORCH_WARN_ONCE, as MPS's fallback
+    warning is), through a CPU operation that takes it (x.T on a 3-D tensor), with the
+    fallback pattern pointed at its text. Once warned in this process (an earlier run, or
+    the model's set-up), it is still recorded during the run."""
+    monkeypatch.setattr(devices, "FALLBACK", re.compile(r"The use of `(x\.T)` on tensors"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reverse(torch.ones(2, 2, 2))  # torch's one warning for this process
+    with devices.fallbacks_recorded() as found:
+        reverse(torch.ones(2, 2, 2))
+    assert found == {"x.T"}
 
 
 def test_compare_names_fallbacks_on_an_accelerator(cli, client, tmp_path):

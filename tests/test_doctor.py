@@ -390,7 +390,14 @@ def test_the_doctor_command_logs_a_run_and_writes_json(tmp_path):
 
 def test_a_device_this_machine_lacks_is_one_line(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline", "doctor", "--device", "cuda:7"],
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "doctor",
+            "--device",
+            f"cuda:{torch.cuda.device_count()}",
+        ],
         cwd=tmp_path,
         capture_output=True,
         text=True,
