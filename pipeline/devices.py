@@ -299,7 +299,7 @@ def precision(name: str, device: torch.device) -> Precision:
     return Precision(name, device)
 
 
-# --- what a run costs besides time: CPU fallbacks, peak memory, energy -----------------------
+# --- what a run costs besides time: CPU fallbacks, peak memory ------------------------------
 
 # The back ends' fallback warnings: MPS "The operator 'aten::x' is not currently supported on
 # the MPS backend and will fall back to run on the CPU", DirectML's alike, XPU's "... is
@@ -382,19 +382,3 @@ def peak_rss() -> int:
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if platform.system() == "Darwin" else peak * 1024
-
-
-def energy_counter(device: torch.device):
-    """A function reading the GPU's total-energy counter in joules (NVML), or None where no
-    counter exists (the CPU, mps, a GPU or driver without it): nothing is estimated."""
-    if device.type != "cuda":
-        return None
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
-        pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)  # millijoules since the driver loaded
-    except Exception:
-        return None
-    return lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(handle) / 1000

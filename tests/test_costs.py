@@ -4,8 +4,11 @@ a slowdown, CPU fallbacks counted, and peak memory. Stand-in devices are the CPU
 
 import json
 import re
+import sys
+import types
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,6 +18,7 @@ from test_compare import compare_json, kinds, log_run
 
 from pipeline import devices
 from pipeline.schema import Metrics, Tags
+from pipeline.training import costs
 
 
 def train(folder, data_dir, *extra: str) -> None:
@@ -183,3 +187,94 @@ def test_a_slowdown_names_the_operations_behind_it(cli, client, tmp_path):
         in (finding["message"])
     )
     assert result.code == 1
+
+
+class StandInNVML(types.ModuleType):
+    """NOT NVML: the machine's GPUs in PCI order, as NVML numbers them whatever
+    CUDA_VISIBLE_DEVICES and CUDA_DEVICE_ORDER say; each GPU's counter in millijoules."""
+
+    def __init__(self, gpus: list[dict], by_uuid: bool = True):
+        super().__init__("pynvml")
+        self.gpus, self.by_uuid = gpus, by_uuid
+
+    def nvmlInit(self):
+        pass
+
+    def nvmlDeviceGetHandleByIndex(self, index):
+        return self.gpus[index]
+
+    def nvmlDeviceGetHandleByUUID(self, uuid):
+        if not self.by_uuid:
+            raise RuntimeError("NVML_ERROR_NOT_SUPPORTED")
+        return next(g for g in self.gpus if g["uuid"] == uuid)
+
+    def nvmlDeviceGetHandleByPciBusId(self, bus):
+        return next(g for g in self.gpus if g["bus"] == bus)
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle):
+        return handle["mj"]
+
+
+def two_gpus(monkeypatch, by_uuid: bool = True) -> list[dict]:
+    """NVML's GPU 0 and 1; torch's cuda:0 is NVML's 1 (CUDA_VISIBLE_DEVICES=1, or CUDA's
+    fastest-first order)."""
+    gpus = [
+        {"uuid": "GPU-0000aaaa-0000-0000-0000-000000000000", "bus": "00000000:01:00.0", "mj": 0},
+        {"uuid": "GPU-0000bbbb-0000-0000-0000-000000000000", "bus": "00000000:41:00.0", "mj": 0},
+    ]
+    monkeypatch.setitem(sys.modules, "pynvml", StandInNVML(gpus, by_uuid))
+    second = SimpleNamespace(
+        uuid="0000bbbb-0000-0000-0000-000000000000",  # as torch prints it
+        pci_domain_id=0,
+        pci_bus_id=0x41,
+        pci_device_id=0,
+    )
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: second)
+    return gpus
+
+
+@pytest.mark.parametrize("by_uuid", [True, False], ids=["by UUID", "by PCI bus id"])
+def test_energy_comes_from_the_gpu_torch_runs_on(monkeypatch, by_uuid):
+    gpus = two_gpus(monkeypatch, by_uuid)
+    gpus[0]["mj"], gpus[1]["mj"] = 5_000, 7_000
+    counter = costs.energy_counter(torch.device("cuda:0"))
+    assert counter() == 7.0  # joules, NVML's GPU 1
+
+
+def test_energy_counts_the_epochs_and_divides_the_samples_they_processed(monkeypatch):
+    """Read when each epoch starts and ends: the profiled window between two epochs is left
+    out; samples per joule over the same passes."""
+    gpus = two_gpus(monkeypatch)
+    cpu_memory = devices.PeakMemory(torch.device("cpu"))
+    monkeypatch.setattr(devices, "PeakMemory", lambda device: cpu_memory)  # no CUDA allocator
+    run = costs.Costs(torch.device("cuda:0"))
+    for joules in (100, 150, 1150, 1200):  # epoch 1 (50 J), the window (1,000 J), epoch 2 (50 J)
+        gpus[1]["mj"] = joules * 1000
+        if joules in (100, 1150):
+            run.resume()
+        else:
+            run.pause()
+    found = run.metrics(samples=500)
+    assert found[Metrics.ENERGY_J] == 100 and found[Metrics.SAMPLES_PER_J] == 5
+    assert run.tags(set())[Tags.ENERGY_SOURCE] == costs.ENERGY_SOURCE
+
+
+def test_no_energy_is_claimed_on_the_cpu(monkeypatch):
+    two_gpus(monkeypatch)  # NVML answering, as on a machine with GPUs: the CPU has no counter
+    run = costs.Costs(torch.device("cpu"))
+    run.resume()
+    run.pause()
+    assert Metrics.ENERGY_J not in run.metrics(samples=500)
+    assert Tags.ENERGY_SOURCE not in run.tags(set())
+
+
+def test_a_train_run_divides_the_samples_of_the_passes_its_energy_covers(cli, client, monkeypatch):
+    """NOT a GPU: the CPU with a stand-in counter that gains 10 J between two readings. The
+    energy covers each epoch's training and test passes; so do the samples."""
+    readings = iter(range(0, 10_000, 10))
+    monkeypatch.setattr(costs, "energy_counter", lambda device: lambda: next(readings))
+    assert cli("train", "--device", "cpu", "--epochs", "2", *SMALL, "--quiet").code == 0
+    (run,) = client.search_runs(["0"])
+    metrics = run.data.metrics
+    assert metrics[Metrics.ENERGY_J] == 20  # two epochs, each read when it starts and ends
+    assert metrics[Metrics.SAMPLES_PER_J] == (640 + 128) * 2 / 20

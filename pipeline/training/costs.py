@@ -11,6 +11,8 @@ from pipeline import devices
 from pipeline.schema import Metrics, Tags
 from pipeline.training import profiling
 
+ENERGY_SOURCE = "NVML total energy counter, over the epochs (training and test passes)"
+
 
 class Costs:
     """Opened before the first epoch; `pause` when an epoch ends, `resume` before the next
@@ -19,7 +21,7 @@ class Costs:
     def __init__(self, device: torch.device):
         self.device = device
         self.memory = devices.PeakMemory(device)
-        self.counter = devices.energy_counter(device)
+        self.counter = energy_counter(device)
         self.energy_j, self._mark = 0.0, None
         self.operations: list[dict] = []
         self.trace_path = Path(tempfile.mkdtemp(prefix="pipeline-trace-")) / "trace.json"
@@ -43,7 +45,8 @@ class Costs:
             )
 
     def metrics(self, samples: int) -> dict[str, float]:
-        """Peak memory; energy and samples per joule over the epochs where a counter exists."""
+        """Peak memory; energy over the epochs where a counter exists, and `samples` (those
+        the epochs' training and test passes processed: the same work) per joule."""
         found = self.memory.metrics()
         if self.counter is not None and self.energy_j > 0:
             found |= {
@@ -60,7 +63,7 @@ class Costs:
             Tags.CPU_FALLBACKS: ", ".join(sorted(fallbacks)) or "none",
         }
         if self.counter is not None:
-            tags[Tags.ENERGY_SOURCE] = "NVML total energy counter, over the epochs"
+            tags[Tags.ENERGY_SOURCE] = ENERGY_SOURCE
         if self.operations:
             tags[Tags.PROFILE_NOTE] = profiling.NOTES.get(self.device.type, "")
         return tags
@@ -75,3 +78,31 @@ class Costs:
             run.log_artifacts(folder)
         self.trace_path.unlink(missing_ok=True)
         folder.rmdir()
+
+
+def energy_counter(device: torch.device):
+    """A function reading the GPU's total-energy counter in joules (NVML), or None where no
+    counter exists (the CPU, mps, a GPU or driver without it): nothing is estimated."""
+    if device.type != "cuda":
+        return None
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = nvml_handle(pynvml, device)
+        pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)  # millijoules since the driver loaded
+    except Exception:
+        return None
+    return lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(handle) / 1000
+
+
+def nvml_handle(pynvml, device: torch.device):
+    """NVML's handle for the GPU torch calls `device`, found by its UUID, else its PCI bus id:
+    NVML numbers GPUs in PCI order over the whole machine, while CUDA numbers the ones that
+    CUDA_VISIBLE_DEVICES leaves, fastest first unless CUDA_DEVICE_ORDER=PCI_BUS_ID."""
+    props = torch.cuda.get_device_properties(device)
+    try:
+        return pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{props.uuid}")
+    except Exception:
+        bus = f"{props.pci_domain_id:08X}:{props.pci_bus_id:02X}:{props.pci_device_id:02X}.0"
+        return pynvml.nvmlDeviceGetHandleByPciBusId(bus)
