@@ -5,6 +5,7 @@ a slowdown, CPU fallbacks counted, and peak memory. Stand-in devices are the CPU
 import json
 import re
 import sys
+import time
 import types
 import warnings
 from pathlib import Path
@@ -63,8 +64,10 @@ def test_peak_memory_is_measured_and_plausible(tmp_path, data_dir):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_peak_memory_is_the_allocators():
     device = torch.device("cuda")
-    memory = devices.PeakMemory(device)
+    memory = costs.PeakMemory(device)
+    memory.resume()
     block = torch.empty(64 << 20, dtype=torch.uint8, device=device)
+    memory.pause()
     found = memory.metrics()
     assert found[Metrics.PEAK_MEMORY_MB] >= 64 and found[Metrics.RESERVED_MEMORY_MB] >= 64
     del block
@@ -72,11 +75,61 @@ def test_cuda_peak_memory_is_the_allocators():
 
 @pytest.mark.skipif(not torch.backends.mps.is_available(), reason="needs an mps device")
 def test_mps_peak_memory_is_sampled_allocated_memory():
-    memory = devices.PeakMemory(torch.device("mps"))
+    memory = costs.PeakMemory(torch.device("mps"))
+    memory.resume()
     block = torch.empty(64 << 20, dtype=torch.uint8, device="mps")
-    memory.sample()
-    assert memory.metrics()[Metrics.PEAK_MEMORY_MB] >= 64
+    time.sleep(4 * costs.SAMPLE_EVERY_S)
     del block
+    memory.pause()
+    assert memory.metrics()[Metrics.PEAK_MEMORY_MB] >= 64
+
+
+class StandInAllocator:
+    """NOT CUDA: torch.cuda's peak statistics over a level the test sets (bytes)."""
+
+    def __init__(self, monkeypatch):
+        self.level = self.peak = 0
+        monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", self.reset)
+        monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: self.peak)
+        monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device: self.peak)
+
+    def reset(self, device=None):
+        self.peak = self.level
+
+    def to(self, level: int):
+        self.level, self.peak = level, max(self.peak, level)
+
+
+def test_cuda_peak_memory_covers_the_epochs_not_the_profiled_window(monkeypatch):
+    allocator, mib = StandInAllocator(monkeypatch), 1 << 20
+    memory = costs.PeakMemory(torch.device("cuda"))
+    for epoch_peak, window_peak in ((300, 900), (320, None)):
+        memory.resume()
+        allocator.to(epoch_peak * mib)
+        allocator.to(100 * mib)  # the epoch's activations freed
+        memory.pause()
+        if window_peak:  # the window: a copy of the model and the profiler's buffers
+            allocator.to(window_peak * mib)
+            allocator.to(100 * mib)
+            memory.after_window()
+    assert memory.metrics()[Metrics.PEAK_MEMORY_MB] == 320
+
+
+def test_where_nothing_keeps_a_peak_it_is_sampled_during_the_epochs(monkeypatch):
+    """NOT mps: a CPU without VmHWM (as macOS), whose resident set peaks inside an epoch and
+    falls before it ends, as activations are freed: sampled after the epoch, it is missed."""
+    monkeypatch.setattr(costs, "vm_hwm", lambda: None)
+    level = [100 << 20]
+    monkeypatch.setattr(costs.psutil, "Process", lambda: SimpleNamespace(
+        memory_info=lambda: SimpleNamespace(rss=level[0])))  # fmt: skip
+    memory = costs.PeakMemory(torch.device("cpu"))
+    assert memory.source == "process resident set, sampled during the epochs"
+    memory.resume()
+    level[0] = 700 << 20
+    time.sleep(6 * costs.SAMPLE_EVERY_S)
+    level[0] = 100 << 20
+    memory.pause()
+    assert memory.metrics()[Metrics.PEAK_MEMORY_MB] == 700
 
 
 FALLING_BACK = """
@@ -245,8 +298,8 @@ def test_energy_counts_the_epochs_and_divides_the_samples_they_processed(monkeyp
     """Read when each epoch starts and ends: the profiled window between two epochs is left
     out; samples per joule over the same passes."""
     gpus = two_gpus(monkeypatch)
-    cpu_memory = devices.PeakMemory(torch.device("cpu"))
-    monkeypatch.setattr(devices, "PeakMemory", lambda device: cpu_memory)  # no CUDA allocator
+    cpu_memory = costs.PeakMemory(torch.device("cpu"))
+    monkeypatch.setattr(costs, "PeakMemory", lambda device: cpu_memory)  # no CUDA allocator
     run = costs.Costs(torch.device("cuda:0"))
     for joules in (100, 150, 1150, 1200):  # epoch 1 (50 J), the window (1,000 J), epoch 2 (50 J)
         gpus[1]["mj"] = joules * 1000
