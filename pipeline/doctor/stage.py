@@ -93,7 +93,8 @@ def note(device: str, device_name: str, counts: dict[str, int], failures: list[s
     """The run's description: what failed or raised, and what could not be checked."""
     checked = sum(counts.values()) - counts[checks.SKIPPED] - counts[checks.UNSUPPORTED]
     if failures:
-        verdict = f"{len(failures)} of {checked} checks failed or raised: " + "; ".join(failures)
+        listed = "; ".join(failures)[:5000]  # within a tag's limit; doctor.json has them all
+        verdict = f"{len(failures)} of {checked} checks failed or raised: {listed}"
     elif checked:
         verdict = f"all {checked} checks that ran passed"
     else:
