@@ -202,4 +202,5 @@ def test_a_failed_child_fails_the_sweep_and_the_rest_go_on(cli, client):
     assert result.stderr.count("failed (exit code 1)") == 2
     assert "error: 2 of the sweep's runs failed (lines above)" in result.stderr
     (parent,), kids = sweep_runs(client)
+    assert {k.data.tags[Tags.PARENT] for k in kids} == {parent.info.run_id}
     assert sorted(k.info.status for k in kids) == ["FAILED", "FAILED"]
