@@ -206,8 +206,10 @@ def run_check(check: Check, target: Target, seed: int = 0) -> Result:
         got = [t.detach().cpu().as_subclass(torch.Tensor) for t in tensors_of(out)]
     except Exception as e:
         return _result(check, status_of(e), detail=reason(e))
-    if check.results:
-        got = check.results(inputs, got)
+    try:
+        got = check.results(inputs, got) if check.results else got
+    except Exception as e:  # results the reference's reading cannot take: wrong
+        return _result(check, FAIL, 1.0, detail=f"results unreadable: {reason(e)}")
     return compare(check, got, expected)
 
 
