@@ -14,7 +14,6 @@ import torch
 
 from pipeline import console
 from pipeline.errors import UserError
-from pipeline.schema import Metrics
 
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N, mps"
 
@@ -299,7 +298,7 @@ def precision(name: str, device: torch.device) -> Precision:
     return Precision(name, device)
 
 
-# --- what a run costs besides time: CPU fallbacks, peak memory, energy -----------------------
+# --- what a run costs besides time: CPU fallbacks (the rest: training/costs.py) -------------
 
 # The back ends' fallback warnings: MPS "The operator 'aten::x' is not currently supported on
 # the MPS backend and will fall back to run on the CPU", DirectML's alike, XPU's "... is
@@ -333,68 +332,3 @@ def fallbacks_recorded():
         finally:
             warnings.showwarning = saved_show
             torch.set_warn_always(saved_always)
-
-
-class PeakMemory:
-    """The run's peak memory, labelled by what measures it: on CUDA the caching allocator's
-    peak (max_memory_allocated, reset at the start) and what it reserved; on mps the largest
-    current_allocated_memory sampled after each epoch (never driver_allocated_memory, which
-    is the driver's pool); on the CPU the process's peak resident set."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.sampled = device, 0
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-
-    @property
-    def source(self) -> str:
-        return {
-            "cuda": "cuda allocator peak (max_memory_allocated)",
-            "mps": "mps current_allocated_memory, largest sampled after each epoch",
-        }.get(self.device.type, "process peak resident set (VmHWM)")
-
-    def sample(self) -> None:
-        if self.device.type == "mps":
-            self.sampled = max(self.sampled, torch.mps.current_allocated_memory())
-
-    def metrics(self) -> dict[str, float]:
-        mib = 1 << 20
-        if self.device.type == "cuda":
-            return {
-                Metrics.PEAK_MEMORY_MB: torch.cuda.max_memory_allocated(self.device) / mib,
-                Metrics.RESERVED_MEMORY_MB: torch.cuda.max_memory_reserved(self.device) / mib,
-            }
-        if self.device.type == "mps":
-            self.sample()
-            return {Metrics.PEAK_MEMORY_MB: self.sampled / mib}
-        return {Metrics.PEAK_MEMORY_MB: peak_rss() / mib}
-
-
-def peak_rss() -> int:
-    """The process's peak resident set in bytes (Linux: VmHWM; elsewhere ru_maxrss)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if platform.system() == "Darwin" else peak * 1024
-
-
-def energy_counter(device: torch.device):
-    """A function reading the GPU's total-energy counter in joules (NVML), or None where no
-    counter exists (the CPU, mps, a GPU or driver without it): nothing is estimated."""
-    if device.type != "cuda":
-        return None
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
-        pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)  # millijoules since the driver loaded
-    except Exception:
-        return None
-    return lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(handle) / 1000

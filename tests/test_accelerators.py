@@ -28,13 +28,19 @@ from pipeline.training import data, loops
 @pytest.mark.parametrize(
     ("precision", "math"), [("fp32", "ieee"), ("tf32", "tf32"), ("bf16", "ieee"), ("fp16", "ieee")]
 )
-def test_each_precision_sets_fp32_math_through_one_api(precision, math):
+def test_each_precision_sets_fp32_math_through_one_api(precision, math, ieee_after):
     """Read back through torch: fp32 is IEEE for matmuls and convolutions, tf32 is TF32 for
     both (forward and backward: set for the process, not around the forward pass)."""
     settings = devices.Precision(precision, CPU).apply()
     assert torch.backends.cuda.matmul.fp32_precision == math
     assert torch.backends.cudnn.conv.fp32_precision == math
     assert settings == {"matmul": math, "conv": math, "override": "none"}
+
+
+@pytest.fixture
+def ieee_after():
+    """The process's fp32 math back to IEEE after the test, passed or failed."""
+    yield
     devices.set_fp32_math("ieee")
 
 
@@ -62,7 +68,9 @@ def test_the_byte_table_is_totensors_values_for_every_byte():
     every = np.arange(256, dtype=np.uint8).reshape(16, 16, 1)
     expected = ToTensor()(every).flatten()
     assert torch.equal(data.BYTE_TO_FLOAT, expected)  # bit for bit
-    assert torch.equal(data.to_float(torch.arange(256, dtype=torch.uint8)), expected)
+    every = torch.arange(256, dtype=torch.uint8)
+    assert torch.equal(data.to_float(every), expected)  # the CPU's division
+    assert torch.equal(data.to_float(every, table=True), expected)  # every accelerator's lookup
     # what a GPU does with a division by a scalar, and why the table is needed
     assert int((torch.arange(256).float() * (1 / 255) != expected).sum()) == 126
 
@@ -145,8 +153,9 @@ def test_mps_0_is_mps_where_mps_exists(monkeypatch):
 
 
 def test_the_mps_device_name_comes_from_torch(monkeypatch):
-    monkeypatch.setattr(torch.backends.mps, "get_name", lambda: "Apple M1", raising=False)
-    monkeypatch.setattr(torch.backends.mps, "get_core_count", lambda: 7, raising=False)
+    """NOT an Apple GPU: torch's own functions (which must exist) answering as an M1's."""
+    monkeypatch.setattr(torch.backends.mps, "get_name", lambda: "Apple M1")
+    monkeypatch.setattr(torch.backends.mps, "get_core_count", lambda: 7)
     assert devices.name(torch.device("mps")) == "Apple M1 (7 GPU cores)"
 
 

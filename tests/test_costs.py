@@ -3,7 +3,13 @@ run (outside the timed epochs, on a copy of the model), compare naming the opera
 a slowdown, CPU fallbacks counted, and peak memory. Stand-in devices are the CPU, labelled so."""
 
 import json
+import re
+import sys
+import time
+import types
+import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,6 +19,7 @@ from test_compare import compare_json, kinds, log_run
 
 from pipeline import devices
 from pipeline.schema import Metrics, Tags
+from pipeline.training import costs
 
 
 def train(folder, data_dir, *extra: str) -> None:
@@ -57,8 +64,10 @@ def test_peak_memory_is_measured_and_plausible(tmp_path, data_dir):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_peak_memory_is_the_allocators():
     device = torch.device("cuda")
-    memory = devices.PeakMemory(device)
+    memory = costs.PeakMemory(device)
+    memory.resume()
     block = torch.empty(64 << 20, dtype=torch.uint8, device=device)
+    memory.pause()
     found = memory.metrics()
     assert found[Metrics.PEAK_MEMORY_MB] >= 64 and found[Metrics.RESERVED_MEMORY_MB] >= 64
     del block
@@ -66,11 +75,61 @@ def test_cuda_peak_memory_is_the_allocators():
 
 @pytest.mark.skipif(not torch.backends.mps.is_available(), reason="needs an mps device")
 def test_mps_peak_memory_is_sampled_allocated_memory():
-    memory = devices.PeakMemory(torch.device("mps"))
+    memory = costs.PeakMemory(torch.device("mps"))
+    memory.resume()
     block = torch.empty(64 << 20, dtype=torch.uint8, device="mps")
-    memory.sample()
-    assert memory.metrics()[Metrics.PEAK_MEMORY_MB] >= 64
+    time.sleep(4 * costs.SAMPLE_EVERY_S)
     del block
+    memory.pause()
+    assert memory.metrics()[Metrics.PEAK_MEMORY_MB] >= 64
+
+
+class StandInAllocator:
+    """NOT CUDA: torch.cuda's peak statistics over a level the test sets (bytes)."""
+
+    def __init__(self, monkeypatch):
+        self.level = self.peak = 0
+        monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", self.reset)
+        monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: self.peak)
+        monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device: self.peak)
+
+    def reset(self, device=None):
+        self.peak = self.level
+
+    def to(self, level: int):
+        self.level, self.peak = level, max(self.peak, level)
+
+
+def test_cuda_peak_memory_covers_the_epochs_not_the_profiled_window(monkeypatch):
+    allocator, mib = StandInAllocator(monkeypatch), 1 << 20
+    memory = costs.PeakMemory(torch.device("cuda"))
+    for epoch_peak, window_peak in ((300, 900), (320, None)):
+        memory.resume()
+        allocator.to(epoch_peak * mib)
+        allocator.to(100 * mib)  # the epoch's activations freed
+        memory.pause()
+        if window_peak:  # the window: a copy of the model and the profiler's buffers
+            allocator.to(window_peak * mib)
+            allocator.to(100 * mib)
+            memory.after_window()
+    assert memory.metrics()[Metrics.PEAK_MEMORY_MB] == 320
+
+
+def test_where_nothing_keeps_a_peak_it_is_sampled_during_the_epochs(monkeypatch):
+    """NOT mps: a CPU without VmHWM (as macOS), whose resident set peaks inside an epoch and
+    falls before it ends, as activations are freed: sampled after the epoch, it is missed."""
+    monkeypatch.setattr(costs, "vm_hwm", lambda: None)
+    level = [100 << 20]
+    monkeypatch.setattr(costs.psutil, "Process", lambda: SimpleNamespace(
+        memory_info=lambda: SimpleNamespace(rss=level[0])))  # fmt: skip
+    memory = costs.PeakMemory(torch.device("cpu"))
+    assert memory.source == "process resident set, sampled during the epochs"
+    memory.resume()
+    level[0] = 700 << 20
+    time.sleep(6 * costs.SAMPLE_EVERY_S)
+    level[0] = 100 << 20
+    memory.pause()
+    assert memory.metrics()[Metrics.PEAK_MEMORY_MB] == 700
 
 
 FALLING_BACK = """
@@ -82,7 +141,8 @@ TEXT = ("The operator '{}' is not currently supported on the MPS backend and wil
 
 
 class StandIn(nn.Module):
-    '''NOT an MPS device: the CPU, warning as MPS does when two operations fall back.'''
+    '''NOT an MPS device: the CPU, warning through Python's warnings (as DirectML's fallbacks
+    do) when two operations fall back; torch's warn-once path: the test after this one.'''
 
     def __init__(self):
         super().__init__()
@@ -106,6 +166,24 @@ def test_every_fallback_is_recorded(tmp_path, data_dir):
     _, (run,) = runs(tmp_path)
     assert run.data.metrics[Metrics.CPU_FALLBACKS] == 2
     assert run.data.tags[Tags.CPU_FALLBACKS] == "aten::_linalg_eigh, aten::isin.Tensor_Tensor_out"
+
+
+def reverse(x: torch.Tensor) -> torch.Tensor:
+    return x.T  # on 3-D: TORCH_WARN_ONCE
+
+
+def test_a_warning_torch_gives_once_is_recorded_in_every_run(monkeypatch):
+    """NOT an MPS fallback: torch's own warn-once path (TORCH_WARN_ONCE, as MPS's fallback
+    warning is), through a CPU operation that takes it (x.T on a 3-D tensor), with the
+    fallback pattern pointed at its text. Once warned in this process (an earlier run, or
+    the model's set-up), it is still recorded during the run."""
+    monkeypatch.setattr(devices, "FALLBACK", re.compile(r"The use of `(x\.T)` on tensors"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reverse(torch.ones(2, 2, 2))  # torch's one warning for this process
+    with pytest.warns(UserWarning, match="x.T"), devices.fallbacks_recorded() as found:
+        reverse(torch.ones(2, 2, 2))  # recorded, and printed once
+    assert found == {"x.T"}
 
 
 def test_compare_names_fallbacks_on_an_accelerator(cli, client, tmp_path):
@@ -162,3 +240,94 @@ def test_a_slowdown_names_the_operations_behind_it(cli, client, tmp_path):
         in (finding["message"])
     )
     assert result.code == 1
+
+
+class StandInNVML(types.ModuleType):
+    """NOT NVML: the machine's GPUs in PCI order, as NVML numbers them whatever
+    CUDA_VISIBLE_DEVICES and CUDA_DEVICE_ORDER say; each GPU's counter in millijoules."""
+
+    def __init__(self, gpus: list[dict], by_uuid: bool = True):
+        super().__init__("pynvml")
+        self.gpus, self.by_uuid = gpus, by_uuid
+
+    def nvmlInit(self):
+        pass
+
+    def nvmlDeviceGetHandleByIndex(self, index):
+        return self.gpus[index]
+
+    def nvmlDeviceGetHandleByUUID(self, uuid):
+        if not self.by_uuid:
+            raise RuntimeError("NVML_ERROR_NOT_SUPPORTED")
+        return next(g for g in self.gpus if g["uuid"] == uuid)
+
+    def nvmlDeviceGetHandleByPciBusId(self, bus):
+        return next(g for g in self.gpus if g["bus"] == bus)
+
+    def nvmlDeviceGetTotalEnergyConsumption(self, handle):
+        return handle["mj"]
+
+
+def two_gpus(monkeypatch, by_uuid: bool = True) -> list[dict]:
+    """NVML's GPU 0 and 1; torch's cuda:0 is NVML's 1 (CUDA_VISIBLE_DEVICES=1, or CUDA's
+    fastest-first order)."""
+    gpus = [
+        {"uuid": "GPU-0000aaaa-0000-0000-0000-000000000000", "bus": "00000000:01:00.0", "mj": 0},
+        {"uuid": "GPU-0000bbbb-0000-0000-0000-000000000000", "bus": "00000000:41:00.0", "mj": 0},
+    ]
+    monkeypatch.setitem(sys.modules, "pynvml", StandInNVML(gpus, by_uuid))
+    second = SimpleNamespace(
+        uuid="0000bbbb-0000-0000-0000-000000000000",  # as torch prints it
+        pci_domain_id=0,
+        pci_bus_id=0x41,
+        pci_device_id=0,
+    )
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: second)
+    return gpus
+
+
+@pytest.mark.parametrize("by_uuid", [True, False], ids=["by UUID", "by PCI bus id"])
+def test_energy_comes_from_the_gpu_torch_runs_on(monkeypatch, by_uuid):
+    gpus = two_gpus(monkeypatch, by_uuid)
+    gpus[0]["mj"], gpus[1]["mj"] = 5_000, 7_000
+    counter = costs.energy_counter(torch.device("cuda:0"))
+    assert counter() == 7.0  # joules, NVML's GPU 1
+
+
+def test_energy_counts_the_epochs_and_divides_the_samples_they_processed(monkeypatch):
+    """Read when each epoch starts and ends: the profiled window between two epochs is left
+    out; samples per joule over the same passes."""
+    gpus = two_gpus(monkeypatch)
+    cpu_memory = costs.PeakMemory(torch.device("cpu"))
+    monkeypatch.setattr(costs, "PeakMemory", lambda device: cpu_memory)  # no CUDA allocator
+    run = costs.Costs(torch.device("cuda:0"))
+    for joules in (100, 150, 1150, 1200):  # epoch 1 (50 J), the window (1,000 J), epoch 2 (50 J)
+        gpus[1]["mj"] = joules * 1000
+        if joules in (100, 1150):
+            run.resume()
+        else:
+            run.pause()
+    found = run.metrics(samples=500)
+    assert found[Metrics.ENERGY_J] == 100 and found[Metrics.SAMPLES_PER_J] == 5
+    assert run.tags(set())[Tags.ENERGY_SOURCE] == costs.ENERGY_SOURCE
+
+
+def test_no_energy_is_claimed_on_the_cpu(monkeypatch):
+    two_gpus(monkeypatch)  # NVML answering, as on a machine with GPUs: the CPU has no counter
+    run = costs.Costs(torch.device("cpu"))
+    run.resume()
+    run.pause()
+    assert Metrics.ENERGY_J not in run.metrics(samples=500)
+    assert Tags.ENERGY_SOURCE not in run.tags(set())
+
+
+def test_a_train_run_divides_the_samples_of_the_passes_its_energy_covers(cli, client, monkeypatch):
+    """NOT a GPU: the CPU with a stand-in counter that gains 10 J between two readings. The
+    energy covers each epoch's training and test passes; so do the samples."""
+    readings = iter(range(0, 10_000, 10))
+    monkeypatch.setattr(costs, "energy_counter", lambda device: lambda: next(readings))
+    assert cli("train", "--device", "cpu", "--epochs", "2", *SMALL, "--quiet").code == 0
+    (run,) = client.search_runs(["0"])
+    metrics = run.data.metrics
+    assert metrics[Metrics.ENERGY_J] == 20  # two epochs, each read when it starts and ends
+    assert metrics[Metrics.SAMPLES_PER_J] == (640 + 128) * 2 / 20

@@ -1,6 +1,7 @@
-"""doctor: every check passes on the CPU; on a stand-in device (the CPU with one operation
-deliberately broken, and labelled so) the broken family's checks fail, by name, and only the
-checks that share the broken operation fail with them."""
+"""doctor: every check passes on the CPU; on a stand-in device (the CPU with its operations
+deliberately broken, and labelled so) every check can fail, and says what came back; statuses
+and exit codes. That one broken operation fails exactly the checks that run it:
+test_doctor_specificity.py."""
 
 import json
 import subprocess
@@ -69,94 +70,13 @@ def broken(funcs, wrong: Callable, when: Callable = lambda args, kwargs, result:
     return fault
 
 
-def failing(target: doctor.Target, checks=battery.CHECKS) -> set[str]:
-    return {r.name for r in doctor.run_all(target, checks) if r.status != "pass"}
-
-
 CASTS = {torch.Tensor.to, torch.Tensor.type, torch.Tensor.float}
-FAULTS = {
-    "casts": (
-        broken(
-            CASTS,
-            lambda a, k, r: torch.where(r != 0, torch.tensor(9e-41), r),
-            lambda a, k, r: a[0].dtype == torch.bool and r.dtype == torch.float32,
-        ),
-        {"cast bool->float32", "cast bool->float32, strided", "the quickstart's accuracy line"},
-        set(),
-    ),
-    "reductions": (
-        broken(
-            {torch.Tensor.sum},
-            lambda a, k, r: r * 0.5,
-            lambda a, k, r: not a[0].is_contiguous() and -1 in (*a[1:], k.get("dim")),
-        ),
-        {"sum along dim -1 of a slice"},
-        set(),
-    ),
-    "argmax": (
-        broken({torch.Tensor.argmax}, lambda a, k, r: torch.zeros_like(r)),
-        {
-            "argmax of float32 rows of 10",
-            "argmax of float32 rows of 1000",
-            "argmax of int64 rows of 10",
-            "argmax of int64 rows of 1000",
-        },
-        {"the quickstart's accuracy line"},  # it takes an argmax
-    ),
-    "comparisons": (
-        broken(
-            {torch.eq, torch.Tensor.__eq__, torch.Tensor.eq},
-            lambda a, k, r: ~r,
-            lambda a, k, r: not a[0].is_contiguous(),
-        ),
-        {"== on sliced view int64"},
-        {"cast bool->float32, strided", "cast bool->int64, strided"},  # they compare a slice
-    ),
-    "linear": (
-        broken(
-            {torch.matmul},
-            lambda a, k, r: torch.cat([r[..., :32768], torch.zeros_like(r[..., 32768:])], -1),
-            lambda a, k, r: r.shape[-1] > 32768,
-        ),
-        {"matmul, 40000 output columns"},
-        set(),
-    ),
-    "linear, layout": (  # a non-contiguous weight read as if it were contiguous
-        broken(
-            {torch.nn.functional.linear},
-            lambda a, k, r: torch.nn.functional.linear(
-                a[0], torch.as_strided(a[1], a[1].shape, (a[1].shape[1], 1)), *a[2:]
-            ),
-            lambda a, k, r: not a[1].is_contiguous(),
-        ),
-        {"linear, non-contiguous weight"},
-        set(),
-    ),
-    "conv2d": (
-        broken({torch.nn.functional.conv2d}, lambda a, k, r: r * 1.01),
-        {"conv2d forward, MNIST's first layer", "conv2d backward, MNIST's second layer"},
-        set(),
-    ),
-    "loss": (
-        broken({torch.nn.functional.cross_entropy}, lambda a, k, r: r * 1.01),
-        {"cross_entropy forward and backward"},
-        {"the workload: forward, backward, SGD step"},  # its loss is a cross entropy
-    ),
-    "optimizer": (
-        broken({torch.Tensor.addcdiv_}, lambda a, k, r: r.mul_(1.001)),
-        {"Adam steps (addcdiv_)", "Adam steps, non-contiguous parameter"},
-        set(),
-    ),
-    "workload": (
-        broken({torch.relu, torch.nn.functional.relu}, lambda a, k, r: r * 1.01),
-        {
-            "the workload: forward, backward, SGD step",
-            "the workload: forward, backward, SGD step, bf16 autocast",
-            "the workload: forward, backward, SGD step, fp16 autocast",
-        },
-        set(),
-    ),
-}
+# A device whose bool->float32 cast turns true into a denormal (as mps's did, pytorch#77835).
+DENORMAL_TRUE = broken(
+    CASTS,
+    lambda a, k, r: torch.where(r != 0, torch.tensor(9e-41), r),
+    lambda a, k, r: a[0].dtype == torch.bool and r.dtype == torch.float32,
+)
 
 
 WORKLOADS = {m: {"model": m, "hidden": 512, "layers": 2} for m in ("mlp", "cnn", "vit")}
@@ -260,31 +180,6 @@ def test_every_battery_check_fails_under_its_own_corruption(check):
     assert result.status == "fail", result
 
 
-CNN_CHECKS = [c for c in replay.checks_of(WORKLOADS["cnn"]) if not c.skip]
-
-
-@pytest.mark.parametrize("check", CNN_CHECKS, ids=lambda c: c.name)
-def test_every_recorded_cnn_operation_fails_under_its_own_corruption(check):
-    func = check.reference.rsplit("(", 1)[1].rstrip(")")
-    ops = {op for op in FUNCS if op.name() == func}
-    assert ops, func
-    result = doctor.run_check(check, corrupting(check, ops))
-    assert result.status == "fail", result
-
-
-FUNCS = {call[0] for call in replay.record_step(WORKLOADS["cnn"], "fp32")}
-
-
-def test_a_broken_max_pool2d_backward_fails_exactly_its_checks():
-    broken_op = torch.ops.aten.max_pool2d_with_indices_backward.default
-    checks = replay.checks_of(WORKLOADS["cnn"])
-    failed = failing(corrupting(CNN_CHECKS[0], {broken_op}), checks)
-    assert failed - {c.name for c in checks if c.skip} == {
-        c.name for c in checks if c.name.startswith("aten::max_pool2d_with_indices_backward ")
-    }
-    assert failed
-
-
 def test_a_small_output_is_checked_at_its_own_scale():
     """An SGD update of about 1e-6 that is 10% wrong fails; the same update right passes.
     NaN must meet NaN, an infinity the same infinity."""
@@ -326,6 +221,8 @@ def test_a_device_that_raises_is_an_error_not_a_pass(cli, client, tmp_path, monk
     assert result.code == 1
     statuses = {c["status"] for c in json.loads(out.read_text())["checks"]}
     assert statuses == {"error", "skipped"}
+    assert "nothing could be checked on cpu: 0 unsupported, " in result.stderr
+    assert "truncated" not in result.stderr  # the run's description fits a tag
     (run,) = client.search_runs(["0"])
     assert "illegal memory access" in run.data.tags[Tags.NOTE]
     assert "illegal memory access" in run.data.tags[Tags.DOCTOR_FAILURES]
@@ -340,15 +237,40 @@ def test_a_device_that_raises_is_an_error_not_a_pass(cli, client, tmp_path, monk
     assert "error: CUDA error: an illegal memory access" in message
 
 
-def test_a_device_that_lacks_every_operation_is_unsupported(cli, client, tmp_path, monkeypatch):
+def test_a_device_that_lacks_every_operation_checks_nothing(cli, client, tmp_path, monkeypatch):
+    """Nothing passed: exit 1 (even though nothing failed) with one line saying so."""
     missing = NotImplementedError("not implemented for this device")
     monkeypatch.setattr(doctor, "on", lambda device: raising(missing))
     out = tmp_path / "doctor.json"
     result = cli("doctor", "--device", "cpu", "--output-json", str(out))
-    assert result.code == 0
-    assert {c["status"] for c in json.loads(out.read_text())["checks"]} == {"unsupported"}
+    assert result.code == 1
+    checks = json.loads(out.read_text())["checks"]
+    assert {c["status"] for c in checks} == {"unsupported"}
+    assert (
+        result.stderr.strip()
+        == f"nothing could be checked on cpu: {len(checks)} unsupported, 0 errors"
+    )
     (run,) = client.search_runs(["0"])
     assert "no check could run" in run.data.tags[Tags.NOTE]
+
+
+@pytest.mark.parametrize(
+    ("message", "status"),
+    [
+        ("\"addmm_cuda\" not implemented for 'Bool'", "unsupported"),
+        ("aten::isin is not currently implemented for the MPS device", "unsupported"),
+        ("The operator 'aten::x' is not currently supported on the MPS backend", "unsupported"),
+        ("MPS does not support cumsum op with int64 input", "unsupported"),
+        ("CUDA error: operation not supported", "error"),
+        ("CUDA error: operation not supported when stream is capturing", "error"),
+        ("HIP error: operation not supported", "error"),
+        ("operation not supported", "error"),
+        ("CUDA error: an illegal memory access was encountered", "error"),
+    ],
+)
+def test_only_a_missing_operation_is_unsupported(message, status):
+    assert doctor.status_of(RuntimeError(message)) == status
+    assert doctor.status_of(NotImplementedError(message)) == "unsupported"
 
 
 def test_the_cpu_reference_raising_is_an_error():
@@ -365,7 +287,7 @@ def test_the_cpu_reference_raising_is_an_error():
 
 
 def test_the_failure_says_what_came_back():
-    fault = FAULTS["casts"][0]
+    fault = DENORMAL_TRUE
     results = doctor.run_all(stand_in("bool->float32 cast broken", fault), battery.CHECKS)
     first = results[0]  # failures first
     assert first.status == "fail" and first.family == "casts"
@@ -469,7 +391,14 @@ def test_the_doctor_command_logs_a_run_and_writes_json(tmp_path):
 
 def test_a_device_this_machine_lacks_is_one_line(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline", "doctor", "--device", "cuda:7"],
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "doctor",
+            "--device",
+            f"cuda:{torch.cuda.device_count()}",
+        ],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -506,3 +435,48 @@ def test_an_accuracy_finding_names_the_doctor_runs_failures(cli, client, tmp_pat
     message = next(f["message"] for f in report["findings"] if f["kind"] == "accuracy-mismatch")
     assert f"doctor run {doctor_run.info.run_id[:8]} on this host found: {failure}" in message
     assert result.code == 1
+
+
+class PoolIndices(TorchDispatchMode):
+    """A stand-in device's max_pool2d_with_indices: the CPU's maxima, the given indices."""
+
+    def __init__(self, indices: list):
+        super().__init__()
+        self.indices = torch.tensor(indices).view(1, 1, 2, 2)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        if func is torch.ops.aten.max_pool2d_with_indices.default:
+            return result[0], self.indices.clone()
+        return result
+
+
+def pooled(x: torch.Tensor) -> doctor.Check:
+    """The replayed check of a 2x2 max-pool with indices of x (1x1x4x4)."""
+    recorder = replay.Recorder()
+    with recorder:
+        torch.nn.functional.max_pool2d(x, 2, return_indices=True)
+    (check,) = replay.checks_from(list(recorder.calls.values()), "a 2x2 max-pool")
+    return check
+
+
+def picking(indices: list) -> doctor.Target:
+    @contextmanager
+    def context(precision):
+        with PoolIndices(indices):
+            yield
+
+    return doctor.Target("cpu (stand-in: max-pool indices as given)", copy_on_cpu, context=context)
+
+
+def test_max_pool_indices_are_checked_without_ties():
+    """All-zero windows (ReLU's zeros): the CPU picks each window's first index, a device may
+    pick its last; an index outside its window, or at a smaller value, is wrong."""
+    ties = pooled(torch.zeros(1, 1, 4, 4))
+    assert doctor.run_check(ties, picking([0, 2, 8, 10])).status == "pass"  # the CPU's
+    assert doctor.run_check(ties, picking([5, 7, 13, 15])).status == "pass"  # the last of each
+    assert doctor.run_check(ties, picking([15, 2, 8, 10])).status == "fail"  # outside its window
+    assert doctor.run_check(ties, picking([99, 2, 8, 10])).status == "fail"  # outside the input
+    distinct = pooled(torch.arange(16.0).view(1, 1, 4, 4))  # maxima at 5, 7, 13, 15
+    assert doctor.run_check(distinct, picking([5, 7, 13, 15])).status == "pass"
+    assert doctor.run_check(distinct, picking([4, 7, 13, 15])).status == "fail"

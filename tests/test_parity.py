@@ -53,18 +53,28 @@ def test_rounding_noise_is_not_a_disagreement(tmp_path):
     assert 0 < found.max_abs_logit_diff < 1e-4 and found.argmax_agreement == 1.0
 
 
-def test_a_conversion_one_ulp_off_shows_in_the_inputs(tmp_path):
-    """NOT a GPU: the CPU converting bytes as a GPU divides by a scalar (x * (1/255)), one
-    ulp off for 126 of the 256 values; the CPU side makes the same bytes as ToTensor does."""
+def two_conversions(tmp_path):
+    """(images by the accelerators' table, the same bytes by the CPU's division, labels)."""
     spec = data.DataSpec("synthetic", tmp_path, 0, 64, 320)
     raw = data.batches(spec, False, "tensors", 64, torch.device("cpu"))
-    pairs = (
-        ((x_cpu * 255).round().to(torch.uint8).float() * (1 / 255), x_cpu, y)
-        for _, x_cpu, y in raw.with_cpu_inputs()
-    )
+    for x, y in zip(raw.x.split(64), raw.y.split(64), strict=True):
+        yield data.to_float(x, table=True), data.to_float(x, table=False), y
+
+
+def test_the_accelerators_conversion_agrees_with_the_cpus_exactly(tmp_path):
     net = model.build(hidden=32)
-    found = loops.parity(net, copy.deepcopy(net), pairs)
-    assert found.input_mismatch > 0.01  # the predictions may well still agree
+    found = loops.parity(net, copy.deepcopy(net), two_conversions(tmp_path))
+    assert found == loops.Parity(0.0, 1.0, 0.0)
+
+
+def test_a_table_one_ulp_off_shows_in_the_inputs(tmp_path, monkeypatch):
+    """NOT a GPU: the CPU's table made as a GPU divides (x * (1/255)), one ulp off for 126 of
+    the 256 values, against the CPU's division."""
+    off = torch.arange(256, dtype=torch.uint8).float() * (1 / 255)
+    monkeypatch.setattr(data, "_tables", {torch.device("cpu"): off})
+    net = model.build(hidden=32)
+    found = loops.parity(net, copy.deepcopy(net), two_conversions(tmp_path))
+    assert found.input_mismatch > 0.01
 
 
 def test_the_probe_reads_a_fixed_number_of_batches(tmp_path):

@@ -3,9 +3,11 @@
 import itertools
 import json
 
+import pytest
 from conftest import SMALL
 from test_errors import assert_no_run
 
+from pipeline import devices
 from pipeline.schema import Params, Stages, Tags
 from pipeline.sweep import stage as sweep
 from pipeline.sweep import tables as render
@@ -13,6 +15,13 @@ from pipeline.training import data
 
 GRID = ["--devices", "cpu,cuda:3,mps", "--batch-sizes", "32,64", "--hidden", "16,32"]
 SWEEP = ["sweep", *GRID, "--epochs", "1", *[a for a in SMALL if a != "--lr" and a != "0.05"]]
+
+
+@pytest.fixture(autouse=True)
+def only_the_cpu(monkeypatch):
+    """This machine, as the grid's tests see it, has the CPU alone (cuda:3 and mps missing),
+    whatever it really has: the sweep decides what to skip in this process."""
+    monkeypatch.setattr(devices, "available", lambda: ["cpu"])
 
 
 def sweep_runs(client):
@@ -181,3 +190,17 @@ def test_a_refused_child_stops_the_sweep_and_fails_its_parent(cli, client, tmp_p
     assert parent.info.status == "FAILED"
     assert "sweep stopped" in parent.data.tags[Tags.FAILURE_REASON]
     assert kids == []  # the child was refused before its run existed; no other child started
+
+
+def test_a_failed_child_fails_the_sweep_and_the_rest_go_on(cli, client):
+    """A child that diverges (exit 1) is named, the other cells still run, and the sweep exits
+    1 with one line saying how many failed."""
+    grid = ["--devices", "cpu", "--batch-sizes", "32,64", "--hidden", "16", "--epochs", "1"]
+    small = [a for a in SMALL if a not in ("--lr", "0.05")]
+    result = cli("sweep", *grid, *small, "--lr", "1e30")
+    assert result.code == 1
+    assert result.stderr.count("failed (exit code 1)") == 2
+    assert "error: 2 of the sweep's runs failed (lines above)" in result.stderr
+    (parent,), kids = sweep_runs(client)
+    assert {k.data.tags[Tags.PARENT] for k in kids} == {parent.info.run_id}
+    assert sorted(k.info.status for k in kids) == ["FAILED", "FAILED"]

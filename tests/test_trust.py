@@ -46,23 +46,52 @@ def folder(tmp_path) -> Path:
 # --- orphans: closed only when provably dead ---------------------------------------------
 
 
+HELD = '''
+import os
+import time
+from pathlib import Path
+
+from torch import nn
+
+
+class Held(nn.Module):
+    """The quickstart's last layer, holding every training batch until the file $RELEASE
+    exists: the test, not a race between two processes, decides when training ends."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+
+    def forward(self, x):
+        while len(x) > 2 and not Path(os.environ["RELEASE"]).exists():  # not the probes
+            time.sleep(0.05)
+        return self.net(x)
+
+
+def make():
+    return Held()
+'''
+
+
 def test_a_run_joined_late_stays_live_while_another_command_runs(folder, data_dir):
     """As `mlflow run` with conda does: the run is created, the environment takes seconds to
     build, then the command joins the run (MLFLOW_RUN_ID). A second command on this host
-    while it trains must leave it RUNNING, and it ends FINISHED with no failure reason."""
-    env = user_env()
+    while it trains must leave it RUNNING, and it ends FINISHED with no failure reason. The
+    joined command is held in its first batch until the test releases it."""
+    release = folder / "release"
+    env = user_env(RELEASE=str(release))
     client = store_of(folder)
     client.search_experiments()  # the store exists before anyone uses it, as mlflow run's does
     run = client.create_run("0", tags={"mlflow.source.type": "PROJECT"})
     run_id = run.info.run_id
-    for key, value in {"device": "cpu", "model": "mlp", "hidden": "512", "epochs": "40"}.items():
+    for key, value in {"device": "cpu", "epochs": "1"}.items():
         client.log_param(run_id, key, value)
     time.sleep(3)  # the environment being built
+    (folder / "held.py").write_text(HELD)
     data = ["--data-dir", str(data_dir)]
-    sizes = ["--dataset", "synthetic", "--train-size", "6400", "--test-size", "640"]
-    train = ["train", "--device", "cpu", "--epochs", "40", *sizes, *data, "--quiet"]
+    train = ["train", "--device", "cpu", "--epochs", "1", "--model", "held:make", *SMALL, *data]
     joined = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", *train, "--no-system-metrics"],
+        [sys.executable, "-m", "pipeline", *train, "--quiet", "--no-system-metrics"],
         cwd=folder,
         env={**env, "MLFLOW_RUN_ID": run_id},
         stdout=subprocess.PIPE,
@@ -71,20 +100,22 @@ def test_a_run_joined_late_stays_live_while_another_command_runs(folder, data_di
     )
     try:
 
-        def trained_an_epoch() -> bool:
+        def joined_the_run() -> bool:
             assert joined.poll() is None, joined.communicate()
-            return bool(client.get_metric_history(run_id, Metrics.TEST_ACCURACY))
+            return Tags.PID in client.get_run(run_id).data.tags
 
-        wait_for(trained_an_epoch, "the joined run's first epoch")
+        wait_for(joined_the_run, "the command joining the run")
         pipeline_cmd(folder, env, "train", "--device", "cpu", "--epochs", "1", *SMALL, *data)
         live = client.get_run(run_id)
-        assert joined.poll() is None, "the first run ended too soon to test anything"
+        assert joined.poll() is None  # held until released
         assert live.info.status == "RUNNING"
         assert Tags.FAILURE_REASON not in live.data.tags
         assert live.data.tags[Tags.PID] == str(joined.pid)
         assert int(live.data.tags[Tags.PID]) and live.data.tags[Tags.PROCESS_START]
+        release.touch()
         _, stderr = joined.communicate(timeout=300)
     finally:
+        release.touch()
         joined.kill()
     assert joined.returncode == 0, stderr
     done = client.get_run(run_id)

@@ -8,7 +8,9 @@ layout (a transposed weight stays transposed). Each becomes a Check whose refere
 CPU running the same operation on the same inputs. Random operations (dropout's bernoulli_,
 native_dropout) are listed as skipped: what follows them consumes the recorded mask, so it
 is checked; operations whose output is uninitialised memory (empty_like) and those with no
-tensor input (constants) are left out. Attention is recorded through its math path, whose
+tensor input (constants) are left out. max_pool2d_with_indices's indices are compared through
+the values they point at and their windows, not as numbers: among equal values (ReLU's zeros)
+a correct device may pick another. Attention is recorded through its math path, whose
 parts exist on every device (each device has fused kernels of its own).
 """
 
@@ -92,8 +94,14 @@ def record_step(config: dict, precision: str, seed: int = 0) -> list[tuple]:
 
 def checks_of(config: dict, precision: str = "fp32") -> list[Check]:
     """A check for each distinct operation call of one training step of the workload."""
+    step = f"one training step of {model.describe(config)}"
+    return checks_from(record_step(config, precision), step, precision)
+
+
+def checks_from(calls: list[tuple], what: str, precision: str = "fp32") -> list[Check]:
+    """A check for each recorded call (operation, flat arguments, their spec) of `what`."""
     checks, names = [], set()
-    for func, flat, spec in record_step(config, precision):
+    for func, flat, spec in calls:
         tensors = [a for a in flat if isinstance(a, torch.Tensor)]
         first = tensors[0]
         op_name = f"aten::{func.name().split('::')[-1].split('.')[0]}"
@@ -113,7 +121,7 @@ def checks_of(config: dict, precision: str = "fp32") -> list[Check]:
                 shape=", ".join(shape(t) for t in tensors),
                 dtype=", ".join(dict.fromkeys(dtype(t) for t in tensors)),
                 layout=", ".join(dict.fromkeys(layout(t) for t in tensors)),
-                reference=f"one training step of {model.describe(config)} ({func.name()})",
+                reference=f"{what} ({func.name()})",
                 inputs=_inputs(tensors),
                 op=_op(func, flat, spec),
                 accumulates=any(word in op_name for word in ACCUMULATING),
@@ -121,6 +129,7 @@ def checks_of(config: dict, precision: str = "fp32") -> list[Check]:
                 # recorded below autocast: each call runs in its recorded dtypes, no autocast
                 precision="tf32" if precision == "tf32" else "fp32",
                 skip="a random operation: its result cannot be replayed" if random else "",
+                results=_through_indices(func, flat, spec),
             )
         )
     return checks
@@ -166,3 +175,37 @@ def _op(func, flat: list, spec):
         return func(*args, **kwargs)
 
     return call
+
+
+def _through_indices(func, flat: list, spec):
+    """For max_pool2d_with_indices, what is compared in place of its results (checks.py's
+    `results`); None for any other operation."""
+    if func is not torch.ops.aten.max_pool2d_with_indices.default:
+        return None
+    args, kwargs = tree_unflatten(flat, spec)
+    named = dict(zip((a.name for a in func._schema.arguments), args, strict=False)) | kwargs
+    return lambda inputs, results: through_indices(inputs[0], *results, named)
+
+
+def through_indices(x: torch.Tensor, values, indices, named: dict) -> list[torch.Tensor]:
+    """max_pool2d_with_indices without its ties: (the maxima, the input's value at each index,
+    whether each index lies in its own window) in place of the indices, which a correct
+    device may pick differently among equal values (ReLU's zeros fill whole windows)."""
+    kernel = pair(named["kernel_size"])
+    stride = pair(named.get("stride") or kernel)
+    padding, dilation = pair(named.get("padding", 0)), pair(named.get("dilation", 1))
+    height, width = x.shape[-2:]
+    inside = (indices >= 0) & (indices < height * width)
+    flat = indices.clamp(0, height * width - 1)
+    at = x.flatten(-2).gather(-1, flat.flatten(-2)).view_as(indices)
+    for i, position in enumerate((flat // width, flat % width)):  # the row, the column
+        start = torch.arange(indices.shape[i - 2]) * stride[i] - padding[i]
+        offset = position - (start.view(-1, 1) if i == 0 else start)
+        inside &= (offset >= 0) & (offset % dilation[i] == 0) & (offset // dilation[i] < kernel[i])
+    return [values, at, inside]
+
+
+def pair(value) -> tuple[int, int]:
+    """A pooling size as (height, width): an int or a list of one or two."""
+    value = [value] if isinstance(value, int) else list(value)
+    return (value[0], value[-1])

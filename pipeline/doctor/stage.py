@@ -10,7 +10,7 @@ from rich.table import Table
 
 from pipeline import devices
 from pipeline.config import RunTarget
-from pipeline.console import cell, out
+from pipeline.console import cell, err, out
 from pipeline.doctor import battery, checks, replay
 from pipeline.schema import Metrics, Params, Stages, Tags
 from pipeline.tracking import runs as tracking
@@ -43,7 +43,8 @@ def run(
     quiet: bool = False,
 ) -> int:
     """Check the device's operations against the CPU's, print and log them; return the number
-    of checks that failed or raised (an `error` is a failure)."""
+    of checks that failed or raised (an `error` is a failure), or 1 when nothing could be
+    checked (no check passed or failed: every one unsupported, skipped or raising)."""
     device = devices.resolve(device_spec)
     devices.precision(precision, device)  # one line when the device cannot run it
     if model_config is not None:
@@ -76,14 +77,24 @@ def run(
             )
             run.log_table(rows, "doctor.json")
             run.set_tags({Tags.NOTE: note(str(device), tags[Tags.DEVICE_NAME], counts, failures)})
+    if not counts[checks.PASS] and not counts[checks.FAIL]:
+        err.print(nothing_checked(str(device), counts), highlight=False)
+        return max(len(failures), 1)
     return len(failures)
+
+
+def nothing_checked(device: str, counts: dict[str, int]) -> str:
+    """'nothing could be checked on mps: 40 unsupported, 8 errors'."""
+    unsupported, errors = counts[checks.UNSUPPORTED], counts[checks.ERROR]
+    return f"nothing could be checked on {device}: {unsupported} unsupported, {errors} errors"
 
 
 def note(device: str, device_name: str, counts: dict[str, int], failures: list[str]) -> str:
     """The run's description: what failed or raised, and what could not be checked."""
     checked = sum(counts.values()) - counts[checks.SKIPPED] - counts[checks.UNSUPPORTED]
     if failures:
-        verdict = f"{len(failures)} of {checked} checks failed or raised: " + "; ".join(failures)
+        listed = "; ".join(failures)[:5000]  # within a tag's limit; doctor.json has them all
+        verdict = f"{len(failures)} of {checked} checks failed or raised: {listed}"
     elif checked:
         verdict = f"all {checked} checks that ran passed"
     else:

@@ -1,15 +1,20 @@
 """What a training run costs besides its time, and why it takes that time: peak memory,
 energy where a counter exists, the operations that fell back to the CPU, and a profiled
-window of batches. Measured between the timed epochs, never inside them."""
+window of batches. Read between the timed epochs, never inside them, except the peak memory
+of a device that keeps no peak (mps, a CPU without VmHWM): a background thread samples it
+during the epochs, every SAMPLE_EVERY_S."""
 
 import tempfile
+import threading
 from pathlib import Path
 
+import psutil
 import torch
 
-from pipeline import devices
 from pipeline.schema import Metrics, Tags
 from pipeline.training import profiling
+
+ENERGY_SOURCE = "NVML total energy counter, over the epochs (training and test passes)"
 
 
 class Costs:
@@ -18,13 +23,14 @@ class Costs:
 
     def __init__(self, device: torch.device):
         self.device = device
-        self.memory = devices.PeakMemory(device)
-        self.counter = devices.energy_counter(device)
+        self.memory = PeakMemory(device)
+        self.counter = energy_counter(device)
         self.energy_j, self._mark = 0.0, None
         self.operations: list[dict] = []
         self.trace_path = Path(tempfile.mkdtemp(prefix="pipeline-trace-")) / "trace.json"
 
     def resume(self) -> None:
+        self.memory.resume()
         if self.counter is not None:
             self._mark = self.counter()
 
@@ -32,7 +38,7 @@ class Costs:
         if self.counter is not None and self._mark is not None:
             self.energy_j += self.counter() - self._mark
             self._mark = None
-        self.memory.sample()
+        self.memory.pause()
 
     def profile(self, net, batches, lr: float, precision, num_batches: int, trace: Path | None):
         """A window of `num_batches` training batches on a copy of the model (between two
@@ -41,9 +47,11 @@ class Costs:
             self.operations = profiling.profile_window(
                 net, batches, lr, self.device, precision, num_batches, trace
             )
+            self.memory.after_window()
 
     def metrics(self, samples: int) -> dict[str, float]:
-        """Peak memory; energy and samples per joule over the epochs where a counter exists."""
+        """Peak memory; energy over the epochs where a counter exists, and `samples` (those
+        the epochs' training and test passes processed: the same work) per joule."""
         found = self.memory.metrics()
         if self.counter is not None and self.energy_j > 0:
             found |= {
@@ -60,7 +68,7 @@ class Costs:
             Tags.CPU_FALLBACKS: ", ".join(sorted(fallbacks)) or "none",
         }
         if self.counter is not None:
-            tags[Tags.ENERGY_SOURCE] = "NVML total energy counter, over the epochs"
+            tags[Tags.ENERGY_SOURCE] = ENERGY_SOURCE
         if self.operations:
             tags[Tags.PROFILE_NOTE] = profiling.NOTES.get(self.device.type, "")
         return tags
@@ -75,3 +83,131 @@ class Costs:
             run.log_artifacts(folder)
         self.trace_path.unlink(missing_ok=True)
         folder.rmdir()
+
+
+# --- peak memory ------------------------------------------------------------------------------
+
+SAMPLE_EVERY_S = 0.05  # the background sampler's period, where nothing keeps a peak
+
+
+class Sampler:
+    """The largest of read()'s values, read every SAMPLE_EVERY_S in a background thread while
+    started (and once more when stopped): the peak of a quantity that nothing keeps a peak of,
+    during the epochs rather than after them, when their activations are freed."""
+
+    def __init__(self, read):
+        self.read, self.peak = read, 0
+        self._stop, self._thread = threading.Event(), None
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="peak-memory", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(SAMPLE_EVERY_S):
+            self.peak = max(self.peak, self.read())
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+        self.peak = max(self.peak, self.read())
+
+
+class PeakMemory:
+    """The peak memory of the timed epochs, labelled by what measures it: on CUDA the caching
+    allocator's peak (max_memory_allocated and what it reserved), kept before the profiled
+    window and reset after it; on mps current_allocated_memory (never the driver's pool) and
+    on a CPU without VmHWM (macOS) the resident set, both sampled during the epochs; on Linux
+    the process's peak resident set (VmHWM), which covers the whole process."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.kept = device, (0, 0)
+        self.sampler = None
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        elif device.type == "mps":
+            self.sampler = Sampler(torch.mps.current_allocated_memory)
+        elif vm_hwm() is None:
+            self.sampler = Sampler(lambda: psutil.Process().memory_info().rss)
+
+    @property
+    def source(self) -> str:
+        if self.device.type == "cuda":
+            return "cuda allocator peak over the epochs (max_memory_allocated)"
+        if self.device.type == "mps":
+            return "mps current_allocated_memory, sampled during the epochs"
+        if self.sampler is not None:
+            return "process resident set, sampled during the epochs"
+        return "process peak resident set (VmHWM)"
+
+    def resume(self) -> None:
+        """An epoch starts."""
+        if self.sampler is not None:
+            self.sampler.start()
+
+    def pause(self) -> None:
+        """An epoch ended: what it reached is kept before anything else (the profiled window)
+        runs; on CUDA the allocator's peak starts again from here."""
+        if self.sampler is not None:
+            self.sampler.stop()
+        if self.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(self.device)
+            reserved = torch.cuda.max_memory_reserved(self.device)
+            self.kept = (max(self.kept[0], peak), max(self.kept[1], reserved))
+
+    def after_window(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def metrics(self) -> dict[str, float]:
+        mib = 1 << 20
+        if self.device.type == "cuda":
+            return {
+                Metrics.PEAK_MEMORY_MB: self.kept[0] / mib,
+                Metrics.RESERVED_MEMORY_MB: self.kept[1] / mib,
+            }
+        if self.sampler is not None:
+            return {Metrics.PEAK_MEMORY_MB: self.sampler.peak / mib}
+        return {Metrics.PEAK_MEMORY_MB: vm_hwm() / mib}
+
+
+def vm_hwm() -> int | None:
+    """The process's peak resident set in bytes (Linux: VmHWM); None where there is none."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def energy_counter(device: torch.device):
+    """A function reading the GPU's total-energy counter in joules (NVML), or None where no
+    counter exists (the CPU, mps, a GPU or driver without it): nothing is estimated."""
+    if device.type != "cuda":
+        return None
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = nvml_handle(pynvml, device)
+        pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)  # millijoules since the driver loaded
+    except Exception:
+        return None
+    return lambda: pynvml.nvmlDeviceGetTotalEnergyConsumption(handle) / 1000
+
+
+def nvml_handle(pynvml, device: torch.device):
+    """NVML's handle for the GPU torch calls `device`, found by its UUID, else its PCI bus id:
+    NVML numbers GPUs in PCI order over the whole machine, while CUDA numbers the ones that
+    CUDA_VISIBLE_DEVICES leaves, fastest first unless CUDA_DEVICE_ORDER=PCI_BUS_ID."""
+    props = torch.cuda.get_device_properties(device)
+    try:
+        return pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{props.uuid}")
+    except Exception:
+        bus = f"{props.pci_domain_id:08X}:{props.pci_bus_id:02X}:{props.pci_device_id:02X}.0"
+        return pynvml.nvmlDeviceGetHandleByPciBusId(bus)

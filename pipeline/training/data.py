@@ -83,12 +83,15 @@ BYTE_TO_FLOAT = torch.arange(256, dtype=torch.uint8).to(torch.float32).div(255)
 _tables: dict[torch.device, torch.Tensor] = {}
 
 
-def to_float(x: torch.Tensor) -> torch.Tensor:
+def to_float(x: torch.Tensor, table: bool | None = None) -> torch.Tensor:
     """uint8 images as ToTensor's floats in [0, 1], bit for bit on every device: on the CPU by
     ToTensor's own arithmetic (a division by 255); elsewhere by looking each byte up in
     BYTE_TO_FLOAT, since a GPU divides by a scalar as a multiplication by its reciprocal,
-    one ulp off for 126 of the 256 values."""
-    if x.device.type == "cpu":
+    one ulp off for 126 of the 256 values. `table` picks the lookup (True) or the division
+    (False) on any device: the tests run the accelerators' path on the CPU."""
+    if table is None:
+        table = x.device.type != "cpu"
+    if not table:
         return x.float().div_(255)
     if x.device not in _tables:
         _tables[x.device] = BYTE_TO_FLOAT.to(x.device)

@@ -155,7 +155,9 @@ def train(cfg: TrainConfig, target: RunTarget, quiet: bool = False) -> str:
                 )  # fmt: skip
                 summary |= parity_probe(net, cfg.model_config, device, test_batches, precision)
             summary[Metrics.FORWARD_FLOPS] = flops
-            summary |= costs.metrics(train_batches.num_samples * cfg.epochs)
+            # energy covers each epoch's training and test passes: so do the samples
+            passes = train_batches.num_samples + test_batches.num_samples
+            summary |= costs.metrics(passes * cfg.epochs)
             summary[Metrics.CPU_FALLBACKS] = len(fallbacks)
             run.set_tags(costs.tags(fallbacks))
             costs.log(run)
