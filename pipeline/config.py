@@ -9,12 +9,48 @@ parameter there names an option here.
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
 
+from pipeline.data_options import (  # the data-set options, re-exported for cli
+    DATASETS,
+    Classes,
+    DataDir,
+    Dataset,
+    DataSpec,
+    InputShape,
+    Loader,
+    PinMemory,
+    Shuffle,
+    TestSize,
+    TrainSize,
+    Workers,
+    data_spec,
+    dataset_list,
+    shuffles_by_default,
+    split,
+)
 from pipeline.schema import Params
+
+__all__ = [
+    "DATASETS",
+    "Classes",
+    "DataDir",
+    "DataSpec",
+    "Dataset",
+    "InputShape",
+    "Loader",
+    "PinMemory",
+    "Shuffle",
+    "TestSize",
+    "TrainSize",
+    "Workers",
+    "data_spec",
+    "dataset_list",
+    "shuffles_by_default",
+    "split",
+]
 
 
 def positive(value: float | None) -> float | None:
@@ -42,10 +78,6 @@ def precision_list(value: str) -> str:
 
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
-
-
-def split(value: str, kind: type = str) -> tuple:
-    return tuple(kind(v.strip()) for v in value.split(",") if v.strip())
 
 
 # --- where runs go, and what is printed: every command that logs takes these ----------------
@@ -83,30 +115,26 @@ Quiet = Annotated[
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps")]
 Epochs = Annotated[int, typer.Option(min=1, help="Epochs")]
 BatchSize = Annotated[int, typer.Option(min=1, help="Batch size")]
-Lr = Annotated[float, typer.Option(callback=positive, help="SGD learning rate")]
+Lr = Annotated[float, typer.Option(callback=positive, help="Learning rate")]
 Seed = Annotated[int, typer.Option(help="Seed of the weights (and of the synthetic data)")]
-Dataset = Annotated[Literal["fashion-mnist", "mnist", "synthetic"], typer.Option(help="Data set")]
-DataDir = Annotated[
-    Path, typer.Option(help="Where data sets are stored or downloaded (torchvision layout)")
+Optimizer = Annotated[Literal["sgd", "adamw"], typer.Option(help="Optimizer")]
+WeightDecay = Annotated[float, typer.Option(min=0.0, help="Optimizer's weight decay")]
+Momentum = Annotated[float, typer.Option(min=0.0, max=1.0, help="sgd: momentum")]
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+Compile = Annotated[
+    Literal["none", "default", "reduce-overhead", "max-autotune"],
+    typer.Option(help="torch.compile mode (none: eager)"),
 ]
-TrainSize = Annotated[
-    int | None, typer.Option(min=1, help="Training images [default: all; synthetic: 60000]")
-]
-TestSize = Annotated[
-    int | None, typer.Option(min=1, help="Test images [default: all; synthetic: 10000]")
-]
-Loader = Annotated[
-    Literal["tensors", "dataloader"],
-    typer.Option(
-        help="tensors: data held on the device, sliced; dataloader: the quickstart's "
-        "DataLoader + ToTensor"
-    ),
+Patch = Annotated[
+    int | None,
+    typer.Option(min=1, help="vit: patch side [default: the largest divisor of the side <= 8]"),
 ]
 Model = Annotated[
     str,
     typer.Option(
         help="mlp (the quickstart's), cnn, vit, or your own as package.module:factory "
-        "(a callable returning an nn.Module that maps [N, 1, 28, 28] to 10 logits)"
+        "(a callable returning an nn.Module that maps [N, C, H, W] to num_classes logits; "
+        "given input_shape and num_classes when it takes them)"
     ),
 ]
 ModelOption = Annotated[
@@ -163,15 +191,6 @@ SystemMetricsInterval = Annotated[
 
 
 @dataclass(frozen=True)
-class DataSpec:
-    name: str = "fashion-mnist"
-    data_dir: Path = Path("data")
-    seed: int = 0
-    train_size: int | None = None  # None: the whole data set (synthetic: 60,000)
-    test_size: int | None = None  # None: the whole data set (synthetic: 10,000)
-
-
-@dataclass(frozen=True)
 class TrainConfig:
     """What `train` does, as its options say."""
 
@@ -187,6 +206,13 @@ class TrainConfig:
     lr: float = 1e-3
     seed: int = 0
     loader: str = "tensors"
+    optimizer: str = "sgd"
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+    compile: str = "none"  # a torch.compile mode, or none
+    workers: int = 0  # DataLoader workers
+    pin_memory: bool = False
+    patch: int | None = None  # vit's patch side; None: the largest divisor of the side <= 8
     target_accuracy: float | None = None
     system_metrics: float = 10.0  # seconds between system-metrics samples; 0: none
     deterministic: bool = False  # cuDNN's deterministic kernels, torch's deterministic algorithms
@@ -197,8 +223,10 @@ class TrainConfig:
     def model_config(self) -> dict:
         """What model.build takes (and what a logged model's config.json holds)."""
         options = {k: number_or_text(v) for k, v in self.model_options}
-        return {"model": self.model, "hidden": self.hidden, "layers": self.layers} | (
-            {"options": options} if options else {}
+        return (
+            {"model": self.model, "hidden": self.hidden, "layers": self.layers}
+            | ({"options": options} if options else {})
+            | ({"patch": self.patch} if self.patch else {})
         )
 
 
@@ -251,14 +279,36 @@ WORKLOAD = (
     Params.EPOCHS,
     Params.SEED,
     Params.LOADER,
+    Params.INPUT_SHAPE,
+    Params.NUM_CLASSES,
+    Params.PATCH,
+    Params.SHUFFLE,
+    Params.WEIGHT_DECAY,
+    Params.MOMENTUM,
+    Params.COMPILE,
+    Params.WORKERS,
+    Params.PIN_MEMORY,
 )
+# The values the keys added later had in every run recorded before them: a workload at these
+# leaves the key out of its tag, so that it groups with those runs (a new key splits nothing).
+WORKLOAD_DEFAULTS = {
+    Params.INPUT_SHAPE: "1x28x28",
+    Params.NUM_CLASSES: "10",
+    Params.PATCH: "7",
+    Params.SHUFFLE: "false",
+    Params.WEIGHT_DECAY: "0.0",
+    Params.MOMENTUM: "0.0",
+    Params.COMPILE: "none",
+    Params.WORKERS: "0",
+    Params.PIN_MEMORY: "false",
+}
 
 
 def workload(params: Mapping[str, object]) -> str:
     """The tag pipeline.workload of a run with these resolved params: JSON, keys sorted."""
-    return json.dumps(
-        {k: str(params[k]) for k in WORKLOAD if k in params}, sort_keys=True, separators=(",", ":")
-    )
+    found = {k: str(params[k]) for k in WORKLOAD if k in params}
+    found = {k: v for k, v in found.items() if WORKLOAD_DEFAULTS.get(k) != v}
+    return json.dumps(found, sort_keys=True, separators=(",", ":"))
 
 
 def train_config(options: dict) -> TrainConfig:
@@ -266,7 +316,7 @@ def train_config(options: dict) -> TrainConfig:
     o = options
     return TrainConfig(
         device=o["device"],
-        data=DataSpec(o["dataset"], o["data_dir"], o["seed"], o["train_size"], o["test_size"]),
+        data=data_spec(o),
         model=o["model"],
         hidden=o["hidden"],
         layers=o["layers"],
@@ -277,6 +327,13 @@ def train_config(options: dict) -> TrainConfig:
         lr=o["lr"],
         seed=o["seed"],
         loader=o["loader"],
+        optimizer=o["optimizer"],
+        weight_decay=o["weight_decay"],
+        momentum=o["momentum"],
+        compile=o["compile"],
+        workers=o["workers"],
+        pin_memory=o["pin_memory"],
+        patch=o["patch"],
         target_accuracy=o["target_accuracy"],
         system_metrics=o["system_metrics"] and o["system_metrics_interval"],
         deterministic=o["deterministic"],
@@ -302,11 +359,21 @@ def train_args(cfg: TrainConfig) -> list[str]:
         "--lr": repr(cfg.lr),
         "--seed": cfg.seed,
         "--loader": cfg.loader,
+        "--input-shape": "x".join(map(str, cfg.data.input_shape or ())) or None,
+        "--classes": cfg.data.num_classes,
+        "--optimizer": cfg.optimizer,
+        "--weight-decay": repr(cfg.weight_decay),
+        "--momentum": repr(cfg.momentum),
+        "--compile": cfg.compile,
+        "--workers": cfg.workers,
+        "--patch": cfg.patch,
         "--target-accuracy": cfg.target_accuracy,
         "--profile-batches": cfg.profile_batches,
     }
     out = [a for k, v in args.items() if v is not None for a in (k, str(v))]
     out += [a for k, v in cfg.model_options for a in ("--model-option", f"{k}={v}")]
+    out += ["--shuffle" if cfg.data.shuffle else "--no-shuffle"]
+    out += ["--pin-memory"] if cfg.pin_memory else []
     out += ["--deterministic"] if cfg.deterministic else []
     out += ["--profile-trace"] if cfg.profile_trace else []
     if cfg.system_metrics:

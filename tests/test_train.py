@@ -43,6 +43,14 @@ def test_train_logs_the_run_schema(cli, client):
         Params.LOADER: "tensors",
         Params.TRAIN_SIZE: "640",
         Params.TEST_SIZE: "128",
+        Params.INPUT_SHAPE: "1x28x28",
+        Params.NUM_CLASSES: "10",
+        Params.SHUFFLE: "false",
+        Params.WEIGHT_DECAY: "0.0",
+        Params.MOMENTUM: "0.0",
+        Params.COMPILE: "none",
+        Params.WORKERS: "0",
+        Params.PIN_MEMORY: "false",
     }
     tags = run.data.tags
     assert tags[Tags.STAGE] == Stages.TRAIN

@@ -15,16 +15,22 @@ from pipeline.training import model
 MODEL_ARTIFACT = "model"
 
 
-def log(run: tracking.Run, net: torch.nn.Module, cfg: TrainConfig, device) -> None:
-    """The final weights (a state dict, device-independent) and what rebuilds the model."""
+def log(
+    run: tracking.Run, net: torch.nn.Module, cfg: TrainConfig, device, model_config: dict
+) -> None:
+    """The final weights (a state dict, device-independent) and what rebuilds the model and
+    its data set (`model_config`: the model built for the data's shape)."""
+    shape = cfg.data.input_shape
     config = {
         "run_id": run.run_id,
-        "model": cfg.model_config,
+        "model": model_config,
         "data": {
             "name": cfg.data.name,
             "seed": cfg.data.seed,
             "train_size": cfg.data.train_size,
             "test_size": cfg.data.test_size,
+            "input_shape": list(shape) if shape else None,
+            "num_classes": cfg.data.num_classes,
         },
         "epochs": cfg.epochs,
         "batch_size": cfg.batch_size,
