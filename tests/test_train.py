@@ -7,6 +7,7 @@ import torch
 from conftest import SMALL, only_run
 
 from pipeline import devices
+from pipeline.config import workload
 from pipeline.schema import Metrics, Params, Stages, Tags
 from pipeline.tracking import runs as tracking
 from pipeline.training import data, loops, model
@@ -211,3 +212,51 @@ def test_runs_read_well_in_the_ui(cli, client):
     assert not any(k.startswith("system/") for k in second.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(first.info.run_id)}
     assert "curves.png" in artifacts
+
+
+# A workload's params as every run recorded before data sets, optimizers and compilation
+# became options: the tag pipeline.workload such a run carries.
+EARLIER = {
+    "dataset": "fashion-mnist",
+    "train_size": 60000,
+    "test_size": 10000,
+    "model": "mlp-784-512-512-10",
+    "precision": "fp32",
+    "optimizer": "sgd",
+    "batch_size": 64,
+    "lr": 0.001,
+    "epochs": 10,
+    "seed": 0,
+    "loader": "tensors",
+}
+AT_OLD_DEFAULTS = {
+    Params.INPUT_SHAPE: "1x28x28",
+    Params.NUM_CLASSES: 10,
+    Params.SHUFFLE: "false",
+    Params.WEIGHT_DECAY: 0.0,
+    Params.MOMENTUM: 0.0,
+    Params.COMPILE: "none",
+    Params.WORKERS: 0,
+    Params.PIN_MEMORY: "false",
+}
+
+
+def test_a_new_key_at_its_old_default_splits_nothing():
+    earlier = '{"batch_size":"64","dataset":"fashion-mnist","epochs":"10","loader":"tensors",'
+    earlier += '"lr":"0.001","model":"mlp-784-512-512-10","optimizer":"sgd","precision":"fp32",'
+    earlier += '"seed":"0","test_size":"10000","train_size":"60000"}'
+    assert workload(EARLIER) == earlier
+    assert workload(EARLIER | AT_OLD_DEFAULTS) == earlier  # groups with the runs before
+    for key, other in [
+        (Params.INPUT_SHAPE, "3x32x32"),
+        (Params.NUM_CLASSES, 100),
+        (Params.SHUFFLE, "true"),
+        (Params.OPTIMIZER, "adamw"),
+        (Params.WEIGHT_DECAY, 0.01),
+        (Params.MOMENTUM, 0.9),
+        (Params.COMPILE, "default"),
+        (Params.WORKERS, 2),
+        (Params.PIN_MEMORY, "true"),
+        (Params.DATASET, "cifar10"),
+    ]:
+        assert workload(EARLIER | AT_OLD_DEFAULTS | {key: other}) != earlier, key
