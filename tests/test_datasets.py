@@ -10,9 +10,9 @@ from PIL import Image
 from test_errors import assert_no_run, assert_one_line_error
 from torchvision import datasets as tv
 
-from pipeline.config import DataSpec
+from pipeline.config import DataSpec, data_spec
 from pipeline.schema import Params
-from pipeline.training import data
+from pipeline.training import data, loops, model
 
 CPU = torch.device("cpu")
 ONE_EPOCH = ("train", "--device", "cpu", "--epochs", "1", "--no-system-metrics")
@@ -180,3 +180,30 @@ def test_shape_classes_and_order_are_recorded(cli, client):
     assert params[Params.INPUT_SHAPE] == "3x8x8" and params[Params.NUM_CLASSES] == "4"
     assert params[Params.SHUFFLE] == "true"
     assert params[Params.MODEL] == "mlp-192-512-512-4"
+
+
+@pytest.mark.parametrize(
+    ("name", "shuffled"),
+    [
+        ("fashion-mnist", False),
+        ("mnist", False),
+        ("synthetic", False),
+        ("cifar10", True),
+        ("imagefolder:pets", True),
+        ("mydata:good", True),
+    ],
+)
+def test_shuffle_is_off_for_the_data_sets_runs_used_so_far_and_on_for_the_others(name, shuffled):
+    options = {"dataset": name, "data_dir": "d", "seed": 0, "train_size": None, "test_size": None}
+    assert data_spec(options).shuffle is shuffled
+    assert data_spec(options | {"shuffle": not shuffled}).shuffle is (not shuffled)
+
+
+def test_training_tells_the_batches_their_epoch(tmp_path):
+    spec = DataSpec("synthetic", tmp_path, 0, 64, 32, shuffle=True)
+    train = data.batches(spec, True, "tensors", 32, CPU)
+    test = data.batches(spec, False, "tensors", 32, CPU)
+    told = []
+    train.set_epoch = told.append
+    list(loops.fit(model.build(hidden=8), train, test, 2, 0.01, CPU, loops.LossBuffer(4, CPU)))
+    assert told == [1, 2]
