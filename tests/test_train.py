@@ -260,3 +260,33 @@ def test_a_new_key_at_its_old_default_splits_nothing():
         (Params.DATASET, "cifar10"),
     ]:
         assert workload(EARLIER | AT_OLD_DEFAULTS | {key: other}) != earlier, key
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "kind"),
+    [
+        ("sgd", {"momentum": 0.9, "weight_decay": 0.01}, torch.optim.SGD),
+        ("adamw", {"weight_decay": 0.05}, torch.optim.AdamW),
+    ],
+)
+def test_the_optimizer_with_its_options_fused_on_cuda(name, options, kind):
+    params = [torch.nn.Parameter(torch.ones(3))]
+    for device, fused in (("cpu", None), ("cuda", True)):
+        opt = loops.optimizer(params, 0.1, torch.device(device), name, **options)
+        assert type(opt) is kind and opt.defaults["fused"] is fused
+        assert all(opt.defaults[k] == v for k, v in options.items())
+
+
+def test_adamw_trains_and_is_recorded(cli, client):
+    args = ("--optimizer", "adamw", "--weight-decay", "0.01", "--lr", "0.001")
+    result = cli("train", "--device", "cpu", "--epochs", "1", *SMALL, *args)
+    assert result.code == 0, result.stderr
+    run = only_run(client)
+    p = run.data.params
+    assert (p[Params.OPTIMIZER], p[Params.WEIGHT_DECAY], p[Params.MOMENTUM]) == (
+        "adamw",
+        "0.01",
+        "0.0",
+    )
+    assert '"optimizer":"adamw","precision"' in run.data.tags[Tags.WORKLOAD]
+    assert '"weight_decay":"0.01"' in run.data.tags[Tags.WORKLOAD]
