@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 from conftest import SMALL, only_run
+from torch.utils.data import DataLoader
 
 from pipeline import devices
 from pipeline.config import workload
@@ -290,3 +291,47 @@ def test_adamw_trains_and_is_recorded(cli, client):
     )
     assert '"optimizer":"adamw","precision"' in run.data.tags[Tags.WORKLOAD]
     assert '"weight_decay":"0.01"' in run.data.tags[Tags.WORKLOAD]
+
+
+def test_compile_where_torch_cannot_is_one_line_and_no_run(cli, client, monkeypatch):
+    def cannot(*args, **kwargs):
+        raise RuntimeError("Dynamo is not supported on this device\nmore lines")
+
+    monkeypatch.setattr(torch, "compile", cannot)
+    result = cli("train", "--device", "cpu", "--epochs", "1", *SMALL, "--compile", "default")
+    assert result.code == 2 and result.stderr.strip().splitlines() == [
+        "error: --compile default: torch.compile does not work on cpu: Dynamo is not supported "
+        "on this device"
+    ]
+    assert client.get_experiment_by_name("Default") is None or not client.search_runs(["0"])
+
+
+def test_compile_time_is_the_first_step_and_evaluation_batch(monkeypatch):
+    """Timed apart (FirstStep and the warm-up batch), inside the first epoch only."""
+    clock = iter(range(0, 1000, 1))
+    monkeypatch.setattr(loops.time, "perf_counter", lambda: next(clock))
+    batches = [(torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 2, 3]))] * 3
+    net, cpu = model.build(hidden=4, layers=1), torch.device("cpu")
+    monkeypatch.setattr(loops, "compiled", lambda net, mode: net)  # no real compilation here
+    epochs = list(
+        loops.fit(
+            net, batches, batches, 2, 0.1, cpu, loops.LossBuffer(6, cpu), compile_mode="default"
+        )
+    )
+    assert epochs[0].compile_s == 2  # one tick for the first step, one for the warm-up batch
+    assert epochs[1].compile_s == 0
+
+
+def test_dataloader_workers_and_pinned_memory_are_used_and_recorded(cli, client, monkeypatch):
+    made = []
+    monkeypatch.setattr(
+        data, "DataLoader", lambda *a, **kw: made.append(kw) or DataLoader(*a, **kw)
+    )
+    args = ("--loader", "dataloader", "--workers", "1", "--pin-memory")
+    result = cli(
+        "train", "--device", "cpu", "--epochs", "1", *SMALL, *args, "--profile-batches", "0"
+    )
+    assert result.code == 0, result.stderr
+    assert made[0]["num_workers"] == 1 and made[0]["pin_memory"] is True
+    p = only_run(client).data.params
+    assert (p[Params.WORKERS], p[Params.PIN_MEMORY]) == ("1", "true")
