@@ -193,10 +193,31 @@ def sweep(
     epochs: c.Epochs = 2,
     lr: c.Lr = 1e-3,
     seed: c.Seed = 0,
-    dataset: c.Dataset = "fashion-mnist",
+    dataset: Annotated[
+        str,
+        typer.Option(
+            callback=c.dataset_list,
+            help="Comma-separated data sets (as train's --dataset), each in its default order",
+        ),
+    ] = "fashion-mnist",
     data_dir: c.DataDir = Path("data"),
     train_size: c.TrainSize = None,
     test_size: c.TestSize = None,
+    input_shape: c.InputShape = None,
+    classes: c.Classes = None,
+    optimizer: Annotated[
+        str, typer.Option(callback=c.optimizer_list, help="Comma-separated: sgd,adamw")
+    ] = "sgd",
+    weight_decay: c.WeightDecay = 0.0,
+    momentum: c.Momentum = 0.0,
+    compile: Annotated[
+        str,
+        typer.Option(
+            callback=c.compile_list,
+            help="Comma-separated torch.compile modes: none (eager), default, reduce-overhead, "
+            "max-autotune",
+        ),
+    ] = "none",
     strict: Annotated[
         bool, typer.Option("--strict", help="A listed device this machine lacks is an error")
     ] = False,
@@ -220,9 +241,14 @@ def sweep(
         c.split(models),
         c.split(precisions),
         repeats,
+        c.split(dataset),
+        c.split(optimizer),
+        c.split(compile),
     )
     base = c.TrainConfig(
-        data=c.DataSpec(dataset, data_dir, seed, train_size, test_size),
+        data=c.data_spec(locals() | {"dataset": c.split(dataset)[0]}),
+        weight_decay=weight_decay,
+        momentum=momentum,
         layers=layers,
         epochs=epochs,
         lr=lr,

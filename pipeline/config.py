@@ -70,14 +70,22 @@ def whole_numbers(value: str) -> str:
     return value
 
 
-def precision_list(value: str) -> str:
-    wrong = [p for p in split(value) if p not in PRECISIONS]
-    if wrong or not split(value):
-        raise typer.BadParameter(f"expected some of {', '.join(PRECISIONS)}, not {value!r}")
-    return value
-
-
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+
+
+def choices(allowed: tuple[str, ...]):
+    """A check of a comma-separated list of some of `allowed`."""
+
+    def check(value: str) -> str:
+        if not split(value) or set(split(value)) - set(allowed):
+            raise typer.BadParameter(f"expected some of {', '.join(allowed)}, not {value!r}")
+        return value
+
+    return check
+
+
+optimizer_list = choices(("sgd", "adamw"))
+precision_list = choices(PRECISIONS)
 
 
 # --- where runs go, and what is printed: every command that logs takes these ----------------
@@ -121,6 +129,7 @@ Optimizer = Annotated[Literal["sgd", "adamw"], typer.Option(help="Optimizer")]
 WeightDecay = Annotated[float, typer.Option(min=0.0, help="Optimizer's weight decay")]
 Momentum = Annotated[float, typer.Option(min=0.0, max=1.0, help="sgd: momentum")]
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+compile_list = choices(COMPILE_MODES)
 Compile = Annotated[
     Literal["none", "default", "reduce-overhead", "max-autotune"],
     typer.Option(help="torch.compile mode (none: eager)"),
