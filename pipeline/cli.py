@@ -268,7 +268,15 @@ def doctor(
     model_option: c.ModelOption = None,
     hidden: c.Hidden = 512,
     layers: c.Layers = 2,
+    patch: c.Patch = None,
     precision: c.Precision = "fp32",
+    dataset: c.Dataset = "fashion-mnist",
+    data_dir: c.DataDir = Path("data"),
+    input_shape: c.InputShape = None,
+    classes: c.Classes = None,
+    optimizer: c.Optimizer = "sgd",
+    weight_decay: c.WeightDecay = 0.0,
+    momentum: c.Momentum = 0.0,
     output_json: Annotated[Path | None, typer.Option(help="Write the checks as JSON")] = None,
     no_fail: Annotated[
         bool, typer.Option("--no-fail", help="Exit 0 even when a check fails")
@@ -280,14 +288,30 @@ def doctor(
     quiet: c.Quiet = False,
 ) -> None:
     """Check a device's operations against the CPU's: the fixed battery, then every operation
-    of one training step of the model. Exit 1 when a check fails or raises."""
+    of one training step of the model (eager: compiled kernels are not replayed), on the data
+    set's input shape, with its optimizer. Exit 1 when a check fails or raises."""
     from pipeline.doctor import stage as doctor_stage
 
+    options = locals() | {"seed": 0, "train_size": None, "test_size": None}
     workload = c.TrainConfig(
-        model=model, hidden=hidden, layers=layers, model_options=c.key_values(model_option)
+        model=model,
+        hidden=hidden,
+        layers=layers,
+        patch=patch,
+        model_options=c.key_values(model_option),
     )
+    optimizing = {"name": optimizer, "weight_decay": weight_decay, "momentum": momentum}
     target = c.RunTarget(experiment, tracking_uri, run_name, host)
-    failed = doctor_stage.run(device, target, workload.model_config, precision, output_json, quiet)
+    failed = doctor_stage.run(
+        device,
+        target,
+        workload.model_config,
+        precision,
+        output_json,
+        quiet,
+        c.data_spec(options),
+        optimizing,
+    )
     if failed and not no_fail:
         raise typer.Exit(1)
 

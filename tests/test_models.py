@@ -189,3 +189,14 @@ def test_a_factory_is_given_the_data_shape_and_checked_on_it(tmp_path, monkeypat
     assert net[1].in_features == 3072 and net[2].out_features == 100
     with pytest.raises(UserError, match=r"'shapedmodels:fixed' fails on a \[2, 3, 32, 32\] batch"):
         model.checked({"model": "shapedmodels:fixed"} | shape)
+
+
+def test_doctor_records_the_step_on_the_real_shape_with_its_optimizer():
+    from pipeline.doctor import replay
+
+    config = {"model": "mlp", "hidden": 8, "layers": 1, "input_shape": [3, 16, 16]}
+    calls = replay.record_step(config | {"num_classes": 5}, "fp32", optimizer={"name": "adamw"})
+    names = {func.name() for func, _, _ in calls}
+    shapes = {tuple(a.shape) for _, flat, _ in calls for a in flat if isinstance(a, torch.Tensor)}
+    assert (64, 3, 16, 16) in shapes and (64, 5) in shapes  # the batch and its logits
+    assert {"aten::lerp_.Scalar", "aten::addcdiv_"} <= names  # AdamW's step, not SGD's

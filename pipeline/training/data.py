@@ -10,7 +10,13 @@ from torchvision.transforms import ToTensor
 
 from pipeline.config import DataSpec
 from pipeline.errors import UserError
-from pipeline.training.datasets import SyntheticFashionMNIST, load, write_synthetic
+from pipeline.training.datasets import (
+    DEFAULT_CLASSES,
+    DEFAULT_SHAPE,
+    SyntheticFashionMNIST,
+    load,
+    write_synthetic,
+)
 
 __all__ = ["DataSpec", "SyntheticFashionMNIST", "batches", "load", "write_synthetic"]
 
@@ -68,6 +74,26 @@ def classes_of(dataset: Dataset, labels: torch.Tensor | None = None) -> int:
     if labels is None:
         labels = torch.as_tensor([int(dataset[i][1]) for i in range(len(dataset))])
     return int(labels.max()) + 1
+
+
+KNOWN = {
+    "fashion-mnist": ((1, 28, 28), 10),
+    "mnist": ((1, 28, 28), 10),
+    "cifar10": ((3, 32, 32), 10),
+}
+
+
+def input_of(spec: DataSpec) -> dict:
+    """The data set's image shape and classes (what a model is built for): known for the
+    built-in data sets, read from the data for image folders and factories."""
+    if spec.name == "synthetic":
+        shape, classes = spec.input_shape or DEFAULT_SHAPE, spec.num_classes or DEFAULT_CLASSES
+    elif spec.name in KNOWN:
+        shape, classes = KNOWN[spec.name]
+    else:
+        dataset = load(spec, True, transform=ToTensor())
+        shape, classes = tuple(dataset[0][0].shape), classes_of(dataset)
+    return {"input_shape": list(shape), "num_classes": classes}
 
 
 class Order(torch.utils.data.Sampler):
