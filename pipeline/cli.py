@@ -52,18 +52,22 @@ def train(
     compile: c.Compile = "none",
     target_accuracy: c.TargetAccuracy = None,
     deterministic: c.Deterministic = False,
-    profile_batches: c.ProfileBatches = 20,
-    profile_trace: c.ProfileTrace = False,
     allow_cpu_fallback: c.AllowCpuFallback = False,
     system_metrics: c.SystemMetrics = True,
     system_metrics_interval: c.SystemMetricsInterval = 10.0,
     parent_run_id: Annotated[
-        str | None, typer.Option(help="Log the run as a child of this run (a sweep's parent)")
+        str | None,
+        typer.Option(
+            help="Log the run as a child of this run (a sweep's parent)",
+            rich_help_panel=c.TRACKING_PANEL,
+        ),
     ] = None,
     experiment: c.Experiment = None,
     run_name: c.RunName = None,
     tracking_uri: c.TrackingUri = None,
     host: c.Host = None,
+    profile_batches: c.ProfileBatches = 20,
+    profile_trace: c.ProfileTrace = False,
     quiet: c.Quiet = False,
 ) -> None:
     """Train on one device, testing after every epoch; log one MLflow run."""

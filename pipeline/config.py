@@ -31,19 +31,41 @@ from pipeline.data_options import (  # the data-set options, re-exported for cli
     shuffles_by_default,
     split,
 )
+from pipeline.run_options import (  # where runs go and what is printed, re-exported
+    TRACKING_PANEL,
+    Experiment,
+    Host,
+    ProfileBatches,
+    ProfileTrace,
+    Quiet,
+    RunName,
+    SystemMetrics,
+    SystemMetricsInterval,
+    TrackingUri,
+)
 from pipeline.schema import Params
 
 __all__ = [
     "DATASETS",
+    "TRACKING_PANEL",
     "Classes",
     "DataDir",
     "DataSpec",
     "Dataset",
+    "Experiment",
+    "Host",
     "InputShape",
     "Loader",
     "PinMemory",
+    "ProfileBatches",
+    "ProfileTrace",
+    "Quiet",
+    "RunName",
     "Shuffle",
+    "SystemMetrics",
+    "SystemMetricsInterval",
     "TestSize",
+    "TrackingUri",
     "TrainSize",
     "Workers",
     "data_spec",
@@ -88,113 +110,100 @@ optimizer_list = choices(("sgd", "adamw"))
 precision_list = choices(PRECISIONS)
 
 
-# --- where runs go, and what is printed: every command that logs takes these ----------------
-
-TrackingUri = Annotated[
-    str | None,
-    typer.Option(
-        envvar="MLFLOW_TRACKING_URI",
-        show_envvar=True,
-        help="MLflow tracking URI [default: MLflow's own, sqlite:///mlflow.db in this folder]",
-    ),
-]
-Experiment = Annotated[
-    str | None,
-    typer.Option(
-        envvar="MLFLOW_EXPERIMENT_NAME",
-        show_envvar=True,
-        help="MLflow experiment [default: the one `mlflow run` chose (MLFLOW_EXPERIMENT_ID), "
-        "else MLflow's Default]",
-    ),
-]
-Host = Annotated[
-    str | None,
-    typer.Option(
-        envvar="PIPELINE_HOST", show_envvar=True, help="Host name to record [default: hostname]"
-    ),
-]
-RunName = Annotated[str | None, typer.Option(help="Run name [default: what the run is]")]
-Quiet = Annotated[
-    bool, typer.Option("--quiet", "-q", help="No progress, tables or per-epoch lines")
-]
+WORKLOAD_PANEL = "Workload"  # the --help panel of the workload's options
 
 # --- the workload ----------------------------------------------------------------------------
 
-Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps")]
-Epochs = Annotated[int, typer.Option(min=1, help="Epochs")]
-BatchSize = Annotated[int, typer.Option(min=1, help="Batch size")]
-Lr = Annotated[float, typer.Option(callback=positive, help="Learning rate")]
-Seed = Annotated[int, typer.Option(help="Seed of the weights (and of the synthetic data)")]
-Optimizer = Annotated[Literal["sgd", "adamw"], typer.Option(help="Optimizer")]
-WeightDecay = Annotated[float, typer.Option(min=0.0, help="Optimizer's weight decay")]
-Momentum = Annotated[float, typer.Option(min=0.0, max=1.0, help="sgd: momentum")]
+Device = Annotated[
+    str, typer.Option(rich_help_panel=WORKLOAD_PANEL, help="auto, cpu, cuda, cuda:N or mps")
+]
+Epochs = Annotated[int, typer.Option(rich_help_panel=WORKLOAD_PANEL, min=1, help="Epochs")]
+BatchSize = Annotated[int, typer.Option(rich_help_panel=WORKLOAD_PANEL, min=1, help="Batch size")]
+Lr = Annotated[
+    float, typer.Option(rich_help_panel=WORKLOAD_PANEL, callback=positive, help="Learning rate")
+]
+Seed = Annotated[
+    int,
+    typer.Option(
+        rich_help_panel=WORKLOAD_PANEL, help="Seed of the weights (and of the synthetic data)"
+    ),
+]
+Optimizer = Annotated[
+    Literal["sgd", "adamw"], typer.Option(rich_help_panel=WORKLOAD_PANEL, help="Optimizer")
+]
+WeightDecay = Annotated[
+    float, typer.Option(rich_help_panel=WORKLOAD_PANEL, min=0.0, help="Optimizer's weight decay")
+]
+Momentum = Annotated[
+    float, typer.Option(rich_help_panel=WORKLOAD_PANEL, min=0.0, max=1.0, help="sgd: momentum")
+]
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 compile_list = choices(COMPILE_MODES)
 Compile = Annotated[
     Literal["none", "default", "reduce-overhead", "max-autotune"],
-    typer.Option(help="torch.compile mode (none: eager)"),
+    typer.Option(rich_help_panel=WORKLOAD_PANEL, help="torch.compile mode (none: eager)"),
 ]
 Patch = Annotated[
     int | None,
-    typer.Option(min=1, help="vit: patch side [default: the largest divisor of the side <= 8]"),
+    typer.Option(
+        rich_help_panel=WORKLOAD_PANEL,
+        min=1,
+        help="vit: patch side",
+        show_default="the largest divisor of the side <= 8",
+    ),
 ]
 Model = Annotated[
     str,
     typer.Option(
+        rich_help_panel=WORKLOAD_PANEL,
         help="mlp (the quickstart's), cnn, vit, or your own as package.module:factory "
         "(a callable returning an nn.Module that maps [N, C, H, W] to num_classes logits; "
-        "given input_shape and num_classes when it takes them)"
+        "given input_shape and num_classes when it takes them)",
     ),
 ]
 ModelOption = Annotated[
     list[str] | None,
-    typer.Option(help="KEY=VALUE passed to your model's factory (repeat the option)"),
+    typer.Option(
+        rich_help_panel=WORKLOAD_PANEL,
+        help="KEY=VALUE passed to your model's factory (repeat the option)",
+    ),
 ]
 Precision = Annotated[
     Literal["fp32", "tf32", "bf16", "fp16"],
-    typer.Option(help="fp32; tf32 (CUDA matmuls); bf16 or fp16 (autocast on the device)"),
+    typer.Option(
+        rich_help_panel=WORKLOAD_PANEL,
+        help="fp32; tf32 (CUDA matmuls); bf16 or fp16 (autocast on the device)",
+    ),
 ]
-Hidden = Annotated[int, typer.Option(min=1, help="mlp: width of each hidden layer")]
-Layers = Annotated[int, typer.Option(min=1, help="mlp: number of hidden layers")]
+Hidden = Annotated[
+    int, typer.Option(rich_help_panel=WORKLOAD_PANEL, min=1, help="mlp: width of each hidden layer")
+]
+Layers = Annotated[
+    int, typer.Option(rich_help_panel=WORKLOAD_PANEL, min=1, help="mlp: number of hidden layers")
+]
 TargetAccuracy = Annotated[
     float | None,
     typer.Option(
-        min=0.0, max=1.0, help="Log time_to_target_s, the training time to this test accuracy"
+        rich_help_panel=WORKLOAD_PANEL,
+        min=0.0,
+        max=1.0,
+        help="Log time_to_target_s, the training time to this test accuracy",
     ),
 ]
 Deterministic = Annotated[
     bool,
     typer.Option(
+        rich_help_panel=WORKLOAD_PANEL,
         help="cuDNN's deterministic kernels and torch's deterministic algorithms (no "
-        "autotuning): runs repeat exactly, some convolutions run slower"
+        "autotuning): runs repeat exactly, some convolutions run slower",
     ),
-]
-ProfileBatches = Annotated[
-    int,
-    typer.Option(
-        min=0,
-        help="Training batches profiled after the first epoch, outside the timed epochs, on "
-        "a copy of the model: the operation table operations.json (0: none)",
-    ),
-]
-ProfileTrace = Annotated[
-    bool,
-    typer.Option(help="Also log the profiled window as trace.json (Perfetto, chrome://tracing)"),
 ]
 AllowCpuFallback = Annotated[
     bool,
     typer.Option(
+        rich_help_panel=WORKLOAD_PANEL,
         help="mps: run operations the MPS back end lacks on the CPU "
-        "(PYTORCH_ENABLE_MPS_FALLBACK=1) instead of failing; compare flags them"
-    ),
-]
-SystemMetrics = Annotated[bool, typer.Option(help="Log MLflow's system metrics (CPU, memory, GPU)")]
-SystemMetricsInterval = Annotated[
-    float,
-    typer.Option(
-        min=0.1,
-        help="Seconds between system-metrics samples (each costs the training thread a few "
-        "ms: at 1 s, about 5% of an epoch on 2 cores)",
+        "(PYTORCH_ENABLE_MPS_FALLBACK=1) instead of failing; compare flags them",
     ),
 ]
 

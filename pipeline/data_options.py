@@ -10,6 +10,8 @@ import typer
 
 from pipeline.errors import UserError
 
+DATA_PANEL = "Data"  # the --help panel of these options
+
 
 def split(value: str, kind: type = str) -> tuple:
     return tuple(kind(v.strip()) for v in value.split(",") if v.strip())
@@ -64,6 +66,7 @@ def shuffles_by_default(dataset: str) -> bool:
 Dataset = Annotated[
     str,
     typer.Option(
+        rich_help_panel=DATA_PANEL,
         callback=dataset_name,
         help="fashion-mnist, mnist, cifar10, synthetic, imagefolder:PATH (PATH/train and "
         "PATH/test, a folder per class) or your own as package.module:factory (a callable "
@@ -73,41 +76,65 @@ Dataset = Annotated[
 InputShape = Annotated[
     str | None,
     typer.Option(
+        rich_help_panel=DATA_PANEL,
         callback=shape,
-        help="CxHxW: synthetic's shape [default: 1x28x28]; imagefolder: resize and crop to "
-        "it [default: the images' own]",
+        help="CxHxW: synthetic's shape; imagefolder: resize and crop to it",
+        show_default="synthetic: 1x28x28; imagefolder: the images' own",
     ),
 ]
 Classes = Annotated[
-    int | None, typer.Option(min=2, help="synthetic: number of classes [default: 10]")
+    int | None,
+    typer.Option(
+        rich_help_panel=DATA_PANEL, min=2, help="synthetic: number of classes", show_default="10"
+    ),
 ]
 Shuffle = Annotated[
     bool | None,
     typer.Option(
-        help="Shuffle the training batches, a seeded order that is the same on every device "
-        "[default: off for fashion-mnist, mnist and synthetic; on for the others]",
-        show_default=False,
+        rich_help_panel=DATA_PANEL,
+        help="Shuffle the training batches, a seeded order that is the same on every device",
+        show_default="off for fashion-mnist, mnist and synthetic; on for the others",
     ),
 ]
 DataDir = Annotated[
-    Path, typer.Option(help="Where data sets are stored or downloaded (torchvision layout)")
+    Path,
+    typer.Option(
+        rich_help_panel=DATA_PANEL,
+        help="Where data sets are stored or downloaded (torchvision layout)",
+    ),
 ]
 TrainSize = Annotated[
-    int | None, typer.Option(min=1, help="Training images [default: all; synthetic: 60000]")
+    int | None,
+    typer.Option(
+        rich_help_panel=DATA_PANEL,
+        min=1,
+        help="Training images",
+        show_default="all; synthetic: 60000",
+    ),
 ]
 TestSize = Annotated[
-    int | None, typer.Option(min=1, help="Test images [default: all; synthetic: 10000]")
+    int | None,
+    typer.Option(
+        rich_help_panel=DATA_PANEL, min=1, help="Test images", show_default="all; synthetic: 10000"
+    ),
 ]
 Loader = Annotated[
     Literal["tensors", "dataloader"],
     typer.Option(
+        rich_help_panel=DATA_PANEL,
         help="tensors: data held on the device, sliced; dataloader: the quickstart's "
-        "DataLoader + ToTensor"
+        "DataLoader + ToTensor",
     ),
 ]
-Workers = Annotated[int, typer.Option(min=0, help="--loader dataloader: DataLoader workers")]
+Workers = Annotated[
+    int,
+    typer.Option(rich_help_panel=DATA_PANEL, min=0, help="--loader dataloader: DataLoader workers"),
+]
 PinMemory = Annotated[
-    bool, typer.Option(help="--loader dataloader: copy batches from pinned host memory")
+    bool,
+    typer.Option(
+        rich_help_panel=DATA_PANEL, help="--loader dataloader: copy batches from pinned host memory"
+    ),
 ]
 
 

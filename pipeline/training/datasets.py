@@ -79,12 +79,14 @@ def _open(cls, root: Path, train: bool, transform, download: bool):
     except RuntimeError as e:
         if "download" in str(e).lower() or "not found" in str(e).lower():
             raise _no_download(cls, root) from None
-        raise UserError(f"corrupt or truncated {cls.__name__} files under {root}: {e}") from None
+        raise UserError(f"corrupt or truncated {_files(cls)} under {root}: {e}") from None
     except (AssertionError, ValueError, IndexError, EOFError) as e:
         reason = str(e) or type(e).__name__
-        raise UserError(
-            f"corrupt or truncated {cls.__name__} files under {root}: {reason}"
-        ) from None
+        raise UserError(f"corrupt or truncated {_files(cls)} under {root}: {reason}") from None
+
+
+def _files(cls) -> str:
+    return "IDX file" if issubclass(cls, datasets.MNIST) else f"{cls.__name__} file"
 
 
 def _no_download(cls, root: Path) -> UserError:
