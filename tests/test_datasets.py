@@ -143,6 +143,7 @@ def test_images_of_mixed_shapes_are_one_line_and_no_run(cli, client, tmp_path):
 
 def test_a_data_set_too_large_for_the_device_names_the_dataloader(cli, client, monkeypatch):
     monkeypatch.setattr(data, "free_memory", lambda device: 1000)
+    monkeypatch.setattr(data, "host_tensors", lambda dataset: pytest.fail("read it all first"))
     result = cli(*ONE_EPOCH, "--dataset", "synthetic")
     assert_one_line_error(result, "does not fit in cpu's free memory", "--loader dataloader")
     assert_no_run(client)

@@ -54,14 +54,17 @@ def free_memory(device: torch.device) -> int | None:
 
 def as_tensors(dataset: Dataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """A whole split as (images, labels) on the device. Image bytes stay bytes (a quarter of the
-    memory of floats); TensorBatches scales each batch. UserError when it does not fit."""
-    images, labels = host_tensors(dataset)
-    free, size = free_memory(device), images.nbytes + labels.nbytes
+    memory of floats); TensorBatches scales each batch. UserError, before any image is read
+    beyond the first, when it does not fit."""
+    first = dataset[0][0]
+    per_image = first.nbytes if isinstance(first, torch.Tensor) else np.asarray(first).nbytes
+    free, size = free_memory(device), len(dataset) * (per_image + 8)  # and an int64 label
     if free is not None and size > free:
         raise UserError(
             f"the data set ({size / 2**30:.1f} GiB) does not fit in {device}'s free memory "
             f"({free / 2**30:.1f} GiB) with --loader tensors; use --loader dataloader"
         )
+    images, labels = host_tensors(dataset)
     return images.to(device), labels.to(device)
 
 
