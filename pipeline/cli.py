@@ -34,27 +34,41 @@ def train(
     data_dir: c.DataDir = Path("data"),
     train_size: c.TrainSize = None,
     test_size: c.TestSize = None,
+    input_shape: c.InputShape = None,
+    classes: c.Classes = None,
+    shuffle: c.Shuffle = None,
     loader: c.Loader = "tensors",
+    workers: c.Workers = 0,
+    pin_memory: c.PinMemory = False,
     model: c.Model = "mlp",
     model_option: c.ModelOption = None,
     precision: c.Precision = "fp32",
     hidden: c.Hidden = 512,
     layers: c.Layers = 2,
+    patch: c.Patch = None,
+    optimizer: c.Optimizer = "sgd",
+    weight_decay: c.WeightDecay = 0.0,
+    momentum: c.Momentum = 0.0,
+    compile: c.Compile = "none",
     target_accuracy: c.TargetAccuracy = None,
     deterministic: c.Deterministic = False,
-    profile_batches: c.ProfileBatches = 20,
-    profile_trace: c.ProfileTrace = False,
     allow_cpu_fallback: c.AllowCpuFallback = False,
     system_metrics: c.SystemMetrics = True,
     system_metrics_interval: c.SystemMetricsInterval = 10.0,
     parent_run_id: Annotated[
-        str | None, typer.Option(help="Log the run as a child of this run (a sweep's parent)")
+        str | None,
+        typer.Option(
+            help="Log the run as a child of this run (a sweep's parent)",
+            rich_help_panel=c.TRACKING_PANEL,
+        ),
     ] = None,
     experiment: c.Experiment = None,
     run_name: c.RunName = None,
     register_model: c.RegisterModel = None,
     tracking_uri: c.TrackingUri = None,
     host: c.Host = None,
+    profile_batches: c.ProfileBatches = 20,
+    profile_trace: c.ProfileTrace = False,
     quiet: c.Quiet = False,
 ) -> None:
     """Train on one device, testing after every epoch; log one MLflow run."""
@@ -186,10 +200,31 @@ def sweep(
     epochs: c.Epochs = 2,
     lr: c.Lr = 1e-3,
     seed: c.Seed = 0,
-    dataset: c.Dataset = "fashion-mnist",
+    dataset: Annotated[
+        str,
+        typer.Option(
+            callback=c.dataset_list,
+            help="Comma-separated data sets (as train's --dataset), each in its default order",
+        ),
+    ] = "fashion-mnist",
     data_dir: c.DataDir = Path("data"),
     train_size: c.TrainSize = None,
     test_size: c.TestSize = None,
+    input_shape: c.InputShape = None,
+    classes: c.Classes = None,
+    optimizer: Annotated[
+        str, typer.Option(callback=c.optimizer_list, help="Comma-separated: sgd,adamw")
+    ] = "sgd",
+    weight_decay: c.WeightDecay = 0.0,
+    momentum: c.Momentum = 0.0,
+    compile: Annotated[
+        str,
+        typer.Option(
+            callback=c.compile_list,
+            help="Comma-separated torch.compile modes: none (eager), default, reduce-overhead, "
+            "max-autotune",
+        ),
+    ] = "none",
     strict: Annotated[
         bool, typer.Option("--strict", help="A listed device this machine lacks is an error")
     ] = False,
@@ -213,9 +248,14 @@ def sweep(
         c.split(models),
         c.split(precisions),
         repeats,
+        c.split(dataset),
+        c.split(optimizer),
+        c.split(compile),
     )
     base = c.TrainConfig(
-        data=c.DataSpec(dataset, data_dir, seed, train_size, test_size),
+        data=c.data_spec(locals() | {"dataset": c.split(dataset)[0]}),
+        weight_decay=weight_decay,
+        momentum=momentum,
         layers=layers,
         epochs=epochs,
         lr=lr,
@@ -235,7 +275,15 @@ def doctor(
     model_option: c.ModelOption = None,
     hidden: c.Hidden = 512,
     layers: c.Layers = 2,
+    patch: c.Patch = None,
     precision: c.Precision = "fp32",
+    dataset: c.Dataset = "fashion-mnist",
+    data_dir: c.DataDir = Path("data"),
+    input_shape: c.InputShape = None,
+    classes: c.Classes = None,
+    optimizer: c.Optimizer = "sgd",
+    weight_decay: c.WeightDecay = 0.0,
+    momentum: c.Momentum = 0.0,
     output_json: Annotated[Path | None, typer.Option(help="Write the checks as JSON")] = None,
     no_fail: Annotated[
         bool, typer.Option("--no-fail", help="Exit 0 even when a check fails")
@@ -247,14 +295,30 @@ def doctor(
     quiet: c.Quiet = False,
 ) -> None:
     """Check a device's operations against the CPU's: the fixed battery, then every operation
-    of one training step of the model. Exit 1 when a check fails or raises."""
+    of one training step of the model (eager: compiled kernels are not replayed), on the data
+    set's input shape, with its optimizer. Exit 1 when a check fails or raises."""
     from pipeline.doctor import stage as doctor_stage
 
+    options = locals() | {"seed": 0, "train_size": None, "test_size": None}
     workload = c.TrainConfig(
-        model=model, hidden=hidden, layers=layers, model_options=c.key_values(model_option)
+        model=model,
+        hidden=hidden,
+        layers=layers,
+        patch=patch,
+        model_options=c.key_values(model_option),
     )
+    optimizing = {"name": optimizer, "weight_decay": weight_decay, "momentum": momentum}
     target = c.RunTarget(experiment, tracking_uri, run_name, host)
-    failed = doctor_stage.run(device, target, workload.model_config, precision, output_json, quiet)
+    failed = doctor_stage.run(
+        device,
+        target,
+        workload.model_config,
+        precision,
+        output_json,
+        quiet,
+        c.data_spec(options),
+        optimizing,
+    )
     if failed and not no_fail:
         raise typer.Exit(1)
 

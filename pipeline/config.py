@@ -9,12 +9,72 @@ parameter there names an option here.
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
 
+from pipeline.data_options import (  # the data-set options, re-exported for cli
+    DATASETS,
+    Classes,
+    DataDir,
+    Dataset,
+    DataSpec,
+    InputShape,
+    Loader,
+    PinMemory,
+    Shuffle,
+    TestSize,
+    TrainSize,
+    Workers,
+    data_spec,
+    dataset_list,
+    shuffles_by_default,
+    split,
+)
+from pipeline.run_options import (  # where runs go and what is printed, re-exported
+    TRACKING_PANEL,
+    Experiment,
+    Host,
+    ProfileBatches,
+    ProfileTrace,
+    Quiet,
+    RegisterModel,
+    RunName,
+    SystemMetrics,
+    SystemMetricsInterval,
+    TrackingUri,
+)
 from pipeline.schema import Params
+
+__all__ = [
+    "DATASETS",
+    "TRACKING_PANEL",
+    "Classes",
+    "DataDir",
+    "DataSpec",
+    "Dataset",
+    "Experiment",
+    "Host",
+    "InputShape",
+    "Loader",
+    "PinMemory",
+    "ProfileBatches",
+    "ProfileTrace",
+    "Quiet",
+    "RegisterModel",
+    "RunName",
+    "Shuffle",
+    "SystemMetrics",
+    "SystemMetricsInterval",
+    "TestSize",
+    "TrackingUri",
+    "TrainSize",
+    "Workers",
+    "data_spec",
+    "dataset_list",
+    "shuffles_by_default",
+    "split",
+]
 
 
 def positive(value: float | None) -> float | None:
@@ -34,145 +94,120 @@ def whole_numbers(value: str) -> str:
     return value
 
 
-def precision_list(value: str) -> str:
-    wrong = [p for p in split(value) if p not in PRECISIONS]
-    if wrong or not split(value):
-        raise typer.BadParameter(f"expected some of {', '.join(PRECISIONS)}, not {value!r}")
-    return value
-
-
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 
 
-def split(value: str, kind: type = str) -> tuple:
-    return tuple(kind(v.strip()) for v in value.split(",") if v.strip())
+def choices(allowed: tuple[str, ...]):
+    """A check of a comma-separated list of some of `allowed`."""
+
+    def check(value: str) -> str:
+        if not split(value) or set(split(value)) - set(allowed):
+            raise typer.BadParameter(f"expected some of {', '.join(allowed)}, not {value!r}")
+        return value
+
+    return check
 
 
-# --- where runs go, and what is printed: every command that logs takes these ----------------
+optimizer_list = choices(("sgd", "adamw"))
+precision_list = choices(PRECISIONS)
 
-TrackingUri = Annotated[
-    str | None,
-    typer.Option(
-        envvar="MLFLOW_TRACKING_URI",
-        show_envvar=True,
-        help="MLflow tracking URI [default: MLflow's own, sqlite:///mlflow.db in this folder]",
-    ),
-]
-Experiment = Annotated[
-    str | None,
-    typer.Option(
-        envvar="MLFLOW_EXPERIMENT_NAME",
-        show_envvar=True,
-        help="MLflow experiment [default: the one `mlflow run` chose (MLFLOW_EXPERIMENT_ID), "
-        "else MLflow's Default]",
-    ),
-]
-Host = Annotated[
-    str | None,
-    typer.Option(
-        envvar="PIPELINE_HOST", show_envvar=True, help="Host name to record [default: hostname]"
-    ),
-]
-RunName = Annotated[str | None, typer.Option(help="Run name [default: what the run is]")]
-RegisterModel = Annotated[
-    str | None,
-    typer.Option(help="Register the trained model under this name in MLflow's model registry"),
-]
-Quiet = Annotated[
-    bool, typer.Option("--quiet", "-q", help="No progress, tables or per-epoch lines")
-]
+
+WORKLOAD_PANEL = "Workload"  # the --help panel of the workload's options
 
 # --- the workload ----------------------------------------------------------------------------
 
-Device = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps")]
-Epochs = Annotated[int, typer.Option(min=1, help="Epochs")]
-BatchSize = Annotated[int, typer.Option(min=1, help="Batch size")]
-Lr = Annotated[float, typer.Option(callback=positive, help="SGD learning rate")]
-Seed = Annotated[int, typer.Option(help="Seed of the weights (and of the synthetic data)")]
-Dataset = Annotated[Literal["fashion-mnist", "mnist", "synthetic"], typer.Option(help="Data set")]
-DataDir = Annotated[
-    Path, typer.Option(help="Where data sets are stored or downloaded (torchvision layout)")
+Device = Annotated[
+    str, typer.Option(rich_help_panel=WORKLOAD_PANEL, help="auto, cpu, cuda, cuda:N or mps")
 ]
-TrainSize = Annotated[
-    int | None, typer.Option(min=1, help="Training images [default: all; synthetic: 60000]")
+Epochs = Annotated[int, typer.Option(rich_help_panel=WORKLOAD_PANEL, min=1, help="Epochs")]
+BatchSize = Annotated[int, typer.Option(rich_help_panel=WORKLOAD_PANEL, min=1, help="Batch size")]
+Lr = Annotated[
+    float, typer.Option(rich_help_panel=WORKLOAD_PANEL, callback=positive, help="Learning rate")
 ]
-TestSize = Annotated[
-    int | None, typer.Option(min=1, help="Test images [default: all; synthetic: 10000]")
-]
-Loader = Annotated[
-    Literal["tensors", "dataloader"],
+Seed = Annotated[
+    int,
     typer.Option(
-        help="tensors: data held on the device, sliced; dataloader: the quickstart's "
-        "DataLoader + ToTensor"
+        rich_help_panel=WORKLOAD_PANEL, help="Seed of the weights (and of the synthetic data)"
+    ),
+]
+Optimizer = Annotated[
+    Literal["sgd", "adamw"], typer.Option(rich_help_panel=WORKLOAD_PANEL, help="Optimizer")
+]
+WeightDecay = Annotated[
+    float, typer.Option(rich_help_panel=WORKLOAD_PANEL, min=0.0, help="Optimizer's weight decay")
+]
+Momentum = Annotated[
+    float, typer.Option(rich_help_panel=WORKLOAD_PANEL, min=0.0, max=1.0, help="sgd: momentum")
+]
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+compile_list = choices(COMPILE_MODES)
+Compile = Annotated[
+    Literal["none", "default", "reduce-overhead", "max-autotune"],
+    typer.Option(rich_help_panel=WORKLOAD_PANEL, help="torch.compile mode (none: eager)"),
+]
+Patch = Annotated[
+    int | None,
+    typer.Option(
+        rich_help_panel=WORKLOAD_PANEL,
+        min=1,
+        help="vit: patch side",
+        show_default="the largest divisor of the side <= 8",
     ),
 ]
 Model = Annotated[
     str,
     typer.Option(
+        rich_help_panel=WORKLOAD_PANEL,
         help="mlp (the quickstart's), cnn, vit, or your own as package.module:factory "
-        "(a callable returning an nn.Module that maps [N, 1, 28, 28] to 10 logits)"
+        "(a callable returning an nn.Module that maps [N, C, H, W] to num_classes logits; "
+        "given input_shape and num_classes when it takes them)",
     ),
 ]
 ModelOption = Annotated[
     list[str] | None,
-    typer.Option(help="KEY=VALUE passed to your model's factory (repeat the option)"),
+    typer.Option(
+        rich_help_panel=WORKLOAD_PANEL,
+        help="KEY=VALUE passed to your model's factory (repeat the option)",
+    ),
 ]
 Precision = Annotated[
     Literal["fp32", "tf32", "bf16", "fp16"],
-    typer.Option(help="fp32; tf32 (CUDA matmuls); bf16 or fp16 (autocast on the device)"),
+    typer.Option(
+        rich_help_panel=WORKLOAD_PANEL,
+        help="fp32; tf32 (CUDA matmuls); bf16 or fp16 (autocast on the device)",
+    ),
 ]
-Hidden = Annotated[int, typer.Option(min=1, help="mlp: width of each hidden layer")]
-Layers = Annotated[int, typer.Option(min=1, help="mlp: number of hidden layers")]
+Hidden = Annotated[
+    int, typer.Option(rich_help_panel=WORKLOAD_PANEL, min=1, help="mlp: width of each hidden layer")
+]
+Layers = Annotated[
+    int, typer.Option(rich_help_panel=WORKLOAD_PANEL, min=1, help="mlp: number of hidden layers")
+]
 TargetAccuracy = Annotated[
     float | None,
     typer.Option(
-        min=0.0, max=1.0, help="Log time_to_target_s, the training time to this test accuracy"
+        rich_help_panel=WORKLOAD_PANEL,
+        min=0.0,
+        max=1.0,
+        help="Log time_to_target_s, the training time to this test accuracy",
     ),
 ]
 Deterministic = Annotated[
     bool,
     typer.Option(
+        rich_help_panel=WORKLOAD_PANEL,
         help="cuDNN's deterministic kernels and torch's deterministic algorithms (no "
-        "autotuning): runs repeat exactly, some convolutions run slower"
+        "autotuning): runs repeat exactly, some convolutions run slower",
     ),
-]
-ProfileBatches = Annotated[
-    int,
-    typer.Option(
-        min=0,
-        help="Training batches profiled after the first epoch, outside the timed epochs, on "
-        "a copy of the model: the operation table operations.json (0: none)",
-    ),
-]
-ProfileTrace = Annotated[
-    bool,
-    typer.Option(help="Also log the profiled window as trace.json (Perfetto, chrome://tracing)"),
 ]
 AllowCpuFallback = Annotated[
     bool,
     typer.Option(
+        rich_help_panel=WORKLOAD_PANEL,
         help="mps: run operations the MPS back end lacks on the CPU "
-        "(PYTORCH_ENABLE_MPS_FALLBACK=1) instead of failing; compare flags them"
+        "(PYTORCH_ENABLE_MPS_FALLBACK=1) instead of failing; compare flags them",
     ),
 ]
-SystemMetrics = Annotated[bool, typer.Option(help="Log MLflow's system metrics (CPU, memory, GPU)")]
-SystemMetricsInterval = Annotated[
-    float,
-    typer.Option(
-        min=0.1,
-        help="Seconds between system-metrics samples (each costs the training thread a few "
-        "ms: at 1 s, about 5% of an epoch on 2 cores)",
-    ),
-]
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    name: str = "fashion-mnist"
-    data_dir: Path = Path("data")
-    seed: int = 0
-    train_size: int | None = None  # None: the whole data set (synthetic: 60,000)
-    test_size: int | None = None  # None: the whole data set (synthetic: 10,000)
 
 
 @dataclass(frozen=True)
@@ -191,6 +226,13 @@ class TrainConfig:
     lr: float = 1e-3
     seed: int = 0
     loader: str = "tensors"
+    optimizer: str = "sgd"
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+    compile: str = "none"  # a torch.compile mode, or none
+    workers: int = 0  # DataLoader workers
+    pin_memory: bool = False
+    patch: int | None = None  # vit's patch side; None: the largest divisor of the side <= 8
     target_accuracy: float | None = None
     system_metrics: float = 10.0  # seconds between system-metrics samples; 0: none
     deterministic: bool = False  # cuDNN's deterministic kernels, torch's deterministic algorithms
@@ -201,8 +243,10 @@ class TrainConfig:
     def model_config(self) -> dict:
         """What model.build takes (and what a logged model's config.json holds)."""
         options = {k: number_or_text(v) for k, v in self.model_options}
-        return {"model": self.model, "hidden": self.hidden, "layers": self.layers} | (
-            {"options": options} if options else {}
+        return (
+            {"model": self.model, "hidden": self.hidden, "layers": self.layers}
+            | ({"options": options} if options else {})
+            | ({"patch": self.patch} if self.patch else {})
         )
 
 
@@ -256,14 +300,36 @@ WORKLOAD = (
     Params.EPOCHS,
     Params.SEED,
     Params.LOADER,
+    Params.INPUT_SHAPE,
+    Params.NUM_CLASSES,
+    Params.PATCH,
+    Params.SHUFFLE,
+    Params.WEIGHT_DECAY,
+    Params.MOMENTUM,
+    Params.COMPILE,
+    Params.WORKERS,
+    Params.PIN_MEMORY,
 )
+# The values the keys added later had in every run recorded before them: a workload at these
+# leaves the key out of its tag, so that it groups with those runs (a new key splits nothing).
+WORKLOAD_DEFAULTS = {
+    Params.INPUT_SHAPE: "1x28x28",
+    Params.NUM_CLASSES: "10",
+    Params.PATCH: "7",
+    Params.SHUFFLE: "false",
+    Params.WEIGHT_DECAY: "0.0",
+    Params.MOMENTUM: "0.0",
+    Params.COMPILE: "none",
+    Params.WORKERS: "0",
+    Params.PIN_MEMORY: "false",
+}
 
 
 def workload(params: Mapping[str, object]) -> str:
     """The tag pipeline.workload of a run with these resolved params: JSON, keys sorted."""
-    return json.dumps(
-        {k: str(params[k]) for k in WORKLOAD if k in params}, sort_keys=True, separators=(",", ":")
-    )
+    found = {k: str(params[k]) for k in WORKLOAD if k in params}
+    found = {k: v for k, v in found.items() if WORKLOAD_DEFAULTS.get(k) != v}
+    return json.dumps(found, sort_keys=True, separators=(",", ":"))
 
 
 def train_config(options: dict) -> TrainConfig:
@@ -271,7 +337,7 @@ def train_config(options: dict) -> TrainConfig:
     o = options
     return TrainConfig(
         device=o["device"],
-        data=DataSpec(o["dataset"], o["data_dir"], o["seed"], o["train_size"], o["test_size"]),
+        data=data_spec(o),
         model=o["model"],
         hidden=o["hidden"],
         layers=o["layers"],
@@ -282,6 +348,13 @@ def train_config(options: dict) -> TrainConfig:
         lr=o["lr"],
         seed=o["seed"],
         loader=o["loader"],
+        optimizer=o["optimizer"],
+        weight_decay=o["weight_decay"],
+        momentum=o["momentum"],
+        compile=o["compile"],
+        workers=o["workers"],
+        pin_memory=o["pin_memory"],
+        patch=o["patch"],
         target_accuracy=o["target_accuracy"],
         system_metrics=o["system_metrics"] and o["system_metrics_interval"],
         deterministic=o["deterministic"],
@@ -307,11 +380,21 @@ def train_args(cfg: TrainConfig) -> list[str]:
         "--lr": repr(cfg.lr),
         "--seed": cfg.seed,
         "--loader": cfg.loader,
+        "--input-shape": "x".join(map(str, cfg.data.input_shape or ())) or None,
+        "--classes": cfg.data.num_classes,
+        "--optimizer": cfg.optimizer,
+        "--weight-decay": repr(cfg.weight_decay),
+        "--momentum": repr(cfg.momentum),
+        "--compile": cfg.compile,
+        "--workers": cfg.workers,
+        "--patch": cfg.patch,
         "--target-accuracy": cfg.target_accuracy,
         "--profile-batches": cfg.profile_batches,
     }
     out = [a for k, v in args.items() if v is not None for a in (k, str(v))]
     out += [a for k, v in cfg.model_options for a in ("--model-option", f"{k}={v}")]
+    out += ["--shuffle" if cfg.data.shuffle else "--no-shuffle"]
+    out += ["--pin-memory"] if cfg.pin_memory else []
     out += ["--deterministic"] if cfg.deterministic else []
     out += ["--profile-trace"] if cfg.profile_trace else []
     if cfg.system_metrics:

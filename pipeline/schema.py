@@ -7,7 +7,10 @@ The README's "Run schema" section documents each name.
 
 class Params:
     DEVICE = "device"
-    DATASET = "dataset"
+    DATASET = "dataset"  # fashion-mnist, mnist, cifar10, synthetic, imagefolder:PATH, a factory
+    INPUT_SHAPE = "input_shape"  # CxHxW, read from the data
+    NUM_CLASSES = "num_classes"  # read from the data
+    SHUFFLE = "shuffle"  # True: the training batches in a seeded order, the same on every device
     MODEL = "model"  # mlp-784-512-512-10, cnn, vit, or package.module:factory as given
     MODEL_OPTIONS = "model_options"  # KEY=VALUE,... passed to a factory
     PRECISION = "precision"  # fp32, tf32, bf16, fp16
@@ -17,7 +20,13 @@ class Params:
     EPOCHS = "epochs"
     BATCH_SIZE = "batch_size"
     LR = "lr"
-    OPTIMIZER = "optimizer"
+    OPTIMIZER = "optimizer"  # sgd, adamw
+    WEIGHT_DECAY = "weight_decay"
+    MOMENTUM = "momentum"  # sgd's
+    COMPILE = "compile"  # none (eager) or the torch.compile mode
+    WORKERS = "workers"  # DataLoader workers (--loader dataloader)
+    PIN_MEMORY = "pin_memory"  # --loader dataloader: batches copied from pinned memory
+    PATCH = "patch"  # vit's patch side
     SEED = "seed"
     LOADER = "loader"
     TRAIN_SIZE = "train_size"
@@ -93,6 +102,7 @@ class Metrics:
     EPOCH_TIME_S = "epoch_time_s"  # training + test pass of one epoch, step = epoch
     EPOCH_SAMPLES_PER_S = "epoch_samples_per_s"  # the epoch's training throughput, step = epoch
     FIRST_EPOCH_TIME_S = "first_epoch_time_s"
+    COMPILE_TIME_S = "compile_time_s"  # compiled runs: the first step and evaluation batch
     TRAIN_TIME_S = "train_time_s"  # total of the training passes
     EVAL_TIME_S = "eval_time_s"  # total of the test passes, each warm
     EVAL_WARM_UP_S = "eval_warm_up_s"  # the untimed evaluation batch before the first

@@ -7,6 +7,7 @@ from conftest import SMALL, only_run
 from test_compare import compare_json, kinds, log_run
 from test_errors import assert_no_run, assert_one_line_error
 
+from pipeline.errors import UserError
 from pipeline.schema import Metrics, Params
 from pipeline.training import model
 
@@ -141,3 +142,61 @@ def test_precision_accuracy_loss(cli, client, tmp_path):
     assert finding["values"]["fp32_run_id"] == fp32 and finding["values"]["precision"] == "fp16"
     assert "in fp16 reaches 70.0% test accuracy, 10.0% below" in finding["message"]
     assert len(report["groups"]) == 3  # precision is part of what groups runs
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "classes"),
+    [
+        ("mlp", (3, 32, 32), 100),
+        ("cnn", (3, 32, 32), 100),
+        ("cnn", (1, 64, 48), 3),
+        ("vit", (3, 32, 32), 100),
+        ("vit", (4, 30, 20), 5),
+    ],
+)
+def test_each_built_in_model_takes_any_shape(name, shape, classes):
+    config = {"model": name, "hidden": 16, "layers": 1, "input_shape": shape}
+    net = model.checked(config | {"num_classes": classes})  # a batch of the real shape
+    assert net(torch.zeros(3, *shape)).shape == (3, classes)
+    assert model.forward_flops(net, shape) > 0
+
+
+def test_vit_patches_default_to_the_largest_divisor_of_the_side_up_to_8():
+    assert [model.default_patch(s) for s in ((1, 28, 28), (3, 32, 32), (3, 30, 20))] == [7, 8, 5]
+    vit = model.build("vit", input_shape=(3, 32, 32), patch=4)
+    assert vit.patch == 4 and vit.position.shape[1] == 8 * 8 + 1
+    with pytest.raises(UserError, match="--patch 5 does not divide the images' 32x32"):
+        model.build("vit", input_shape=(3, 32, 32), patch=5)
+
+
+SHAPED_MODELS = """
+from torch import nn
+
+def shaped(input_shape, num_classes, width=8):
+    c, h, w = input_shape
+    return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, width), nn.Linear(width, num_classes))
+
+def fixed():
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+"""
+
+
+def test_a_factory_is_given_the_data_shape_and_checked_on_it(tmp_path, monkeypatch):
+    (tmp_path / "shapedmodels.py").write_text(SHAPED_MODELS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    shape = {"input_shape": (3, 32, 32), "num_classes": 100}
+    net = model.checked({"model": "shapedmodels:shaped", "options": {"width": 4}} | shape)
+    assert net[1].in_features == 3072 and net[2].out_features == 100
+    with pytest.raises(UserError, match=r"'shapedmodels:fixed' fails on a \[2, 3, 32, 32\] batch"):
+        model.checked({"model": "shapedmodels:fixed"} | shape)
+
+
+def test_doctor_records_the_step_on_the_real_shape_with_its_optimizer():
+    from pipeline.doctor import replay
+
+    config = {"model": "mlp", "hidden": 8, "layers": 1, "input_shape": [3, 16, 16]}
+    calls = replay.record_step(config | {"num_classes": 5}, "fp32", optimizer={"name": "adamw"})
+    names = {func.name() for func, _, _ in calls}
+    shapes = {tuple(a.shape) for _, flat, _ in calls for a in flat if isinstance(a, torch.Tensor)}
+    assert (64, 3, 16, 16) in shapes and (64, 5) in shapes  # the batch and its logits
+    assert {"aten::lerp_.Scalar", "aten::addcdiv_"} <= names  # AdamW's step, not SGD's

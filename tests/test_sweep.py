@@ -2,6 +2,7 @@
 
 import itertools
 import json
+from dataclasses import replace
 
 import pytest
 from conftest import SMALL
@@ -119,6 +120,9 @@ def test_crossover_is_the_smallest_workload_an_accelerator_wins_for_each_model()
         "device": "cuda:0",
         "model": "mlp",
         "precision": "fp32",
+        "dataset": "",
+        "optimizer": "sgd",
+        "compile": "none",
         "hidden": 512,
         "batch_size": 256,
         "speedup_vs_cpu": 2.0,
@@ -204,3 +208,28 @@ def test_a_failed_child_fails_the_sweep_and_the_rest_go_on(cli, client):
     (parent,), kids = sweep_runs(client)
     assert {k.data.tags[Tags.PARENT] for k in kids} == {parent.info.run_id}
     assert sorted(k.info.status for k in kids) == ["FAILED", "FAILED"]
+
+
+def test_data_sets_optimizers_and_compile_modes_are_axes_of_the_grid():
+    from pipeline.config import TrainConfig
+
+    grid = sweep.Grid(("cpu",), (64,), (32,), ("mlp",), ("fp32",), 1, ("synthetic", "cifar10"))
+    grid = replace(grid, optimizers=("sgd", "adamw"), compiles=("none", "default"))
+    cells = [
+        (w.data.name, w.data.shuffle, w.optimizer, w.compile) for w in grid.workloads(TrainConfig())
+    ]
+    assert len(cells) == 8 and ("cifar10", True, "adamw", "default") in cells
+    assert ("synthetic", False, "sgd", "none") in cells  # each data set in its default order
+    assert sweep.Grid.from_params(grid.as_params()) == grid  # what --resume rebuilds
+    records = [
+        {**record("mlp", 32, 64, "cpu", speed, 1), "compile": mode}
+        for mode, speed in (("none", 1000.0), ("default", 1500.0))
+    ]
+    rows = sweep.crossover_table(records)["rows"]
+    assert [(r["compile"], r["samples_per_s"]) for r in rows] == [
+        ("default", {"cpu": 1500.0}),
+        ("none", {"cpu": 1000.0}),
+    ]  # eager beside compiled, not one cell
+    assert "| mlp | fp32 |  | sgd | default | 32 | 64 | 1,500 |" in render.sweep_markdown(
+        sweep.crossover_table(records)
+    )

@@ -5,8 +5,10 @@ import math
 import pytest
 import torch
 from conftest import SMALL, only_run
+from torch.utils.data import DataLoader
 
 from pipeline import devices
+from pipeline.config import workload
 from pipeline.schema import Metrics, Params, Stages, Tags
 from pipeline.tracking import runs as tracking
 from pipeline.training import data, loops, model
@@ -43,6 +45,14 @@ def test_train_logs_the_run_schema(cli, client):
         Params.LOADER: "tensors",
         Params.TRAIN_SIZE: "640",
         Params.TEST_SIZE: "128",
+        Params.INPUT_SHAPE: "1x28x28",
+        Params.NUM_CLASSES: "10",
+        Params.SHUFFLE: "false",
+        Params.WEIGHT_DECAY: "0.0",
+        Params.MOMENTUM: "0.0",
+        Params.COMPILE: "none",
+        Params.WORKERS: "0",
+        Params.PIN_MEMORY: "false",
     }
     tags = run.data.tags
     assert tags[Tags.STAGE] == Stages.TRAIN
@@ -203,3 +213,142 @@ def test_runs_read_well_in_the_ui(cli, client):
     assert not any(k.startswith("system/") for k in second.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(first.info.run_id)}
     assert "curves.png" in artifacts
+
+
+# A workload's params as every run recorded before data sets, optimizers and compilation
+# became options: the tag pipeline.workload such a run carries.
+EARLIER = {
+    "dataset": "fashion-mnist",
+    "train_size": 60000,
+    "test_size": 10000,
+    "model": "mlp-784-512-512-10",
+    "precision": "fp32",
+    "optimizer": "sgd",
+    "batch_size": 64,
+    "lr": 0.001,
+    "epochs": 10,
+    "seed": 0,
+    "loader": "tensors",
+}
+AT_OLD_DEFAULTS = {
+    Params.INPUT_SHAPE: "1x28x28",
+    Params.NUM_CLASSES: 10,
+    Params.SHUFFLE: "false",
+    Params.WEIGHT_DECAY: 0.0,
+    Params.MOMENTUM: 0.0,
+    Params.COMPILE: "none",
+    Params.WORKERS: 0,
+    Params.PIN_MEMORY: "false",
+}
+
+
+def test_a_new_key_at_its_old_default_splits_nothing():
+    earlier = '{"batch_size":"64","dataset":"fashion-mnist","epochs":"10","loader":"tensors",'
+    earlier += '"lr":"0.001","model":"mlp-784-512-512-10","optimizer":"sgd","precision":"fp32",'
+    earlier += '"seed":"0","test_size":"10000","train_size":"60000"}'
+    assert workload(EARLIER) == earlier
+    assert workload(EARLIER | AT_OLD_DEFAULTS) == earlier  # groups with the runs before
+    for key, other in [
+        (Params.INPUT_SHAPE, "3x32x32"),
+        (Params.NUM_CLASSES, 100),
+        (Params.SHUFFLE, "true"),
+        (Params.OPTIMIZER, "adamw"),
+        (Params.WEIGHT_DECAY, 0.01),
+        (Params.MOMENTUM, 0.9),
+        (Params.COMPILE, "default"),
+        (Params.WORKERS, 2),
+        (Params.PIN_MEMORY, "true"),
+        (Params.DATASET, "cifar10"),
+    ]:
+        assert workload(EARLIER | AT_OLD_DEFAULTS | {key: other}) != earlier, key
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "kind"),
+    [
+        ("sgd", {"momentum": 0.9, "weight_decay": 0.01}, torch.optim.SGD),
+        ("adamw", {"weight_decay": 0.05}, torch.optim.AdamW),
+    ],
+)
+def test_the_optimizer_with_its_options_fused_on_cuda(name, options, kind):
+    params = [torch.nn.Parameter(torch.ones(3))]
+    for device, fused in (("cpu", None), ("cuda", True)):
+        opt = loops.optimizer(params, 0.1, torch.device(device), name, **options)
+        assert type(opt) is kind and opt.defaults["fused"] is fused
+        assert all(opt.defaults[k] == v for k, v in options.items())
+
+
+def test_adamw_trains_and_is_recorded(cli, client):
+    args = ("--optimizer", "adamw", "--weight-decay", "0.01", "--lr", "0.001")
+    result = cli("train", "--device", "cpu", "--epochs", "1", *SMALL, *args)
+    assert result.code == 0, result.stderr
+    run = only_run(client)
+    p = run.data.params
+    assert (p[Params.OPTIMIZER], p[Params.WEIGHT_DECAY], p[Params.MOMENTUM]) == (
+        "adamw",
+        "0.01",
+        "0.0",
+    )
+    assert '"optimizer":"adamw","precision"' in run.data.tags[Tags.WORKLOAD]
+    assert '"weight_decay":"0.01"' in run.data.tags[Tags.WORKLOAD]
+
+
+def test_compile_where_torch_cannot_is_one_line_and_no_run(cli, client, monkeypatch):
+    def cannot(*args, **kwargs):
+        raise RuntimeError("Dynamo is not supported on this device\nmore lines")
+
+    monkeypatch.setattr(torch, "compile", cannot)
+    result = cli("train", "--device", "cpu", "--epochs", "1", *SMALL, "--compile", "default")
+    assert result.code == 2 and result.stderr.strip().splitlines() == [
+        "error: --compile default: torch.compile does not work on cpu: Dynamo is not supported "
+        "on this device"
+    ]
+    assert client.get_experiment_by_name("Default") is None or not client.search_runs(["0"])
+
+
+def test_compile_time_is_the_first_step_and_evaluation_batch(monkeypatch):
+    """Timed apart (FirstStep and the warm-up batch), inside the first epoch only."""
+    clock = iter(range(0, 1000, 1))
+    monkeypatch.setattr(loops.time, "perf_counter", lambda: next(clock))
+    batches = [(torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 2, 3]))] * 3
+    net, cpu = model.build(hidden=4, layers=1), torch.device("cpu")
+    monkeypatch.setattr(loops, "compiled", lambda net, mode: net)  # no real compilation here
+    epochs = list(
+        loops.fit(
+            net, batches, batches, 2, 0.1, cpu, loops.LossBuffer(6, cpu), compile_mode="default"
+        )
+    )
+    assert epochs[0].compile_s == 2  # one tick for the first step, one for the warm-up batch
+    assert epochs[1].compile_s == 0
+
+
+def test_dataloader_workers_and_pinned_memory_are_used_and_recorded(cli, client, monkeypatch):
+    made = []
+    monkeypatch.setattr(
+        data, "DataLoader", lambda *a, **kw: made.append(kw) or DataLoader(*a, **kw)
+    )
+    args = ("--loader", "dataloader", "--workers", "1", "--pin-memory")
+    result = cli(
+        "train", "--device", "cpu", "--epochs", "1", *SMALL, *args, "--profile-batches", "0"
+    )
+    assert result.code == 0, result.stderr
+    assert made[0]["num_workers"] == 1 and made[0]["pin_memory"] is True
+    p = only_run(client).data.params
+    assert (p[Params.WORKERS], p[Params.PIN_MEMORY]) == ("1", "true")
+
+
+def test_train_help_groups_its_options_and_shows_every_default(cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")  # one line an option: each default reads whole
+    text = cli("train", "--help").stdout
+    panels = [line.split("─ ")[1].split(" ")[0] for line in text.splitlines() if "╭─ " in line]
+    assert panels == ["Options", "Workload", "Data", "Tracking", "Output"]
+    for default in (
+        "[default: (MLflow's own, sqlite:///mlflow.db in this folder)]",
+        "[default: (the one `mlflow run` chose (MLFLOW_EXPERIMENT_ID), else MLflow's Default)]",
+        "[default: (hostname)]",
+        "[default: (what the run is)]",
+        "[default: (all; synthetic: 60000)]",
+        "[default: (all; synthetic: 10000)]",
+        "[default: (off for fashion-mnist, mnist and synthetic; on for the others)]",
+    ):
+        assert default in text, default

@@ -22,7 +22,6 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from pipeline import devices
 from pipeline.doctor.checks import Check
 from pipeline.training import loops, model
-from pipeline.training.data import NUM_CLASSES
 
 UNINITIALISED = {"empty_like", "new_empty", "new_empty_strided", "empty_strided", "empty"}
 # Operations that sum many terms, held to test_mps.py's looser bounds (checks.py).
@@ -71,15 +70,19 @@ def signature(value) -> tuple:
     return ("value", repr(value))
 
 
-def record_step(config: dict, precision: str, seed: int = 0) -> list[tuple]:
-    """The distinct calls of one training step of the workload on the CPU, in first-call
-    order: (operation, flat arguments with tensor copies, their pytree spec)."""
+def record_step(
+    config: dict, precision: str, seed: int = 0, optimizer: dict | None = None
+) -> list[tuple]:
+    """The distinct calls of one training step of the workload on the CPU, on a batch of its
+    input shape with its optimizer (loops.optimizer's options), in first-call order:
+    (operation, flat arguments with tensor copies, their pytree spec)."""
     cpu = torch.device("cpu")
     net = model.initialised(config, seed, cpu)
+    shape, classes = model.input_of(config)
     generator = torch.Generator().manual_seed(seed)
-    x = torch.rand(BATCH, *model.IMAGE, generator=generator)
-    y = torch.randint(0, NUM_CLASSES, (BATCH,), generator=generator)
-    optimizer = loops.optimizer(net.parameters(), 1e-3, cpu)
+    x = torch.rand(BATCH, *shape, generator=generator)
+    y = torch.randint(0, classes, (BATCH,), generator=generator)
+    optimizer = loops.optimizer(net.parameters(), 1e-3, cpu, **(optimizer or {}))
     run_in = devices.Precision(precision, cpu)
     recorder = Recorder()
     # Attention through its math path: the fused kernels are each device's own (the CPU's
@@ -92,10 +95,10 @@ def record_step(config: dict, precision: str, seed: int = 0) -> list[tuple]:
     return list(recorder.calls.values())
 
 
-def checks_of(config: dict, precision: str = "fp32") -> list[Check]:
+def checks_of(config: dict, precision: str = "fp32", optimizer: dict | None = None) -> list[Check]:
     """A check for each distinct operation call of one training step of the workload."""
     step = f"one training step of {model.describe(config)}"
-    return checks_from(record_step(config, precision), step, precision)
+    return checks_from(record_step(config, precision, optimizer=optimizer), step, precision)
 
 
 def checks_from(calls: list[tuple], what: str, precision: str = "fp32") -> list[Check]:

@@ -9,17 +9,19 @@ from pathlib import Path
 from rich.table import Table
 
 from pipeline import devices
-from pipeline.config import RunTarget
+from pipeline.config import DataSpec, RunTarget
 from pipeline.console import cell, err, out
 from pipeline.doctor import battery, checks, replay
 from pipeline.schema import Metrics, Params, Stages, Tags
 from pipeline.tracking import runs as tracking
 from pipeline.tracking.lifecycle import interrupts_requested, run_closed
-from pipeline.training import model
+from pipeline.training import data, model
 from pipeline.training.stage import device_tags
 
 
-def checks_for(model_config: dict | None, precision: str) -> list[checks.Check]:
+def checks_for(
+    model_config: dict | None, precision: str, optimizer: dict | None = None
+) -> list[checks.Check]:
     """The battery (under tf32 its accumulating fp32 checks in TF32 too), then one training
     step of the workload, recorded on the CPU, operation by operation."""
     selected = list(battery.CHECKS)
@@ -30,7 +32,7 @@ def checks_for(model_config: dict | None, precision: str) -> list[checks.Check]:
             if c.accumulates and c.precision == "fp32"
         ]
     if model_config is not None:
-        selected += replay.checks_of(model_config, precision)
+        selected += replay.checks_of(model_config, precision, optimizer)
     return selected
 
 
@@ -41,16 +43,22 @@ def run(
     precision: str = "fp32",
     output_json: Path | None = None,
     quiet: bool = False,
+    data_spec: DataSpec | None = None,
+    optimizer: dict | None = None,
 ) -> int:
     """Check the device's operations against the CPU's, print and log them; return the number
     of checks that failed or raised (an `error` is a failure), or 1 when nothing could be
-    checked (no check passed or failed: every one unsupported, skipped or raising)."""
+    checked (no check passed or failed: every one unsupported, skipped or raising). The
+    model's step is recorded on the data set's input shape (`data_spec`), with its
+    optimizer."""
     device = devices.resolve(device_spec)
     devices.precision(precision, device)  # one line when the device cannot run it
     if model_config is not None:
+        if data_spec is not None:
+            model_config = model_config | data.input_of(data_spec)
         model.checked(model_config)  # a bad --model is one line, before anything is logged
     client, experiment_id = tracking.open_experiment(target.tracking_uri, target.experiment)
-    results = checks.run_all(checks.on(device), checks_for(model_config, precision))
+    results = checks.run_all(checks.on(device), checks_for(model_config, precision, optimizer))
     rows = [asdict(r) for r in results]
     failures = [checks.describe_failure(r) for r in results if r.status in checks.FAILURES]
     if not quiet:
@@ -65,6 +73,9 @@ def run(
     params = {Params.DEVICE: str(device), Params.PRECISION: precision, "checks": len(results)}
     if model_config is not None:
         params[Params.MODEL] = model.describe(model_config)
+        shape, classes = model.input_of(model_config)
+        params |= {Params.INPUT_SHAPE: "x".join(map(str, shape)), Params.NUM_CLASSES: classes}
+        params[Params.OPTIMIZER] = (optimizer or {}).get("name", "sgd")
     counts = checks.counts(results)
     with interrupts_requested() as stop:
         run = tracking.Run.start(client, experiment_id, name, tags)

@@ -4,7 +4,6 @@ size), as child runs of one parent run, and where each accelerator starts to bea
 import contextlib
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -19,9 +18,11 @@ from mlflow import MlflowClient
 
 from pipeline import config, console, devices, plots
 from pipeline.config import RunTarget, TrainConfig
+from pipeline.data_options import as_shape
 from pipeline.errors import UserError
 from pipeline.schema import Metrics, Params, Stages, Tags
 from pipeline.sweep import tables
+from pipeline.sweep.crossover import crossover_table
 from pipeline.tracking import runs as tracking
 from pipeline.tracking.lifecycle import interrupts_requested, run_closed
 from pipeline.training import model
@@ -35,6 +36,9 @@ class Grid:
     models: tuple[str, ...] = ("mlp",)
     precisions: tuple[str, ...] = ("fp32",)
     repeats: int = 1  # runs of each cell, each in a fresh process
+    datasets: tuple[str, ...] = ()  # none: the base configuration's
+    optimizers: tuple[str, ...] = ("sgd",)
+    compiles: tuple[str, ...] = ("none",)  # torch.compile modes; none: eager
 
     def as_params(self) -> dict[str, str]:
         return {
@@ -44,7 +48,9 @@ class Grid:
             "sweep_models": ",".join(self.models),
             "sweep_precisions": ",".join(self.precisions),
             "sweep_repeats": str(self.repeats),
-        }
+            "sweep_optimizers": ",".join(self.optimizers),
+            "sweep_compiles": ",".join(self.compiles),
+        } | ({"sweep_datasets": ",".join(self.datasets)} if self.datasets else {})
 
     @classmethod
     def from_params(cls, params: dict[str, str]) -> "Grid":
@@ -55,28 +61,44 @@ class Grid:
             tuple(params.get("sweep_models", "mlp").split(",")),
             tuple(params.get("sweep_precisions", "fp32").split(",")),
             int(params.get("sweep_repeats", "1")),
+            tuple(filter(None, params.get("sweep_datasets", "").split(","))),
+            tuple(params.get("sweep_optimizers", "sgd").split(",")),
+            tuple(params.get("sweep_compiles", "none").split(",")),
         )
 
     def workloads(self, base: TrainConfig) -> list[TrainConfig]:
-        """Every (model, precision, width, batch size) as a configuration, device unset."""
+        """Every (data set, model, precision, optimizer, compile mode, width, batch size) as a
+        configuration, device unset; each data set in its default order."""
+        datasets = [
+            replace(base.data, name=d, shuffle=config.shuffles_by_default(d)) for d in self.datasets
+        ] or [base.data]
         return [
-            replace(base, model=m, precision=p, hidden=h, batch_size=b)
+            replace(
+                base, data=d, model=m, precision=p, optimizer=o, compile=c, hidden=h, batch_size=b
+            )
+            for d in datasets
             for m in self.models
             for p in self.precisions
+            for o in self.optimizers
+            for c in self.compiles
             for h in (self.hidden if m == "mlp" else self.hidden[:1])
             for b in self.batch_sizes
         ]
 
 
-def workload_of(params: dict[str, str]) -> tuple[str, str, int | None, int]:
-    """(model, precision, width or None, batch size) of a child run, from its params; the
-    model as the sweep names it (mlp, whatever its width; cnn; vit; a factory reference)."""
+def workload_of(params: dict[str, str]) -> tuple:
+    """(model, precision, width or None, batch size, data set, optimizer, compile mode) of a
+    child run, from its params; the model as the sweep names it (mlp, whatever its width;
+    cnn; vit; a factory reference)."""
     mlp = params[Params.MODEL].startswith("mlp-")
     return (
         "mlp" if mlp else params[Params.MODEL],
         params.get(Params.PRECISION, "fp32"),
         int(params[Params.HIDDEN]) if mlp else None,
         int(params[Params.BATCH_SIZE]),
+        params.get(Params.DATASET, ""),
+        params.get(Params.OPTIMIZER, "sgd"),
+        params.get(Params.COMPILE, "none"),
     )
 
 
@@ -156,9 +178,13 @@ def sweep(
 
 
 def describe_cell(cfg: TrainConfig) -> str:
-    """'mlp hidden 512 fp32 batch 64', 'cnn bf16 batch 256'."""
+    """'mlp hidden 512 fp32 batch 64 on fashion-mnist', 'cnn bf16 batch 256 on cifar10, adamw,
+    compiled (default)'."""
     width = f" hidden {cfg.hidden}" if cfg.model == "mlp" else ""
-    return f"{cfg.model}{width} {cfg.precision} batch {cfg.batch_size}"
+    setup = [cfg.data.name]
+    setup += [cfg.optimizer] if cfg.optimizer != "sgd" else []
+    setup += [f"compiled ({cfg.compile})"] if cfg.compile != "none" else []
+    return f"{cfg.model}{width} {cfg.precision} batch {cfg.batch_size} on {', '.join(setup)}"
 
 
 def child_params(cfg: TrainConfig) -> dict[str, str]:
@@ -168,6 +194,9 @@ def child_params(cfg: TrainConfig) -> dict[str, str]:
         Params.PRECISION: cfg.precision,
         Params.HIDDEN: str(cfg.hidden),
         Params.BATCH_SIZE: str(cfg.batch_size),
+        Params.DATASET: cfg.data.name,
+        Params.OPTIMIZER: cfg.optimizer,
+        Params.COMPILE: cfg.compile,
     }
 
 
@@ -206,15 +235,23 @@ CHILD_UNSET = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID"
 
 def base_params(base: TrainConfig) -> dict[str, object]:
     """What every child shares, logged on the parent so that --resume can rebuild it."""
-    return {
-        Params.DATASET: base.data.name,
-        Params.TRAIN_SIZE: base.data.train_size or "all",
-        Params.TEST_SIZE: base.data.test_size or "all",
-        Params.LAYERS: base.layers,
-        Params.EPOCHS: base.epochs,
-        Params.LR: base.lr,
-        Params.SEED: base.seed,
-    }
+    return (
+        {
+            Params.DATASET: base.data.name,
+            Params.TRAIN_SIZE: base.data.train_size or "all",
+            Params.TEST_SIZE: base.data.test_size or "all",
+            Params.LAYERS: base.layers,
+            Params.EPOCHS: base.epochs,
+            Params.LR: base.lr,
+            Params.SEED: base.seed,
+        }
+        | (
+            {Params.INPUT_SHAPE: "x".join(map(str, base.data.input_shape))}
+            if base.data.input_shape
+            else {}
+        )
+        | ({Params.NUM_CLASSES: base.data.num_classes} if base.data.num_classes else {})
+    )
 
 
 def base_from_params(p: dict[str, str], base: TrainConfig) -> TrainConfig:
@@ -227,6 +264,8 @@ def base_from_params(p: dict[str, str], base: TrainConfig) -> TrainConfig:
         seed=int(p[Params.SEED]),
         train_size=size(Params.TRAIN_SIZE),
         test_size=size(Params.TEST_SIZE),
+        input_shape=as_shape(p.get(Params.INPUT_SHAPE)),
+        num_classes=int(p[Params.NUM_CLASSES]) if Params.NUM_CLASSES in p else None,
     )
     return replace(
         base,
@@ -278,13 +317,18 @@ def summarise(client: MlflowClient, parent_id: str) -> dict:
         m = r.data.metrics
         if r.info.status != "FINISHED" or Metrics.SAMPLES_PER_S not in m:
             continue
-        model, precision, hidden, batch = workload_of(r.data.params)
+        model, precision, hidden, batch, dataset, optimizer, compile_mode = workload_of(
+            r.data.params
+        )
         records.append(
             {
                 "model": model,
                 "precision": precision,
                 "hidden": hidden,
                 "batch_size": batch,
+                "dataset": dataset,
+                "optimizer": optimizer,
+                "compile": compile_mode,
                 "device": r.data.tags.get(Tags.DEVICE) or r.data.params[Params.DEVICE],
                 "samples_per_s": m[Metrics.SAMPLES_PER_S],
                 "flops_per_sample": m.get(Metrics.FORWARD_FLOPS, 0.0),
@@ -293,69 +337,6 @@ def summarise(client: MlflowClient, parent_id: str) -> dict:
             }
         )
     return crossover_table(records)
-
-
-CELL_MEASURES = ("samples_per_s", "peak_memory_mb", "energy_j")
-
-
-def crossover_table(records: list[dict]) -> dict:
-    """Plain data in (one record a child: its workload, device, samples/s, forward FLOPs per
-    sample and, where measured, peak memory and energy), plain data out: a row per workload,
-    ordered by FLOPs per batch within each model and precision, with each device's samples/s,
-    peak MiB and joules (the median of a cell's repeats, and how many ran) and speed-up over
-    the CPU; and for each accelerator, model and precision, the smallest workload at which it
-    beats the CPU."""
-    rows: dict[tuple, dict] = {}
-    for r in records:
-        key = (r["model"], r["precision"], r["hidden"], r["batch_size"])
-        row = rows.setdefault(
-            key,
-            {
-                "model": r["model"],
-                "precision": r["precision"],
-                "hidden": r["hidden"],
-                "batch_size": r["batch_size"],
-                "flops_per_batch": r["flops_per_sample"] * r["batch_size"],
-                **{key: {} for key in CELL_MEASURES},
-            },
-        )
-        for key in CELL_MEASURES:
-            if r.get(key) is not None:
-                row[key].setdefault(r["device"], []).append(r[key])
-    for row in rows.values():  # a cell's repeats: their median
-        row["runs"] = {d: len(v) for d, v in row["samples_per_s"].items()}
-        for key in CELL_MEASURES:
-            row[key] = {d: statistics.median(v) for d, v in row[key].items()}
-    table = sorted(rows.values(), key=lambda r: (r["model"], r["precision"], r["flops_per_batch"]))
-    for row in table:
-        speeds = row["samples_per_s"]
-        cpu = speeds.get("cpu")
-        row["speedup_vs_cpu"] = {d: s / cpu for d, s in speeds.items() if d != "cpu" and cpu}
-    device_names = sorted(
-        {d for r in records for d in [r["device"]]}, key=lambda d: (d != "cpu", d)
-    )
-    crossovers = []
-    for device in device_names[1:] if "cpu" in device_names else device_names:
-        for workload in dict.fromkeys((r["model"], r["precision"]) for r in table):
-            mine = [
-                r
-                for r in table
-                if (r["model"], r["precision"]) == workload and device in r["samples_per_s"]
-            ]
-            if not mine:
-                continue  # this device never ran it
-            first = next((r for r in mine if r["speedup_vs_cpu"].get(device, 0) > 1), None)
-            crossovers.append(
-                {
-                    "device": device,
-                    "model": workload[0],
-                    "precision": workload[1],
-                    "hidden": first["hidden"] if first else None,
-                    "batch_size": first["batch_size"] if first else None,
-                    "speedup_vs_cpu": first["speedup_vs_cpu"][device] if first else None,
-                }
-            )
-    return {"devices": device_names, "rows": table, "crossover": crossovers}
 
 
 def _log_summary(parent: tracking.Run, summary: dict, quiet: bool) -> None:

@@ -5,7 +5,8 @@ text out."""
 
 from rich.table import Table
 
-SWEEP_KEYS = ("model", "precision", "hidden", "batch_size")
+SWEEP_KEYS = ("model", "precision", "dataset", "optimizer", "compile", "hidden", "batch_size")
+HEADINGS = ("model", "precision", "data", "optimizer", "compile", "hidden", "batch")
 
 
 def cells(row: dict, device_names: list[str], sep: str = "\n") -> list[str]:
@@ -28,13 +29,13 @@ def cells(row: dict, device_names: list[str], sep: str = "\n") -> list[str]:
 
 
 def workload_cells(row: dict) -> list[str]:
-    return ["-" if row[k] is None else str(row[k]) for k in SWEEP_KEYS]
+    return ["-" if row.get(k) is None else str(row[k]) for k in SWEEP_KEYS]
 
 
 def sweep_table(summary: dict) -> Table:
     title = "sweep: steady-state samples/s (speed-up over the CPU), peak memory, energy"
     table = Table(title=title)
-    for heading in ("model", "precision", "hidden", "batch", *summary["devices"]):
+    for heading in (*HEADINGS, *summary["devices"]):
         table.add_column(heading)
     for row in summary["rows"]:
         table.add_row(*workload_cells(row), *cells(row, summary["devices"]))
@@ -44,8 +45,8 @@ def sweep_table(summary: dict) -> Table:
 def sweep_markdown(summary: dict) -> str:
     lines = ["# Sweep", "", "Steady-state training samples/s (speed-up over the CPU); peak memory"]
     lines += ["and energy where the run measured them.", ""]
-    lines.append("| model | precision | hidden | batch | " + " | ".join(summary["devices"]) + " |")
-    lines.append("|---|---|---|---|" + "---|" * len(summary["devices"]))
+    lines.append("| " + " | ".join((*HEADINGS, *summary["devices"])) + " |")
+    lines.append("|" + "---|" * (len(HEADINGS) + len(summary["devices"])))
     for row in summary["rows"]:
         entries = [*workload_cells(row), *cells(row, summary["devices"], sep="<br>")]
         lines.append("| " + " | ".join(entries) + " |")
@@ -58,7 +59,9 @@ def crossover_lines(summary: dict) -> list[str]:
     """Where each accelerator starts to beat the CPU, for each model and precision."""
     out = []
     for c in summary["crossover"]:
-        what = f"- {c['device']}, {c['model']} {c['precision']}"
+        setup = [c.get("dataset"), c.get("optimizer", "sgd"), c.get("compile", "none")]
+        setup = [v for v in setup if v and v not in ("sgd", "none")]
+        what = f"- {c['device']}, {c['model']} {' '.join([c['precision'], *setup])}"
         if c["batch_size"] is None:
             out.append(f"{what}: never in the range swept")
             continue

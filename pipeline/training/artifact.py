@@ -32,6 +32,8 @@ def config_of(run_id: str, net_config: dict, cfg: TrainConfig, device: torch.dev
             "seed": cfg.data.seed,
             "train_size": cfg.data.train_size,
             "test_size": cfg.data.test_size,
+            "input_shape": list(cfg.data.input_shape) if cfg.data.input_shape else None,
+            "num_classes": cfg.data.num_classes,
         },
         "epochs": cfg.epochs,
         "batch_size": cfg.batch_size,
@@ -44,6 +46,7 @@ def log(
     net: torch.nn.Module,
     cfg: TrainConfig,
     device: torch.device,
+    model_config: dict,
     example: torch.Tensor,
     final: list[str],
     dataset: tuple[str, str] | None = None,
@@ -51,7 +54,8 @@ def log(
 ) -> str:
     """Log the trained module (a CPU copy, in eval mode) as the run's MLflow model, linked to
     its `final` test metrics (measured on `dataset`: name, digest); return the model id.
-    `example` is a batch of the real inputs."""
+    `model_config` rebuilds it (the model built for the data's shape); `example` is a batch
+    of the real inputs."""
     cpu_net = copy.deepcopy(net).cpu().eval()
     example = example[:2].detach().cpu().float()
     with torch.no_grad():
@@ -63,11 +67,11 @@ def log(
             example.numpy(),
             output.numpy(),
             requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-            metadata=config_of(run.run_id, cfg.model_config, cfg, device),
+            metadata=config_of(run.run_id, model_config, cfg, device),
             final=final,
             step=cfg.epochs,
             dataset=dataset,
-            code_paths=factory_code(cfg.model_config["model"]),
+            code_paths=factory_code(model_config["model"]),
             register=register,
         )
 

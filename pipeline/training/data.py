@@ -1,81 +1,122 @@
-"""Data sets (through torchvision) and the two ways of feeding batches to a device."""
+"""The two ways of feeding a data set's batches to a device (the data sets: datasets.py), in a
+seeded order that is the same on every device."""
 
-import os
-import struct
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
-from torchvision import datasets
+from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision.transforms import ToTensor
 
 from pipeline.config import DataSpec
 from pipeline.errors import UserError
+from pipeline.training.datasets import (
+    DEFAULT_CLASSES,
+    DEFAULT_SHAPE,
+    SyntheticFashionMNIST,
+    load,
+    write_synthetic,
+)
 
-NUM_CLASSES = 10
-
-
-class SyntheticFashionMNIST(datasets.FashionMNIST):
-    """FashionMNIST's loader pointed at generated IDX files; it never downloads."""
-
-    mirrors: ClassVar[list[str]] = []
-
-
-TORCHVISION = {
-    "fashion-mnist": datasets.FashionMNIST,
-    "mnist": datasets.MNIST,
-    "synthetic": SyntheticFashionMNIST,
-}
+__all__ = ["DataSpec", "SyntheticFashionMNIST", "batches", "load", "write_synthetic"]
 
 
-def load(spec: DataSpec, train: bool, transform=None) -> torch.utils.data.Dataset:
-    """One split as a torchvision data set (downloaded or generated when missing)."""
-    size = spec.train_size if train else spec.test_size
-    if spec.name == "synthetic":
-        root = write_synthetic(
-            spec.data_dir, spec.seed, spec.train_size or 60_000, spec.test_size or 10_000
-        )
-        return _open(SyntheticFashionMNIST, root, train, transform, download=False)
-    dataset = _open(TORCHVISION[spec.name], spec.data_dir, train, transform, download=True)
-    if size is not None and size < len(dataset):
-        dataset = Subset(dataset, range(size))
-    return dataset
-
-
-def _open(cls, root: Path, train: bool, transform, download: bool):
-    try:
-        return cls(root=str(root), train=train, transform=transform, download=download)
-    except OSError as e:
-        raise UserError(f"cannot write to data folder {root}: {e.strerror or e}") from None
-    except RuntimeError as e:
-        if "download" in str(e).lower() or "not found" in str(e).lower():
-            raise UserError(
-                f"could not download {cls.__name__} into {root} (no internet?); either pass "
-                f"--data-dir pointing to a folder holding {cls.__name__}/raw/ in torchvision's "
-                "layout, or use --dataset synthetic"
-            ) from None
-        raise UserError(f"corrupt or truncated IDX file under {root}: {e}") from None
-    except (AssertionError, ValueError, IndexError, EOFError) as e:
-        reason = str(e) or type(e).__name__
-        raise UserError(f"corrupt or truncated IDX file under {root}: {reason}") from None
-
-
-def as_tensors(dataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """A whole split as (images N×1×28×28 uint8, labels N) on the device.
-
-    Kept as bytes (a quarter of the memory of floats); TensorBatches scales each batch.
-    """
+def host_tensors(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """A whole split on the host as (images N×C×H×W, labels N): IDX and CIFAR files as their
+    bytes, other data sets item by item (image folders as bytes, factories as they give)."""
     indices = None
     if isinstance(dataset, Subset):
         dataset, indices = dataset.dataset, list(dataset.indices)
-    images, labels = dataset.data, dataset.targets
-    if indices is not None:
-        images, labels = images[indices], labels[indices]
-    return images.to(device).unsqueeze(1), labels.to(device)
+    data = getattr(dataset, "data", None)
+    if isinstance(data, torch.Tensor | np.ndarray) and getattr(dataset, "transform", 0) is None:
+        images = torch.as_tensor(data)
+        images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
+        labels = torch.as_tensor(dataset.targets)
+        if indices is not None:
+            images, labels = images[indices], labels[indices]
+        return images.contiguous(), labels
+    items = [dataset[i] for i in (indices if indices is not None else range(len(dataset)))]
+    shapes = {tuple(x.shape) for x, _ in items}
+    if len(shapes) > 1:
+        listed = ", ".join(sorted("x".join(map(str, s)) for s in shapes)[:3])
+        raise UserError(f"the data set's images have mixed shapes ({listed})")
+    return torch.stack([x for x, _ in items]), torch.tensor([int(y) for _, y in items])
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes the device can still hold, where torch says (cuda, mps); None elsewhere."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "mps":
+        return torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory()
+    return None
+
+
+def as_tensors(dataset: Dataset, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A whole split as (images, labels) on the device. Image bytes stay bytes (a quarter of the
+    memory of floats); TensorBatches scales each batch. UserError, before any image is read
+    beyond the first, when it does not fit."""
+    first = dataset[0][0]
+    per_image = first.nbytes if isinstance(first, torch.Tensor) else np.asarray(first).nbytes
+    free, size = free_memory(device), len(dataset) * (per_image + 8)  # and an int64 label
+    if free is not None and size > free:
+        raise UserError(
+            f"the data set ({size / 2**30:.1f} GiB) does not fit in {device}'s free memory "
+            f"({free / 2**30:.1f} GiB) with --loader tensors; use --loader dataloader"
+        )
+    images, labels = host_tensors(dataset)
+    return images.to(device), labels.to(device)
+
+
+def classes_of(dataset: Dataset, labels: torch.Tensor | None = None) -> int:
+    """The number of classes, read from the data: its `classes` where it lists them
+    (torchvision's data sets), else the largest label + 1."""
+    base = dataset.dataset if isinstance(dataset, Subset) else dataset
+    if getattr(base, "classes", None):
+        return len(base.classes)
+    if labels is None:
+        labels = torch.as_tensor([int(dataset[i][1]) for i in range(len(dataset))])
+    return int(labels.max()) + 1
+
+
+KNOWN = {
+    "fashion-mnist": ((1, 28, 28), 10),
+    "mnist": ((1, 28, 28), 10),
+    "cifar10": ((3, 32, 32), 10),
+}
+
+
+def input_of(spec: DataSpec) -> dict:
+    """The data set's image shape and classes (what a model is built for): known for the
+    built-in data sets, read from the data for image folders and factories."""
+    if spec.name == "synthetic":
+        shape, classes = spec.input_shape or DEFAULT_SHAPE, spec.num_classes or DEFAULT_CLASSES
+    elif spec.name in KNOWN:
+        shape, classes = KNOWN[spec.name]
+    else:
+        dataset = load(spec, True, transform=ToTensor())
+        shape, classes = tuple(dataset[0][0].shape), classes_of(dataset)
+    return {"input_shape": list(shape), "num_classes": classes}
+
+
+class Order(torch.utils.data.Sampler):
+    """The order of one epoch's samples: as stored, or (shuffled) a permutation drawn on the
+    CPU from the seed and the epoch, the same on every device and for both loaders."""
+
+    def __init__(self, size: int, shuffle: bool, seed: int):
+        self.size, self.shuffle, self.seed, self.epoch = size, shuffle, seed, 1
+
+    def indices(self) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.size)
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return torch.randperm(self.size, generator=generator)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices().tolist())
+
+    def __len__(self) -> int:
+        return self.size
 
 
 # ToTensor's own arithmetic on the CPU, byte by byte: the values every device must see.
@@ -102,29 +143,43 @@ class TensorBatches:
     """Batches sliced from tensors already on the device: no host work per batch.
 
     Images stored as uint8 are scaled to [0, 1] per batch, on the device (to_float): exactly
-    the values ToTensor gives.
+    the values ToTensor gives. Shuffled, each batch is gathered by the epoch's indices.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int):
+    def __init__(
+        self, x: torch.Tensor, y: torch.Tensor, batch_size: int, order: Order | None = None
+    ):
         self.x, self.y, self.batch_size = x, y, batch_size
+        self.order = order or Order(len(y), False, 0)
 
     def __len__(self) -> int:
         return -(-len(self.y) // self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def set_epoch(self, epoch: int) -> None:
+        self.order.epoch = epoch
+
+    def _slices(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if not self.order.shuffle:
+            for i in range(0, len(self.y), self.batch_size):
+                yield self.x[i : i + self.batch_size], self.y[i : i + self.batch_size]
+            return
+        indices = self.order.indices().to(self.y.device)
         for i in range(0, len(self.y), self.batch_size):
-            x = self.x[i : i + self.batch_size]
-            yield (to_float(x) if x.dtype == torch.uint8 else x), self.y[i : i + self.batch_size]
+            chosen = indices[i : i + self.batch_size]
+            yield self.x[chosen], self.y[chosen]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in self._slices():
+            yield (to_float(x) if x.dtype == torch.uint8 else x), y
 
     def with_cpu_inputs(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """(batch on the device, the same batch made on the CPU from the same bytes, labels):
         what the parity probe compares, so that a wrong conversion on the device shows."""
-        for i in range(0, len(self.y), self.batch_size):
-            x = self.x[i : i + self.batch_size]
+        for x, y in self._slices():
             on_cpu = x.cpu()
             if x.dtype == torch.uint8:
                 x, on_cpu = to_float(x), to_float(on_cpu)
-            yield x, on_cpu, self.y[i : i + self.batch_size]
+            yield x, on_cpu, y
 
     @property
     def num_samples(self) -> int:
@@ -132,18 +187,38 @@ class TensorBatches:
 
 
 class LoaderBatches:
-    """The quickstart's path: DataLoader + ToTensor on the host, each batch copied to the device."""
+    """The quickstart's path: DataLoader + ToTensor on the host (in `workers` processes), each
+    batch copied to the device (from pinned memory with `pin_memory`)."""
 
-    def __init__(self, dataset, batch_size: int, device: torch.device):
-        self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    def __init__(
+        self,
+        dataset,
+        batch_size: int,
+        device: torch.device,
+        order: Order | None = None,
+        workers: int = 0,
+        pin_memory: bool = False,
+    ):
+        self.order = order or Order(len(dataset), False, 0)
+        self.loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=self.order,
+            num_workers=workers,
+            pin_memory=pin_memory,
+            persistent_workers=workers > 0,
+        )
         self.device = device
 
     def __len__(self) -> int:
         return len(self.loader)
 
+    def set_epoch(self, epoch: int) -> None:
+        self.order.epoch = epoch
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for x, y in self.loader:
-            yield x.to(self.device), y.to(self.device)
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def with_cpu_inputs(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """(batch on the device, ToTensor's batch on the host, labels)."""
@@ -155,72 +230,27 @@ class LoaderBatches:
         return len(self.loader.dataset)
 
 
-def batches(spec: DataSpec, train: bool, loader: str, batch_size: int, device: torch.device):
-    """The batches of one split, in a fixed order (no shuffling), fed the way `loader` says."""
+def batches(
+    spec: DataSpec,
+    train: bool,
+    loader: str,
+    batch_size: int,
+    device: torch.device,
+    workers: int = 0,
+    pin_memory: bool = False,
+):
+    """The batches of one split, fed the way `loader` says; the training split in the order
+    spec.shuffle says (the test split as stored). Their `input_shape` and `num_classes` are
+    read from the data."""
+    shuffle = bool(spec.shuffle) and train
     if loader == "dataloader":
-        return LoaderBatches(load(spec, train, transform=ToTensor()), batch_size, device)
-    return TensorBatches(*as_tensors(load(spec, train), device), batch_size)
-
-
-# --- the synthetic data set -------------------------------------------------------------------
-
-
-def write_synthetic(data_dir: Path, seed: int, train_size: int, test_size: int) -> Path:
-    """Write the synthetic data set as IDX files once; return the root torchvision reads from.
-
-    Each class is a smooth 28×28 prototype; each image is its class's prototype, scaled,
-    plus heavy noise. The quickstart's MLP learns it gradually (at lr 1e-3, batch 64: test
-    accuracy 24% after the first epoch, 87% after the fourth, 99% after the ninth).
-    """
-    root = Path(data_dir) / f"synthetic-seed{seed}-{train_size}-{test_size}"
-    raw = root / SyntheticFashionMNIST.__name__ / "raw"
-    files = {
-        "train-images-idx3-ubyte": None,
-        "train-labels-idx1-ubyte": None,
-        "t10k-images-idx3-ubyte": None,
-        "t10k-labels-idx1-ubyte": None,
-    }
-    if all((raw / f).exists() for f in files):
-        return root
-    rng = np.random.default_rng(seed)
-    prototypes = _prototypes(rng)
-    try:
-        raw.mkdir(parents=True, exist_ok=True)
-        for prefix, n in (("train", train_size), ("t10k", test_size)):
-            images, labels = _sample(rng, prototypes, n)
-            _write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
-            _write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
-    except OSError as e:
-        raise UserError(f"cannot write to data folder {data_dir}: {e.strerror or e}") from None
-    return root
-
-
-def _prototypes(rng: np.random.Generator) -> np.ndarray:
-    coarse = rng.random((NUM_CLASSES, 7, 7))
-    return np.kron(coarse, np.ones((4, 4)))  # 10 × 28 × 28, blocky shapes in [0, 1]
-
-
-SAMPLE_CHUNK = 5_000  # images made at once: about 100 MiB of float64 work, whatever n is
-
-
-def _sample(rng: np.random.Generator, prototypes: np.ndarray, n: int):
-    labels = rng.integers(0, NUM_CLASSES, n).astype(np.uint8)
-    scale = rng.uniform(0.5, 1.0, (n, 1, 1))
-    images = np.empty((n, 28, 28), np.uint8)
-    for i in range(0, n, SAMPLE_CHUNK):  # the same numbers as one draw of n × 28 × 28
-        j = min(i + SAMPLE_CHUNK, n)
-        noise = rng.normal(0.0, 0.8, (j - i, 28, 28))
-        images[i:j] = (np.clip(prototypes[labels[i:j]] * scale[i:j] + noise, 0, 1) * 255).round()
-    return images, labels
-
-
-def _write_idx(path: Path, array: np.ndarray) -> None:
-    """IDX format (as in the MNIST files): magic (0, 0, type 0x08 = ubyte, ndim), dims, data."""
-    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim)
-    header += struct.pack(f">{array.ndim}I", *array.shape)
-    # Write to a temporary name and rename: concurrent runs never read a half-written file.
-    fd, tmp = tempfile.mkstemp(dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(header)
-        f.write(np.ascontiguousarray(array).data)
-    os.replace(tmp, path)
+        dataset = load(spec, train, transform=ToTensor())
+        order = Order(len(dataset), shuffle, spec.seed)
+        found = LoaderBatches(dataset, batch_size, device, order, workers, pin_memory)
+        found.input_shape, found.num_classes = tuple(dataset[0][0].shape), classes_of(dataset)
+        return found
+    dataset = load(spec, train)
+    x, y = as_tensors(dataset, device)
+    found = TensorBatches(x, y, batch_size, Order(len(y), shuffle, spec.seed))
+    found.input_shape, found.num_classes = tuple(x.shape[1:]), classes_of(dataset, y)
+    return found

@@ -11,6 +11,7 @@ from torch import nn
 
 from pipeline import devices
 from pipeline.devices import Precision
+from pipeline.errors import UserError
 
 
 class LossBuffer:
@@ -104,18 +105,66 @@ class Epoch:
     test_loss: float
     test_accuracy: float
     warm_up_s: float = 0.0  # the first epoch's untimed evaluation batch
+    compile_s: float = 0.0  # compiled: the first step and the first evaluation batch
 
     @property
     def time_s(self) -> float:
         return self.train_time_s + self.warm_up_s + self.eval_time_s
 
 
-def optimizer(params, lr: float, device: torch.device | None = None) -> torch.optim.Optimizer:
-    """The optimizer `train` builds: the quickstart's SGD; on CUDA torch's fused kernel (one
-    launch for all parameters, and a GradScaler that needs no host synchronisation per
-    step); elsewhere torch's own choice for the device (mps has no fused SGD)."""
-    fused = device is not None and device.type == "cuda"
-    return torch.optim.SGD(params, lr=lr, fused=True if fused else None)
+def optimizer(
+    params,
+    lr: float,
+    device: torch.device | None = None,
+    name: str = "sgd",
+    weight_decay: float = 0.0,
+    momentum: float = 0.0,
+) -> torch.optim.Optimizer:
+    """The optimizer `train` builds: SGD (the quickstart's) or AdamW; on CUDA torch's fused
+    kernel (one launch for all parameters, and a GradScaler that needs no host
+    synchronisation per step); elsewhere torch's own choice for the device."""
+    fused = True if device is not None and device.type == "cuda" else None
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused)
+
+
+def compiled(model: nn.Module, mode: str) -> nn.Module:
+    """The model as `--compile` says: itself (none) or torch.compile's module in that mode,
+    sharing its parameters (compilation happens at the first call of each graph)."""
+    return model if mode == "none" else torch.compile(model, mode=mode)
+
+
+def check_compile(mode: str, device: torch.device) -> None:
+    """UserError (one line) when torch.compile cannot compile for the device here: tried on a
+    tiny function before anything is logged."""
+    if mode == "none":
+        return
+    try:
+        torch.compile(lambda x: x * 2 + 1, mode=mode)(torch.ones(4, device=device))
+    except Exception as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(
+            f"--compile {mode}: torch.compile does not work on {device}: {reason}"
+        ) from None
+
+
+class FirstStep:
+    """Batches, timing the first step: the seconds from handing out the first batch to being
+    asked for the next, between device synchronisations (where torch.compile compiles)."""
+
+    def __init__(self, batches: Iterable, device: torch.device):
+        self.batches, self.device, self.seconds = batches, device, 0.0
+
+    def __iter__(self) -> Iterator:
+        it = iter(self.batches)
+        for first in itertools.islice(it, 1):
+            devices.synchronize(self.device)
+            t0 = time.perf_counter()
+            yield first
+            devices.synchronize(self.device)
+            self.seconds = time.perf_counter() - t0
+        yield from it
 
 
 def fit(
@@ -128,27 +177,35 @@ def fit(
     losses: LossBuffer,
     on_batch: Callable[[], None] = lambda: None,
     precision: Precision | None = None,
+    optimizer_options: dict | None = None,
+    compile_mode: str = "none",
 ) -> Iterator[Epoch]:
     """Train for `epochs`, testing after each; yield each epoch's figures.
 
     The device is synchronised before every clock read, so times include all queued work.
     Per-batch losses go into `losses`; the caller drains them (after each epoch, or when
-    interrupted).
+    interrupted). Shuffled batches are told their epoch (set_epoch). Compiled, the first
+    epoch's first step and first evaluation batch are its compile_s.
     """
-    opt = optimizer(model.parameters(), lr, device)
+    opt = optimizer(model.parameters(), lr, device, **(optimizer_options or {}))
+    runner = compiled(model, compile_mode)
     for epoch in range(1, epochs + 1):
+        if hasattr(train_batches, "set_epoch"):
+            train_batches.set_epoch(epoch)
+        batches = FirstStep(train_batches, device) if epoch == 1 else train_batches
         devices.synchronize(device)
         t0 = time.perf_counter()
-        train_epoch(model, train_batches, opt, losses, on_batch, precision)
+        train_epoch(runner, batches, opt, losses, on_batch, precision)
         devices.synchronize(device)
         t1 = time.perf_counter()
         if epoch == 1:  # the cold costs stay in the first epoch's time, not eval_time_s
             loss, accuracy, warm, evaluation = timed_evaluation(
-                model, test_batches, device, precision
+                runner, test_batches, device, precision
             )
-            yield Epoch(epoch, t1 - t0, evaluation, loss, accuracy, warm)
+            compile_s = batches.seconds + warm if compile_mode != "none" else 0.0
+            yield Epoch(epoch, t1 - t0, evaluation, loss, accuracy, warm, compile_s)
             continue
-        loss, accuracy = evaluate(model, test_batches, precision)
+        loss, accuracy = evaluate(runner, test_batches, precision)
         devices.synchronize(device)
         yield Epoch(epoch, t1 - t0, time.perf_counter() - t1, loss, accuracy)
 

@@ -13,39 +13,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from pipeline import devices, plots
 from pipeline.config import RunTarget, TrainConfig, workload
 from pipeline.console import err, out
+from pipeline.errors import UserError
 from pipeline.schema import Metrics, Params, Stages, Tags
 from pipeline.tracking import process
 from pipeline.tracking import runs as tracking
 from pipeline.tracking.lifecycle import Diverged, interrupts_requested, run_closed
 from pipeline.training import artifact, data, fingerprint, loops, model
 from pipeline.training.costs import Costs
-
-
-def train_params(
-    cfg: TrainConfig, device: torch.device, train_size: int, test_size: int, net: torch.nn.Module
-) -> dict:
-    params = {
-        Params.DEVICE: str(device),
-        Params.DATASET: cfg.data.name,
-        Params.MODEL: model.describe(cfg.model_config),
-        Params.PRECISION: cfg.precision,
-        Params.PARAMETERS: model.parameter_count(net),
-        Params.EPOCHS: cfg.epochs,
-        Params.BATCH_SIZE: cfg.batch_size,
-        Params.LR: cfg.lr,
-        Params.OPTIMIZER: "sgd",
-        Params.SEED: cfg.seed,
-        Params.LOADER: cfg.loader,
-        Params.TRAIN_SIZE: train_size,
-        Params.TEST_SIZE: test_size,
-    }
-    if cfg.model == "mlp":
-        params |= {Params.HIDDEN: cfg.hidden, Params.LAYERS: cfg.layers}
-    if cfg.model_options:
-        params[Params.MODEL_OPTIONS] = ",".join(f"{k}={v}" for k, v in cfg.model_options)
-    if cfg.target_accuracy is not None:
-        params[Params.TARGET_ACCURACY] = cfg.target_accuracy
-    return params
+from pipeline.training.record import default_run_name, describe_run, train_params
 
 
 def math_tags(precision: devices.Precision) -> dict[str, str]:
@@ -85,12 +60,6 @@ def device_tags(
     return tags
 
 
-def default_run_name(cfg: TrainConfig, device: torch.device) -> str:
-    """What a run is: cpu-fashion-mnist-mlp512x2-fp32-bs64, mps-synthetic-cnn-bf16-bs256."""
-    workload = {"mlp": f"mlp{cfg.hidden}x{cfg.layers}"}.get(cfg.model, cfg.model.split(":")[-1])
-    return f"{device.type}-{cfg.data.name}-{workload}-{cfg.precision}-bs{cfg.batch_size}"
-
-
 def progress_bar(enabled: bool):
     if not enabled:
         return nullcontext(None)
@@ -114,12 +83,17 @@ def train(cfg: TrainConfig, target: RunTarget, quiet: bool = False) -> str:
     precision = devices.precision(cfg.precision, device)
     devices.set_deterministic(cfg.deterministic)
     allocator = devices.keep_freed_host_memory()
-    # A bad --model is one line, before anything is logged; the probe's FLOPs on the CPU.
-    flops = model.forward_flops(model.checked(cfg.model_config))
+    # Bad data, a bad --model or a --compile the device cannot run: one line, before anything
+    # is logged. The model is built for the data's shape; the probe's FLOPs on the CPU.
+    train_batches, test_batches = workload_data(cfg, device)
+    model_config = cfg.model_config | {
+        "input_shape": list(train_batches.input_shape),
+        "num_classes": train_batches.num_classes,
+    }
+    flops = model.forward_flops(model.checked(model_config), train_batches.input_shape)
+    loops.check_compile(cfg.compile, device)
     client, experiment_id = tracking.open_experiment(target.tracking_uri, target.experiment)
-    train_batches = data.batches(cfg.data, True, cfg.loader, cfg.batch_size, device)
-    test_batches = data.batches(cfg.data, False, cfg.loader, cfg.batch_size, device)
-    net = model.initialised(cfg.model_config, cfg.seed, device)
+    net = model.initialised(model_config, cfg.seed, device)
     losses = loops.LossBuffer(len(train_batches), device)
     inputs = [
         fingerprint.dataset_input(cfg.data.name, cfg.data.data_dir, split, context)
@@ -127,7 +101,7 @@ def train(cfg: TrainConfig, target: RunTarget, quiet: bool = False) -> str:
     ]
 
     sizes = train_batches.num_samples, test_batches.num_samples
-    params = train_params(cfg, device, *sizes, net)
+    params = train_params(cfg, device, *sizes, net, model_config)
     tags = device_tags(device, Stages.TRAIN, target.host, allocator) | math_tags(precision)
     tags[Tags.WORKLOAD] = workload(params)
     tags[Tags.OPTIMIZER_IMPL] = "fused" if device.type == "cuda" else "torch's default"
@@ -153,7 +127,7 @@ def train(cfg: TrainConfig, target: RunTarget, quiet: bool = False) -> str:
                     cfg, device, net, train_batches, test_batches, losses, run, quiet, stop,
                     precision, costs,
                 )  # fmt: skip
-                summary |= parity_probe(net, cfg.model_config, device, test_batches, precision)
+                summary |= parity_probe(net, model_config, device, test_batches, precision)
             summary[Metrics.FORWARD_FLOPS] = flops
             # energy covers each epoch's training and test passes: so do the samples
             passes = train_batches.num_samples + test_batches.num_samples
@@ -164,7 +138,10 @@ def train(cfg: TrainConfig, target: RunTarget, quiet: bool = False) -> str:
             example = next(iter(test_batches))[0]
             final = [Metrics.TEST_ACCURACY, Metrics.TEST_LOSS]
             test_data = inputs[1]["name"], inputs[1]["digest"]
-            artifact.log(run, net, cfg, device, example, final, test_data, target.register_model)
+            artifact.log(
+                run, net, cfg, device, model_config, example, final, test_data,
+                target.register_model,
+            )  # fmt: skip
             _log_curves(run, all_losses, epochs, name)
             run.set_tags({Tags.NOTE: describe_run(params, tags, summary, epochs[-1])})
             run.log_metrics(summary)
@@ -172,6 +149,22 @@ def train(cfg: TrainConfig, target: RunTarget, quiet: bool = False) -> str:
             run.log_metrics({Metrics.WALL_TIME_S: summary[Metrics.WALL_TIME_S]})
     _print_summary(run.run_id, summary)  # the outcome, quiet or not
     return run.run_id
+
+
+def workload_data(cfg: TrainConfig, device: torch.device):
+    """(training batches, test batches) of the data set, read the way --loader says; UserError
+    when the two splits' images differ in shape."""
+    load = (cfg.loader, cfg.batch_size, device, cfg.workers, cfg.pin_memory)
+    train_batches = data.batches(cfg.data, True, *load)
+    test_batches = data.batches(cfg.data, False, *load)
+    if train_batches.input_shape != test_batches.input_shape:
+        shapes = [s.input_shape for s in (train_batches, test_batches)]
+        raise UserError(
+            "the data set's training and test images differ in shape: {} and {}".format(
+                *("x".join(map(str, s)) for s in shapes)
+            )
+        )
+    return train_batches, test_batches
 
 
 def _log_curves(run: tracking.Run, losses: list[float], epochs: list[loops.Epoch], title: str):
@@ -219,6 +212,8 @@ def _train_loop(
             losses,
             on_batch,
             precision,
+            {"name": cfg.optimizer, "weight_decay": cfg.weight_decay, "momentum": cfg.momentum},
+            cfg.compile,
         ):
             costs.pause()
             first_step = losses.next_step
@@ -278,35 +273,11 @@ def _summary(epochs: list[loops.Epoch], samples: int, time_to_target: float | No
         Metrics.FIRST_EPOCH_TIME_S: epochs[0].time_s,
         Metrics.SAMPLES_PER_S: samples * len(steady) / sum(e.train_time_s for e in steady),
     }
+    if epochs[0].compile_s:
+        summary[Metrics.COMPILE_TIME_S] = epochs[0].compile_s
     if time_to_target is not None:
         summary[Metrics.TIME_TO_TARGET_S] = time_to_target
     return summary
-
-
-def describe_run(params: dict, tags: dict, summary: dict, last: loops.Epoch) -> str:
-    """The run's description in the MLflow UI: its configuration and outcome in a sentence."""
-    p = {
-        k: params[k]
-        for k in (
-            Params.MODEL,
-            Params.PRECISION,
-            Params.DATASET,
-            Params.EPOCHS,
-            Params.BATCH_SIZE,
-            Params.LR,
-            Params.SEED,
-            Params.LOADER,
-        )
-    }
-    return (
-        f"{p[Params.MODEL]} ({p[Params.PRECISION]}) trained on {p[Params.DATASET]} "
-        f"({params[Params.TRAIN_SIZE]} images) "
-        f"for {p[Params.EPOCHS]} epochs, batch {p[Params.BATCH_SIZE]}, lr {p[Params.LR]}, seed "
-        f"{p[Params.SEED]}, loader {p[Params.LOADER]}, on {params[Params.DEVICE]} "
-        f"({tags[Tags.DEVICE_NAME]}) at {tags[Tags.HOST]}: test accuracy "
-        f"{last.test_accuracy:.1%}, test loss {last.test_loss:.4f}, "
-        f"{summary[Metrics.SAMPLES_PER_S]:,.0f} samples/s."
-    )
 
 
 def _print_summary(run_id: str, summary: dict) -> None:
@@ -362,7 +333,10 @@ def test(
     client, experiment_id = tracking.open_experiment(target.tracking_uri, target.experiment)
     with tempfile.TemporaryDirectory() as tmp:
         net, config = artifact.load(model_uri, Path(tmp), device)
-    spec = data.DataSpec(data_dir=data_dir, **config["data"])
+    recorded = config["data"] | {"data_dir": data_dir}
+    if recorded.get("input_shape"):
+        recorded["input_shape"] = tuple(recorded["input_shape"])
+    spec = data.DataSpec(**recorded)
     test_batches = data.batches(spec, False, "tensors", batch_size, device)
     test_input = fingerprint.dataset_input(spec.name, spec.data_dir, test_batches, "test")
 
