@@ -1,10 +1,7 @@
 """The option set, defined once: each option's type, check and help as a Typer annotation, the
 stage configurations the commands build from them, and the command line that gives back a
-configuration (what a sweep starts its children with).
-
-`MLproject` passes its parameters to these options; tests/test_config.py checks that every
-parameter there names an option here.
-"""
+configuration (what a sweep starts its children with). `MLproject` passes its parameters to
+these options; tests/test_docs.py checks that every parameter there names an option here."""
 
 import json
 from collections.abc import Mapping

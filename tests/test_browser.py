@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SMALL
+from conftest import ROOT, SMALL, pipeline_process
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from test_server import start_server, stop
@@ -60,8 +60,12 @@ def test_the_ui_compares_runs(cli, tmp_path):
             # fit, and a run slowed past 10 s by a busy machine adds seven system/* rows
             # there, ahead of test_accuracy.
             args = ("train", "--device", "cpu", "--epochs", "2", *SMALL, *extra)
-            args += ("--no-system-metrics",)
-            assert cli(*args, "--tracking-uri", uri).code == 0
+            args += ("--no-system-metrics", "--tracking-uri", uri)
+            if extra[1] == "0.05":  # as a user runs it: a process of its own, the model kept
+                done = pipeline_process(*args, "--register-model", "ui", cwd=tmp_path)
+                assert done.code == 0, done.stderr[-2000:]
+            else:
+                assert cli(*args).code == 0
         client = MlflowClient(uri)
         exp_id = client.get_experiment_by_name("Default").experiment_id
         runs = client.search_runs([exp_id])
@@ -81,6 +85,8 @@ def test_the_ui_compares_runs(cli, tmp_path):
             text = page.inner_text("body")
         # the same server, one browser at a time: two at once time each other out here
         check_the_m1_replay(playwright, uri)
+        user_run = next(r for r in runs if r.data.params["lr"] == "0.05")
+        check_the_run_page(playwright, uri, exp_id, user_run)
     finally:
         stop(proc)
     for r in runs:
@@ -147,3 +153,25 @@ def check_the_m1_replay(playwright, uri: str) -> None:
     assert legend == [1, 1]  # both devices' curves on the one chart
     assert assistant_open == 0
     assert (ARTIFACTS / "m1-replay-train-loss.png").stat().st_size > 10_000
+
+
+def check_the_run_page(playwright, uri: str, exp_id: str, run) -> None:
+    """A `python -m pipeline train` run's page shows what MLflow's users look for: who ran it,
+    its source and commit, its data sets, its logged and registered model."""
+    tags = run.data.tags
+    url = f"{uri}/#/experiments/{exp_id}/runs/{run.info.run_id}"
+    with browser_of(playwright, height=2400) as browser:
+        page = browser.new_page()
+        page.goto(url)
+        page.get_by_text("About this run").first.wait_for(timeout=60_000)
+        page.get_by_text("Logged models").first.wait_for(timeout=60_000)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=ARTIFACTS / "run-page.png", full_page=True)
+        text = page.inner_text("body")
+    about = text[text.index("About this run") :]
+    assert "Created by\n" + tags["mlflow.user"] in about
+    assert "__main__.py" in about  # the source, as a fluent start_run names it
+    assert tags["mlflow.source.git.commit"][:7] in about
+    (test_input,) = [i for i in run.inputs.dataset_inputs if i.tags[0].value == "test"]
+    assert test_input.dataset.digest in text  # the data set, with its full-bytes digest
+    assert "\nui\n" in text  # the registered model, beside the logged one

@@ -1,5 +1,5 @@
 """Logged models through MLflow's own flavour: logging a trained PyTorch module as an MLflow
-model (a LoggedModel linked to its run and to the run's metrics at its step), registering it,
+model (a LoggedModel linked to its run and to the run's final metrics), registering it,
 and reading one back from any model URI.
 
 No torch here: `mlflow.pytorch` imports it when a model is logged or loaded, by the training
@@ -39,10 +39,10 @@ def log(
     without this package or the code that defined the module; a module torch cannot export is
     pickled instead, which needs its code (`code_paths`) to load. The signature and input
     example are the workload's real shape with a free batch dimension; the requirements are
-    given, so nothing is inferred. The run's `final` metrics at `step` (the last test accuracy
-    and loss, measured on `dataset`: its name and digest) are linked to the model: logged
-    again with the model's id and their own timestamps, which the run's history keeps as the
-    one point it has."""
+    given, so nothing is inferred. `step` is the model's in the run: the training steps taken.
+    The last point of each `final` metric (the test accuracy and loss, measured on `dataset`:
+    its name and digest) is linked to the model: logged again with the model's id and its own
+    timestamp, which the run's history keeps as the one point it is."""
     from mlflow.models import infer_signature
 
     common = {
@@ -52,7 +52,7 @@ def log(
         "pip_requirements": requirements,
         "metadata": {METADATA_KEY: metadata},
         "code_paths": code_paths,
-        "step": UNLINKED_STEP,
+        "step": step,
         "run_id": run_id,
     }
     try:
@@ -65,22 +65,15 @@ def log(
     name, digest = dataset or (None, None)
     client = MlflowClient()
     linked = [
-        Metric(key, m.value, m.timestamp, step, model_id=info.model_id, dataset_name=name,
+        Metric(key, m.value, m.timestamp, m.step, model_id=info.model_id, dataset_name=name,
                dataset_digest=digest, run_id=run_id)
         for key in final
         for m in client.get_metric_history(run_id, key)[-1:]
-        if m.step == step
     ]  # fmt: skip
     client.log_batch(run_id, metrics=linked)
     if register:
         _register(info.model_uri, register)
     return info.model_id
-
-
-# MLflow links to a new model every metric the run has at the step it is logged at; the
-# training losses share their steps with the epochs, so the model is logged at a step no
-# metric has and its final metrics are linked explicitly.
-UNLINKED_STEP = -1
 
 
 def _log_pytorch(module, serialization_format: str, common: dict):

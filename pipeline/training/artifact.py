@@ -47,6 +47,7 @@ def log(
     cfg: TrainConfig,
     device: torch.device,
     model_config: dict,
+    steps: int,
     example: torch.Tensor,
     final: list[str],
     dataset: tuple[str, str] | None = None,
@@ -54,8 +55,8 @@ def log(
 ) -> str:
     """Log the trained module (a CPU copy, in eval mode) as the run's MLflow model, linked to
     its `final` test metrics (measured on `dataset`: name, digest); return the model id.
-    `model_config` rebuilds it (the model built for the data's shape); `example` is a batch
-    of the real inputs."""
+    `model_config` rebuilds it (the model built for the data's shape); `steps` is the number
+    of training steps taken; `example` is a batch of the real inputs."""
     cpu_net = copy.deepcopy(net).cpu().eval()
     example = example[:2].detach().cpu().float()
     with torch.no_grad():
@@ -69,7 +70,7 @@ def log(
             requirements=[f"torch=={torch.__version__.split('+')[0]}"],
             metadata=config_of(run.run_id, model_config, cfg, device),
             final=final,
-            step=cfg.epochs,
+            step=steps,
             dataset=dataset,
             code_paths=factory_code(model_config["model"]),
             register=register,

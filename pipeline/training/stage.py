@@ -83,6 +83,8 @@ def train(cfg: TrainConfig, target: RunTarget, quiet: bool = False) -> str:
     precision = devices.precision(cfg.precision, device)
     devices.set_deterministic(cfg.deterministic)
     allocator = devices.keep_freed_host_memory()
+    # A store that does not answer: one line, before any data is read or made.
+    client, experiment_id = tracking.open_experiment(target.tracking_uri, target.experiment)
     # Bad data, a bad --model or a --compile the device cannot run: one line, before anything
     # is logged. The model is built for the data's shape; the probe's FLOPs on the CPU.
     train_batches, test_batches = workload_data(cfg, device)
@@ -92,7 +94,6 @@ def train(cfg: TrainConfig, target: RunTarget, quiet: bool = False) -> str:
     }
     flops = model.forward_flops(model.checked(model_config), train_batches.input_shape)
     loops.check_compile(cfg.compile, device)
-    client, experiment_id = tracking.open_experiment(target.tracking_uri, target.experiment)
     net = model.initialised(model_config, cfg.seed, device)
     losses = loops.LossBuffer(len(train_batches), device)
     inputs = [
@@ -138,8 +139,9 @@ def train(cfg: TrainConfig, target: RunTarget, quiet: bool = False) -> str:
             example = next(iter(test_batches))[0]
             final = [Metrics.TEST_ACCURACY, Metrics.TEST_LOSS]
             test_data = inputs[1]["name"], inputs[1]["digest"]
+            steps = len(train_batches) * cfg.epochs
             artifact.log(
-                run, net, cfg, device, model_config, example, final, test_data,
+                run, net, cfg, device, model_config, steps, example, final, test_data,
                 target.register_model,
             )  # fmt: skip
             _log_curves(run, all_losses, epochs, name)
