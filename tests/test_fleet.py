@@ -121,6 +121,72 @@ def test_elsewhere_compare_prints_no_annotations(store, client, tmp_path):
     assert not summary.exists()
 
 
+def forty_wrong_accelerators(db) -> None:
+    """40 groups, each a CPU run and an `mps` run that scores 0%: 80 error findings."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from compare_at_scale import write_runs
+
+    runs = []
+    for group in range(40):
+        for device in ("cpu", "mps"):
+            accuracy = 0.0 if device == "mps" else 0.8
+            runs.append(
+                {
+                    "name": f"{device}-{group}",
+                    "start": 1_000_000 + len(runs) * 1000,
+                    "params": {"device": device, "model": "mlp", "batch_size": str(group + 1)},
+                    "tags": {"pipeline.device": device, "pipeline.host": "h"},
+                    "metrics": [("test_accuracy", accuracy, 1), ("test_loss", 0.3, 1)],
+                }
+            )
+    write_runs(db, runs)
+
+
+def test_under_github_actions_compare_keeps_to_githubs_limits(tmp_path):
+    forty_wrong_accelerators(tmp_path / "mlflow.db")
+    summary = tmp_path / "summary.md"
+    env = user_env(GITHUB_ACTIONS="true", GITHUB_STEP_SUMMARY=str(summary))
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["compare", "--tracking-uri", store, "--no-plots", "--output-dir", "report"]
+    result = pipeline_in(tmp_path, *args, env=env, check=False)
+    assert result.code == 1, result.stderr
+    errors = [line for line in result.stdout.splitlines() if line.startswith("::error")]
+    assert len(errors) == ci.MAX_ANNOTATIONS
+    assert errors[-1].endswith("::71 more errors are in the job summary")
+    assert all("accuracy" in line for line in errors[:-1])
+    assert result.stdout.count("::warning") <= ci.MAX_ANNOTATIONS
+    assert summary.stat().st_size < ci.MAX_SUMMARY_BYTES
+    assert summary.read_text().count("accuracy-mismatch") >= 40  # every finding is there
+
+
+def test_annotations_most_severe_first_and_at_most_ten_a_level():
+    def finding(kind, severity, category, **values):
+        return Finding("r", category, kind, severity, kind, "mps", "h", values=values)
+
+    slow = [finding(f"slow{i}", "warning", "speed", speed_vs_cpu=1 - i / 20) for i in range(12)]
+    wrong = [finding("accuracy-mismatch", "error", "accuracy")]
+    failed = [finding("run-failed", "error", "run")]
+    lines = ci.annotations([*slow, *failed, *wrong], notes=["a note"])
+    assert [line.split(" title=")[0] for line in lines] == (
+        ["::error"] * 2 + ["::warning"] * 10 + ["::notice"]
+    )
+    assert "accuracy-mismatch" in lines[0] and "run-failed" in lines[1]
+    assert "slow11" in lines[2] and "slow10" in lines[3]  # the largest slowdown first
+    assert lines[11] == "::warning title=3 more::3 more warnings are in the job summary"
+
+
+def test_the_job_summary_is_cut_under_one_mib_with_a_pointer(tmp_path):
+    summary = tmp_path / "summary.md"
+    summary.write_text("earlier step\n")
+    report = "# Device comparison\n" + "| mps | h | 1.0 |\n" * 200_000  # 3.6 MB
+    env = {"GITHUB_STEP_SUMMARY": str(summary)}
+    ci.publish_to_github(report, [], [], sys.stdout, env, full_report="out/report.md")
+    text = summary.read_text()
+    assert len(text.encode()) < ci.MAX_SUMMARY_BYTES
+    assert text.startswith("earlier step\n# Device comparison\n| mps |")
+    assert text.rstrip().endswith("the whole report is out/report.md (uploaded by the workflow).**")
+
+
 def test_annotations_escape_what_would_end_them():
     finding = Finding("r1", "speed", "slow,er", "warning", "50% slower\nsee: report", "mps", "h:1")
     (line,) = ci.annotations([finding])

@@ -82,7 +82,8 @@ def run_compare(
         _write_outputs(opts, folder, tables, findings)
         if ci.on_github_actions():  # the job summary carries no pictures
             summary = render.markdown(tables, findings, selection.left_out, None, notes)
-            ci.publish_to_github(summary, findings, notes, sys.stdout)
+            full = f"{opts.output_dir / 'report.md'}" if opts.output_dir else None
+            ci.publish_to_github(summary, findings, notes, sys.stdout, full_report=full)
         stop.check()  # a signal so far: stop before any run exists
         try:
             run = _log_compare_run(client, selection, opts, findings, folder, host, stop)
