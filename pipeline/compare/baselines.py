@@ -1,49 +1,26 @@
 """Which runs a selection needs besides itself, so that a gate's cost follows the selection and
-not the history: plain data in, search filters and a yes/no out (stage.py does the reading).
+not the history: plain data in, a yes or no out (reading.py reads).
 
 A selected finished train run is judged against its group: the last --history earlier runs of
 its device and host, the group's latest CPU run on its host and on any host, the latest fp32
-run of its workload in another precision, and a sweep cell's repeats. compare finds them by
-what every run of the group carries, its workload (the tag pipeline.workload, or for runs of
-other tools their params), and reads that workload's runs newest first until each need is met
-or LOOKBACK runs older than the selection have been read. Newest first means every run newer
-than the selection is read, so the latest CPU and fp32 runs are those a full read finds.
+run of its workload in another precision, and a sweep cell's repeats. compare reads the
+experiment's runs by what every run carries, its start time: newest first, until each need
+is met or LOOKBACK runs older than the selection have been read, and groups them as a full
+read does (by workload tag, else params). Newest first means every run newer than the
+selection is read, so the latest CPU and fp32 runs are those a full read finds; a need that
+lies further back than the window (a run with fewer earlier runs than --history on its
+device and host, a group without a CPU run) is judged with what the window holds.
 """
 
 from collections import defaultdict
 
 from pipeline.compare.records import RunSummary
 from pipeline.compare.rules import twin_key
-from pipeline.schema import NOT_GROUPING_PARAMS, Params, Tags
+from pipeline.schema import Params
 
 # Runs of one workload older than the selection that compare reads at most for its
 # baselines; and the newest runs of an experiment --latest picks from.
 LOOKBACK = 1000
-
-
-def workload_filter(run: RunSummary) -> str:
-    """An MLflow search filter that every run of the run's group matches, whatever its
-    precision (so that its fp32 twin matches too): its workload tag, precision left open; for
-    runs without the tag, their grouping params but the precision, by value as written. ''
-    where no such filter can be written (then every run of the experiment is a candidate)."""
-    workload = run.tags.get(Tags.WORKLOAD)
-    if workload is not None:
-        if "'" in workload or "\\" in workload:
-            return ""
-        key = f'"{Params.PRECISION}":"'
-        start = workload.find(key)
-        if start < 0:
-            return f"tags.`{Tags.WORKLOAD}` = '{workload}'"
-        end = workload.find('"', start + len(key))
-        pattern = workload[: start + len(key)] + "%" + workload[end:]
-        return f"tags.`{Tags.WORKLOAD}` LIKE '{pattern}'"
-    parts = [
-        f"params.`{k}` = '{v}'"
-        for k, v in sorted(run.params.items())
-        if k not in NOT_GROUPING_PARAMS and k != Params.PRECISION
-        if "'" not in v and "\\" not in v and "`" not in k
-    ]
-    return " and ".join(parts)
 
 
 def needs_met(

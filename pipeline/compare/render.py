@@ -34,6 +34,7 @@ COLUMNS = [
 ]
 TITLE_PARAMS = (Params.DATASET, Params.MODEL, Params.BATCH_SIZE, Params.LR, Params.EPOCHS)
 MAX_TERMINAL_GROUPS = 20
+MAX_TERMINAL_ROWS = 20  # a group's rows in the terminal, flagged ones always
 MAX_PLOTTED_GROUPS = 6
 
 
@@ -114,6 +115,17 @@ def row_cell(r: dict, key: str, fmt: str) -> str:
     return cell(r[key], fmt)
 
 
+def terminal_rows(rows: list[dict]) -> list[dict]:
+    """A group's rows as the terminal shows them: all, or past MAX_TERMINAL_ROWS the flagged
+    ones and the latest others up to that many, in their order."""
+    if len(rows) <= MAX_TERMINAL_ROWS:
+        return rows
+    flagged = [i for i, r in enumerate(rows) if r["flags"]]
+    others = [i for i, r in enumerate(rows) if not r["flags"]]
+    keep = set(flagged) | set(others[max(0, len(others) - MAX_TERMINAL_ROWS + len(flagged)) :])
+    return [r for i, r in enumerate(rows) if i in keep]
+
+
 def print_terminal(
     console: Console,
     groups: list[dict],
@@ -130,10 +142,15 @@ def print_terminal(
     if quiet:
         shown = []
     for group in shown:
-        table = Table(title=group["title"], title_justify="left")
+        rows = terminal_rows(group["runs"])
+        hidden = len(group["runs"]) - len(rows)
+        caption = f"{hidden} earlier unflagged rows not shown (all are in report.md)"
+        table = Table(
+            title=group["title"], title_justify="left", caption=caption if hidden else None
+        )
         for heading, _, _ in COLUMNS:
             table.add_column(heading, overflow="fold")
-        for r in group["runs"]:
+        for r in rows:
             table.add_row(*(row_cell(r, key, fmt) for _, key, fmt in COLUMNS))
         console.print(table)
     if len(shown) < len(groups) and not quiet:
