@@ -1,19 +1,27 @@
 """How long `pipeline compare` takes over many runs, as a whole command.
 
     python benchmarks/compare_at_scale.py --runs 1000
-    python benchmarks/compare_at_scale.py --runs 10000
     python benchmarks/compare_at_scale.py --runs 10000 --server     # through `mlflow server`
+    python benchmarks/compare_at_scale.py --runs 10000 --shape series --fast
+    python benchmarks/compare_at_scale.py --runs 100000 --shape series --fast --select commit
+    python benchmarks/compare_at_scale.py --runs 10000 --shape series --fast --floor
     python benchmarks/compare_at_scale.py --runs 1000 --profile     # cProfile's top entries
 
-Logs finished train runs in the documented schema straight through MlflowClient into a sqlite
-store: groups of 5 device/host pairs x 5 repeats, 30 train_loss points, 3 epochs of
-test_accuracy, test_loss and epoch_time_s, summary metrics and environment tags, from a fixed
-seed. One group in ten has a slow accelerator and one in twenty a wrong accuracy, so findings,
-history fetches and plots are part of what is timed. Then it times `python -m pipeline compare
---no-fail` in a fresh process, from process start to exit, --repeat times (best and all
-reported), each on a fresh copy of the store, so every repeat does the same work. With
---server, each repeat starts `mlflow server` on 127.0.0.1 over that copy (not timed) and
-compare talks to it over HTTP.
+Logs finished train runs in the documented schema into a sqlite store, from a fixed seed: 30
+train_loss points, 3 epochs of test_accuracy, test_loss and epoch_time_s, summary metrics and
+environment tags, a commit (pipeline.git_commit) per round of 5 device/host pairs. Two
+shapes: `groups`, groups of 5 pairs x 5 repeats (one group in ten with a slow accelerator,
+one in twenty with a wrong accuracy); `series`, one workload over runs / 5 commits, the shape
+a CI history takes (a slow accelerator every 50th commit, a wrong accuracy every 100th).
+Through MlflowClient (about 0.15 s a run here), or with --fast straight into MLflow's tables.
+
+Then it times `python -m pipeline compare --no-fail` in a fresh process, from process start
+to exit, --repeat times (best and all reported), each on a fresh copy of the store, so every
+repeat does the same work: over every run (--select all), the gate over the last commit's
+runs (--select commit: `--filter "tags.pipeline.git_commit = '...'"`), or --latest. --floor
+times instead a process that imports MLflow, reads every run and leaves. With --server, each
+repeat starts `mlflow server` on 127.0.0.1 over that copy (not timed) and compare talks to it
+over HTTP.
 """
 
 import argparse
@@ -259,6 +267,7 @@ def main() -> None:
         "--select", choices=("all", "commit", "latest"), default="all", help="what is compared"
     )
     parser.add_argument("--floor", action="store_true", help="time reading every run instead")
+    parser.add_argument("--no-plots", action="store_true", help="compare --no-plots")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--server", action="store_true", help="compare through mlflow server")
     parser.add_argument("--profile", action="store_true", help="print cProfile's top entries")
@@ -294,6 +303,7 @@ def main() -> None:
                 server, uri = start_server(db, folder / "artifacts")
             try:
                 select = selection_args(args.select, args.runs)
+                select += ["--no-plots"] if args.no_plots else []
                 elapsed, report, stdout = time_compare(
                     uri, folder, args.profile, select, args.floor
                 )
