@@ -228,9 +228,60 @@ def test_the_workflow_runs_each_device_on_its_runner_then_one_gate():
     (compare,) = [s["run"] for s in gate["steps"] if "pipeline compare" in s.get("run", "")]
     assert "tags.pipeline.git_commit = '${{ github.sha }}'" in compare
     assert "--no-fail" not in compare  # its exit code is the verdict
+    assert "--fail-on error" in compare
     secrets = flow["env"]
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         assert secrets[name] == "${{ secrets." + name + " }}"
+    assert flow["permissions"] == {"contents": "read"} and "group" in flow["concurrency"]
+
+
+def steps_of(job: dict) -> list[str]:
+    return [s.get("run", s.get("uses", "")) for s in job["steps"]]
+
+
+def test_every_accelerator_runner_trains_on_its_cpu_too_in_a_venv_of_its_own():
+    flow = yaml.safe_load(WORKFLOW.read_text())
+    train = flow["jobs"]["train"]
+    runs = steps_of(train)
+    (cpu_leg,) = [s for s in train["steps"] if "device=cpu" in s.get("run", "")]
+    assert cpu_leg["if"] == "matrix.device != 'cpu'"  # on the cuda and mps runners
+    assert train["env"]["PIPELINE_HOST"] == "${{ matrix.host || runner.name }}"  # one host
+    for job in (train, flow["jobs"]["doctor"]):
+        steps = steps_of(job)
+        venv = next(i for i, s in enumerate(steps) if "-m venv" in s)
+        install = next(i for i, s in enumerate(steps) if "pip install" in s)
+        assert venv < install and "$GITHUB_PATH" in steps[venv]
+    self_hosted = [leg for leg in train["strategy"]["matrix"]["include"] if leg["device"] != "cpu"]
+    assert all(leg["python"] == "python3.11" for leg in self_hosted)  # named, not `python`
+    assert any("actions/setup-python@v6" in s for s in runs)
+
+
+def test_the_gate_installs_what_compare_imports_and_no_torch():
+    from test_design import MODULES, imports, reach
+
+    gate = yaml.safe_load(WORKFLOW.read_text())["jobs"]["gate"]
+    (install,) = [s for s in steps_of(gate) if "--no-deps" in s]
+    words = set(install.split())
+    used = {"pipeline.cli", "pipeline.compare.stage", *reach("pipeline.compare.stage")}
+    libraries = {
+        name.split(":")[0]
+        for m in used
+        if m in MODULES
+        for name in imports(m)
+        if not name.startswith("pipeline") and name.split(":")[0] not in sys.stdlib_module_names
+    }
+    assert libraries - {"torch"} <= words, libraries - words
+    assert "torch" not in words and "torchvision" not in words
+    assert any("find_spec('torch')" in s for s in steps_of(gate))  # a step proves it absent
+
+
+def test_a_pull_request_from_a_fork_skips_with_a_notice():
+    flow = yaml.safe_load(WORKFLOW.read_text())
+    jobs = flow["jobs"]
+    fork = "github.event.pull_request.head.repo.fork"
+    assert jobs["fork"]["if"] == fork and "::notice" in steps_of(jobs["fork"])[0]
+    for name in ("train", "doctor", "gate"):
+        assert f"!{fork}" in jobs[name]["if"], name
 
 
 def test_the_kubernetes_manifests_are_valid():
