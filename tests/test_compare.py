@@ -5,7 +5,7 @@ import math
 import time
 
 import pytest
-from conftest import ROOT, SMALL
+from conftest import ROOT, SMALL, pipeline_in
 from mlflow.entities import Metric, Param, RunTag
 
 from pipeline.schema import Metrics, Tags
@@ -328,6 +328,17 @@ def test_missing_and_empty_experiments(cli, client):
     result = cli("compare", "--experiment", "empty")
     assert result.code == 2
     assert result.stderr.strip() == "error: no finished train runs to compare in experiment 'empty'"
+
+
+def test_compare_on_a_store_that_does_not_exist_creates_nothing(tmp_path):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    for args in ([], ["--tracking-uri", "sqlite:///runs/mlflow.db"]):
+        result = pipeline_in(folder, "compare", *args, check=False)
+        assert result.code == 2
+        assert result.stderr.startswith("error: no runs at sqlite:///"), result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert list(folder.iterdir()) == []  # no mlflow.db, no mlruns/
 
 
 def test_bad_filter_is_a_usage_error(cli, client):

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
@@ -28,6 +29,7 @@ from pipeline.compare.records import (
     Selection,
     Tolerances,
 )
+from pipeline.errors import UserError
 from pipeline.schema import Metrics, Stages, Tags
 from pipeline.tracking import runs as tracking
 from pipeline.tracking import store
@@ -55,6 +57,9 @@ def run_compare(
 
     The compare run ends FINISHED whenever the comparison itself worked, flagged or not: its
     tag `pipeline.verdict` (flagged or clean) and metric `findings` say which."""
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    if local_store_missing(uri):  # nothing to compare: create no store to say so
+        raise UserError(f"no runs at {store.redact(uri)}: no tracking store there")
     client = store.connect(tracking_uri)
     selection = select(
         client,
@@ -103,6 +108,16 @@ def run_compare(
         f"compare run {run.run_id}: report.md, findings.json and {plots_logged} logged"
     )
     return findings
+
+
+def local_store_missing(uri: str) -> bool:
+    """Whether a local store (a sqlite file, a folder of runs) does not exist."""
+    if uri.startswith("sqlite:///"):
+        name = uri.removeprefix("sqlite:///").split("?")[0]
+        return name not in ("", ":memory:") and not Path(name).exists()
+    if uri.startswith("file:") or "://" not in uri:
+        return not Path(uri.removeprefix("file://").removeprefix("file:")).exists()
+    return False
 
 
 def fails(findings: list[Finding], fail_on: str) -> bool:
