@@ -8,6 +8,7 @@ import pytest
 from conftest import ROOT, SMALL, pipeline_in
 from mlflow.entities import Metric, Param, RunTag
 
+from pipeline.compare import render
 from pipeline.schema import Metrics, Tags
 
 REFERENCE = ROOT / "tests" / "fixtures" / "m1-quickstart-2022.json"
@@ -426,3 +427,37 @@ def test_a_model_evaluated_on_another_device_must_score_the_same(cli, client, tm
     assert finding["category"] == "accuracy"
     assert "the evaluation on mps is suspect" in finding["message"]
     assert [r["run_id"] for g in report["groups"] for r in g["runs"]] == [cpu]
+
+
+def report_row(**values) -> dict:
+    row = {key: None for _, key, _ in render.COLUMNS}
+    return {**row, "run_id": "r1", "run_ids": ["r1"], "flags": "", **values}
+
+
+def test_the_report_shows_columns_with_a_value_short_titles_escaped_cells_and_links():
+    params = {"dataset": "synthetic", "model": "mlp", "batch_size": "64", "loader": "a|b"}
+    table = {"id": 3, "title": "group 3: ...", "params": params, "runs": [
+        report_row(device="cpu", host="h|1", samples_per_s=1000.0),
+        report_row(device="mps", host="h|1", samples_per_s=700.0, device_name="M1\nPro"),
+    ]}  # fmt: skip
+    header = {"Selected": "--filter \"tags.pipeline.git_commit = 'abc'\"", "Commits": "abc"}
+    url = "https://mlflow.example/#/experiments/1/runs/"
+    text = render.markdown([table], [], {}, None, header=header, runs_url=url)
+    lines = text.splitlines()
+    assert "- **Selected**: --filter \"tags.pipeline.git_commit = 'abc'\"" in lines
+    assert "- **Commits**: abc" in lines
+    assert "## group 3: dataset=synthetic model=mlp batch_size=64" in lines  # short title
+    assert "| device | host | device name | samples/s |" in lines  # no all-empty column
+    assert f"| [cpu]({url}r1) | h\\|1 |  | 1,000 |" in lines  # a pipe escaped, a run linked
+    assert f"| [mps]({url}r1) | h\\|1 | M1 Pro | 700 |" in lines  # a line break too
+    assert "Workload: dataset=synthetic model=mlp batch_size=64 loader=a\\|b" in lines
+
+
+def test_run_links_only_for_a_server_and_never_with_credentials():
+    from pipeline.compare import stage
+
+    assert stage.ui_runs_url("sqlite:///mlflow.db", "1") == ""
+    assert (
+        stage.ui_runs_url("https://ci:secret@mlflow.example:5000/", "7")
+        == "https://mlflow.example:5000/#/experiments/7/runs/"
+    )

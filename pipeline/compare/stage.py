@@ -8,6 +8,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 from mlflow import MlflowClient
@@ -15,6 +16,7 @@ from mlflow.exceptions import MlflowException
 
 from pipeline import console
 from pipeline.compare import ci, render, rules, speed
+from pipeline.compare.baselines import LOOKBACK
 from pipeline.compare.reading import select, summarize  # noqa: F401 (summarize: the tests)
 from pipeline.compare.records import (
     ACCURACY,
@@ -80,13 +82,17 @@ def run_compare(
     with interrupts_requested() as stop, tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         pictures = draw_groups(client, groups, tables, findings, folder) if opts.plots else []
+        header = report_header(opts, selection)
+        runs_url = ui_runs_url(uri, selection.experiment_ids[0])
         (folder / "report.md").write_text(
-            render.markdown(tables, findings, selection.left_out, pictures, notes)
+            render.markdown(tables, findings, selection.left_out, pictures, notes, header, runs_url)
         )
         (folder / "findings.json").write_text(json.dumps(as_json, indent=2))
         _write_outputs(opts, folder, tables, findings)
         if ci.on_github_actions():  # the job summary carries no pictures
-            summary = render.markdown(tables, findings, selection.left_out, None, notes)
+            summary = render.markdown(
+                tables, findings, selection.left_out, None, notes, header, runs_url
+            )
             full = f"{opts.output_dir / 'report.md'}" if opts.output_dir else None
             ci.publish_to_github(summary, findings, notes, sys.stdout, full_report=full)
         stop.check()  # a signal so far: stop before any run exists
@@ -108,6 +114,41 @@ def run_compare(
         f"compare run {run.run_id}: report.md, findings.json and {plots_logged} logged"
     )
     return findings
+
+
+def report_header(opts: CompareOptions, selection: Selection) -> dict[str, str]:
+    """What report.md says it compared: the selection, the baselines, the tolerances, the
+    commits of the judged runs."""
+    chosen = [f'--filter "{opts.filter_string}"'] if opts.filter_string else []
+    chosen += [f"--run-id {', '.join(opts.run_ids)}"] if opts.run_ids else []
+    chosen += ["--latest"] if opts.latest_only else []
+    tol = opts.tolerances
+    baselines = (
+        f"the last {tol.history} earlier finished runs of each run's group, device and host; "
+        "the latest CPU run of its group on its host"
+    )
+    if chosen:
+        baselines += f" (read back within {LOOKBACK:,} runs before the selection)"
+    commits = sorted({r.tags.get(Tags.GIT_COMMIT, "")[:12] for r in selection.judged_runs})
+    commits = [c for c in commits if c]
+    named = ", ".join(commits[:20]) + (f" and {len(commits) - 20} more" * (len(commits) > 20))
+    return {
+        "Selected": " ".join(chosen) or "every finished run of the experiment",
+        "Baselines": baselines,
+        "Tolerances": f"speed {tol.speed:.0%}, accuracy {tol.accuracy:.1%} (absolute)",
+        "Commits": named or "none recorded",
+    }
+
+
+def ui_runs_url(uri: str, experiment_id: str) -> str:
+    """The MLflow UI's address of the experiment's run pages (a run id appended) when the
+    tracking URI is a server, without any user name or password; '' otherwise."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return ""
+    host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    base = urlunsplit(parts._replace(netloc=host, query="", fragment="")).rstrip("/")
+    return f"{base}/#/experiments/{experiment_id}/runs/"
 
 
 def local_store_missing(uri: str) -> bool:
