@@ -349,6 +349,7 @@ def test_a_device_that_lacks_every_operation_is_unsupported(cli, client, tmp_pat
     assert {c["status"] for c in json.loads(out.read_text())["checks"]} == {"unsupported"}
     (run,) = client.search_runs(["0"])
     assert "no check could run" in run.data.tags[Tags.NOTE]
+    assert f"doctor run {run.info.run_id} logged" in result.stdout
 
 
 def test_the_cpu_reference_raising_is_an_error():

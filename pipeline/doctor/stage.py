@@ -76,6 +76,7 @@ def run(
             )
             run.log_table(rows, "doctor.json")
             run.set_tags({Tags.NOTE: note(str(device), tags[Tags.DEVICE_NAME], counts, failures)})
+    out.print(f"doctor run {run.run_id} logged", markup=False, highlight=False)
     return len(failures)
 
 
