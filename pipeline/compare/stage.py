@@ -17,7 +17,11 @@ from mlflow.exceptions import MlflowException
 from pipeline import console
 from pipeline.compare import ci, render, rules, speed
 from pipeline.compare.baselines import LOOKBACK
-from pipeline.compare.reading import select, summarize  # noqa: F401 (summarize: the tests)
+from pipeline.compare.reading import (  # noqa: F401 (latest_of_each, summarize: tests, benchmarks)
+    latest_of_each,
+    select,
+    summarize,
+)
 from pipeline.compare.records import (
     ACCURACY,
     ERROR,
