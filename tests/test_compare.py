@@ -5,9 +5,10 @@ import math
 import time
 
 import pytest
-from conftest import ROOT, SMALL
+from conftest import ROOT, SMALL, pipeline_in
 from mlflow.entities import Metric, Param, RunTag
 
+from pipeline.compare import render
 from pipeline.schema import Metrics, Tags
 
 REFERENCE = ROOT / "tests" / "fixtures" / "m1-quickstart-2022.json"
@@ -330,6 +331,17 @@ def test_missing_and_empty_experiments(cli, client):
     assert result.stderr.strip() == "error: no finished train runs to compare in experiment 'empty'"
 
 
+def test_compare_on_a_store_that_does_not_exist_creates_nothing(tmp_path):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    for args in ([], ["--tracking-uri", "sqlite:///runs/mlflow.db"]):
+        result = pipeline_in(folder, "compare", *args, check=False)
+        assert result.code == 2
+        assert result.stderr.startswith("error: no runs at sqlite:///"), result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert list(folder.iterdir()) == []  # no mlflow.db, no mlruns/
+
+
 def test_bad_filter_is_a_usage_error(cli, client):
     log_run(client, "cpu")
     result = cli("compare", "--filter", "params.batch_size >>> 3")
@@ -415,3 +427,37 @@ def test_a_model_evaluated_on_another_device_must_score_the_same(cli, client, tm
     assert finding["category"] == "accuracy"
     assert "the evaluation on mps is suspect" in finding["message"]
     assert [r["run_id"] for g in report["groups"] for r in g["runs"]] == [cpu]
+
+
+def report_row(**values) -> dict:
+    row = {key: None for _, key, _ in render.COLUMNS}
+    return {**row, "run_id": "r1", "run_ids": ["r1"], "flags": "", **values}
+
+
+def test_the_report_shows_columns_with_a_value_short_titles_escaped_cells_and_links():
+    params = {"dataset": "synthetic", "model": "mlp", "batch_size": "64", "loader": "a|b"}
+    table = {"id": 3, "title": "group 3: ...", "params": params, "runs": [
+        report_row(device="cpu", host="h|1", samples_per_s=1000.0),
+        report_row(device="mps", host="h|1", samples_per_s=700.0, device_name="M1\nPro"),
+    ]}  # fmt: skip
+    header = {"Selected": "--filter \"tags.pipeline.git_commit = 'abc'\"", "Commits": "abc"}
+    url = "https://mlflow.example/#/experiments/1/runs/"
+    text = render.markdown([table], [], {}, None, header=header, runs_url=url)
+    lines = text.splitlines()
+    assert "- **Selected**: --filter \"tags.pipeline.git_commit = 'abc'\"" in lines
+    assert "- **Commits**: abc" in lines
+    assert "## group 3: dataset=synthetic model=mlp batch_size=64" in lines  # short title
+    assert "| device | host | device name | samples/s |" in lines  # no all-empty column
+    assert f"| [cpu]({url}r1) | h\\|1 |  | 1,000 |" in lines  # a pipe escaped, a run linked
+    assert f"| [mps]({url}r1) | h\\|1 | M1 Pro | 700 |" in lines  # a line break too
+    assert "Workload: dataset=synthetic model=mlp batch_size=64 loader=a\\|b" in lines
+
+
+def test_run_links_only_for_a_server_and_never_with_credentials():
+    from pipeline.compare import stage
+
+    assert stage.ui_runs_url("sqlite:///mlflow.db", "1") == ""
+    assert (
+        stage.ui_runs_url("https://ci:secret@mlflow.example:5000/", "7")
+        == "https://mlflow.example:5000/#/experiments/7/runs/"
+    )

@@ -252,6 +252,7 @@ def test_a_device_that_lacks_every_operation_checks_nothing(cli, client, tmp_pat
     )
     (run,) = client.search_runs(["0"])
     assert "no check could run" in run.data.tags[Tags.NOTE]
+    assert f"doctor run {run.info.run_id} logged" in result.stdout
 
 
 @pytest.mark.parametrize(

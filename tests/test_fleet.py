@@ -28,6 +28,7 @@ from pipeline.schema import Metrics, Tags
 
 WORKFLOW = ROOT / "examples" / "github-actions" / "device-comparison.yml"
 MANIFESTS = ROOT / "examples" / "kubernetes" / "job.yaml"
+DATA = ROOT / "examples" / "kubernetes" / "data.yaml"
 DOCKERFILE = ROOT / "examples" / "kubernetes" / "Dockerfile"
 OOM = (
     "MPS backend out of memory (MPS allocated: 0 bytes, other allocations: 0 bytes, max "
@@ -125,6 +126,72 @@ def test_elsewhere_compare_prints_no_annotations(store, client, tmp_path):
     assert not summary.exists()
 
 
+def forty_wrong_accelerators(db) -> None:
+    """40 groups, each a CPU run and an `mps` run that scores 0%: 80 error findings."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from compare_at_scale import write_runs
+
+    runs = []
+    for group in range(40):
+        for device in ("cpu", "mps"):
+            accuracy = 0.0 if device == "mps" else 0.8
+            runs.append(
+                {
+                    "name": f"{device}-{group}",
+                    "start": 1_000_000 + len(runs) * 1000,
+                    "params": {"device": device, "model": "mlp", "batch_size": str(group + 1)},
+                    "tags": {"pipeline.device": device, "pipeline.host": "h"},
+                    "metrics": [("test_accuracy", accuracy, 1), ("test_loss", 0.3, 1)],
+                }
+            )
+    write_runs(db, runs)
+
+
+def test_under_github_actions_compare_keeps_to_githubs_limits(tmp_path):
+    forty_wrong_accelerators(tmp_path / "mlflow.db")
+    summary = tmp_path / "summary.md"
+    env = user_env(GITHUB_ACTIONS="true", GITHUB_STEP_SUMMARY=str(summary))
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["compare", "--tracking-uri", store, "--no-plots", "--output-dir", "report"]
+    result = pipeline_in(tmp_path, *args, env=env, check=False)
+    assert result.code == 1, result.stderr
+    errors = [line for line in result.stdout.splitlines() if line.startswith("::error")]
+    assert len(errors) == ci.MAX_ANNOTATIONS
+    assert errors[-1].endswith("::71 more errors are in the job summary")
+    assert all("accuracy" in line for line in errors[:-1])
+    assert result.stdout.count("::warning") <= ci.MAX_ANNOTATIONS
+    assert summary.stat().st_size < ci.MAX_SUMMARY_BYTES
+    assert summary.read_text().count("accuracy-mismatch") >= 40  # every finding is there
+
+
+def test_annotations_most_severe_first_and_at_most_ten_a_level():
+    def finding(kind, severity, category, **values):
+        return Finding("r", category, kind, severity, kind, "mps", "h", values=values)
+
+    slow = [finding(f"slow{i}", "warning", "speed", speed_vs_cpu=1 - i / 20) for i in range(12)]
+    wrong = [finding("accuracy-mismatch", "error", "accuracy")]
+    failed = [finding("run-failed", "error", "run")]
+    lines = ci.annotations([*slow, *failed, *wrong], notes=["a note"])
+    assert [line.split(" title=")[0] for line in lines] == (
+        ["::error"] * 2 + ["::warning"] * 10 + ["::notice"]
+    )
+    assert "accuracy-mismatch" in lines[0] and "run-failed" in lines[1]
+    assert "slow11" in lines[2] and "slow10" in lines[3]  # the largest slowdown first
+    assert lines[11] == "::warning title=3 more::3 more warnings are in the job summary"
+
+
+def test_the_job_summary_is_cut_under_one_mib_with_a_pointer(tmp_path):
+    summary = tmp_path / "summary.md"
+    summary.write_text("earlier step\n")
+    report = "# Device comparison\n" + "| mps | h | 1.0 |\n" * 200_000  # 3.6 MB
+    env = {"GITHUB_STEP_SUMMARY": str(summary)}
+    ci.publish_to_github(report, [], [], sys.stdout, env, full_report="out/report.md")
+    text = summary.read_text()
+    assert len(text.encode()) < ci.MAX_SUMMARY_BYTES
+    assert text.startswith("earlier step\n# Device comparison\n| mps |")
+    assert text.rstrip().endswith("the whole report is out/report.md (uploaded by the workflow).**")
+
+
 def test_annotations_escape_what_would_end_them():
     finding = Finding("r1", "speed", "slow,er", "warning", "50% slower\nsee: report", "mps", "h:1")
     (line,) = ci.annotations([finding])
@@ -166,15 +233,71 @@ def test_the_workflow_runs_each_device_on_its_runner_then_one_gate():
     (compare,) = [s["run"] for s in gate["steps"] if "pipeline compare" in s.get("run", "")]
     assert "tags.pipeline.git_commit = '${{ github.sha }}'" in compare
     assert "--no-fail" not in compare  # its exit code is the verdict
+    assert "--fail-on error" in compare
     secrets = flow["env"]
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         assert secrets[name] == "${{ secrets." + name + " }}"
+    assert flow["permissions"] == {"contents": "read"} and "group" in flow["concurrency"]
 
 
-def test_the_kubernetes_manifests_are_valid():
+def steps_of(job: dict) -> list[str]:
+    return [s.get("run", s.get("uses", "")) for s in job["steps"]]
+
+
+def test_every_accelerator_runner_trains_on_its_cpu_too_in_a_venv_of_its_own():
+    flow = yaml.safe_load(WORKFLOW.read_text())
+    train = flow["jobs"]["train"]
+    runs = steps_of(train)
+    (cpu_leg,) = [s for s in train["steps"] if "device=cpu" in s.get("run", "")]
+    assert cpu_leg["if"] == "matrix.device != 'cpu'"  # on the cuda and mps runners
+    assert train["env"]["PIPELINE_HOST"] == "${{ matrix.host || runner.name }}"  # one host
+    for job in (train, flow["jobs"]["doctor"]):
+        steps = steps_of(job)
+        venv = next(i for i, s in enumerate(steps) if "-m venv" in s)
+        install = next(i for i, s in enumerate(steps) if "pip install" in s)
+        assert venv < install and "$GITHUB_PATH" in steps[venv]
+    self_hosted = [leg for leg in train["strategy"]["matrix"]["include"] if leg["device"] != "cpu"]
+    assert all(leg["python"] == "python3.11" for leg in self_hosted)  # named, not `python`
+    assert any("actions/setup-python@v6" in s for s in runs)
+
+
+def test_the_gate_installs_what_compare_imports_and_no_torch():
+    from test_design import MODULES, imports, reach
+
+    gate = yaml.safe_load(WORKFLOW.read_text())["jobs"]["gate"]
+    (install,) = [s for s in steps_of(gate) if "--no-deps" in s]
+    words = set(install.split())
+    used = {"pipeline.cli", "pipeline.compare.stage", *reach("pipeline.compare.stage")}
+    libraries = {
+        name.split(":")[0]
+        for m in used
+        if m in MODULES
+        for name in imports(m)
+        if not name.startswith("pipeline") and name.split(":")[0] not in sys.stdlib_module_names
+    }
+    assert libraries - {"torch"} <= words, libraries - words
+    assert "torch" not in words and "torchvision" not in words
+    assert any("find_spec('torch')" in s for s in steps_of(gate))  # a step proves it absent
+
+
+def test_a_pull_request_from_a_fork_skips_with_a_notice():
+    flow = yaml.safe_load(WORKFLOW.read_text())
+    jobs = flow["jobs"]
+    fork = "github.event.pull_request.head.repo.fork"
+    assert jobs["fork"]["if"] == fork and "::notice" in steps_of(jobs["fork"])[0]
+    for name in ("train", "doctor", "gate"):
+        assert f"!{fork}" in jobs[name]["if"], name
+
+
+def test_the_kubernetes_manifests_are_valid(tmp_path):
     exe = shutil.which("kubernetes-validate") or pytest.fail("kubernetes-validate is a dev dep")
-    out = subprocess.run([exe, "--strict", str(MANIFESTS)], capture_output=True, text=True)
-    assert out.returncode == 0, out.stdout + out.stderr
+    # kubernetes-validate names each resource by metadata.name, which a Job with generateName
+    # has not yet: the Jobs are checked under a name, the rest of them as written
+    named = tmp_path / "job.yaml"
+    named.write_text(re.sub(r"generateName: (\S+)-\n", r"name: \1\n", MANIFESTS.read_text()))
+    for manifest in (named, DATA):
+        out = subprocess.run([exe, "--strict", str(manifest)], capture_output=True, text=True)
+        assert out.returncode == 0, out.stdout + out.stderr
     jobs = list(yaml.safe_load_all(MANIFESTS.read_text()))
     commands = [j["spec"]["template"]["spec"]["containers"][0]["command"] for j in jobs]
     assert [c[:5] for c in commands] == [
@@ -186,6 +309,25 @@ def test_the_kubernetes_manifests_are_valid():
         assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
         env = {e["name"]: e for e in container["env"]}
         assert "secretKeyRef" in env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]
+
+
+def test_kubernetes_jobs_rerun_on_each_create_keep_their_data_and_never_run_as_root():
+    jobs = list(yaml.safe_load_all(MANIFESTS.read_text()))
+    (claim,) = yaml.safe_load_all(DATA.read_text())
+    for job in jobs:
+        assert "name" not in job["metadata"] and job["metadata"]["generateName"].endswith("-")
+        pod = job["spec"]["template"]["spec"]
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
+            "tolerations"
+        ]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+    volumes = jobs[0]["spec"]["template"]["spec"]["volumes"]
+    assert volumes == [
+        {"name": "data", "persistentVolumeClaim": {"claimName": claim["metadata"]["name"]}}
+    ]
+    assert "kubectl create -f examples/kubernetes/job.yaml" in (ROOT / "docs" / "ci.md").read_text()
+    lines = DOCKERFILE.read_text().splitlines()
+    assert "USER 1000" in lines and not any(" -e " in line for line in lines if "pip" in line)
 
 
 def readme_install() -> list[str]:
@@ -201,7 +343,8 @@ def test_the_dockerfile_installs_as_the_readme_does():
     readme = readme_install()
     assert readme[:2] == ["pip", "install"] and install[:2] == ["pip", "install"]
     ours = [w for w in install[2:] if w != "--no-cache-dir"]
-    theirs = [w.replace(".[dev]", ".") for w in readme[2:]]  # the image has no test tools
+    # the image has no test tools, and is no checkout to edit: not editable
+    theirs = [w.replace(".[dev]", ".") for w in readme[2:] if w != "-e"]
     assert ours == theirs
 
 

@@ -71,6 +71,7 @@ def test_resume_reruns_only_what_did_not_finish(cli, client):
     result = cli("sweep", "--resume", parent.info.run_id)
     assert result.code == 0, result.stderr
     assert result.stderr.count("already done") == 3
+    assert f"sweep run {parent.info.run_id} (to resume it: --resume " in result.stderr
     (parent_again,), kids = sweep_runs(client)
     assert parent_again.info.status == "FINISHED"
 

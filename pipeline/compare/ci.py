@@ -1,7 +1,7 @@
 """What CI systems show of a comparison: JUnit XML, which they render as test results (a test
 case per group and device, a failure per finding), and under GitHub Actions the job summary
-and one workflow annotation per finding. Plain data in (compare's tables and findings), text
-out; `publish_to_github` is the one function that writes."""
+and the workflow annotations, within GitHub's limits. Plain data in (compare's tables and
+findings), text out; `publish_to_github` is the one function that writes."""
 
 import os
 import xml.etree.ElementTree as ET
@@ -70,16 +70,64 @@ def _case(
         )
 
 
+# GitHub shows at most 10 annotations of each level a step, and a step's summary up to 1 MiB.
+MAX_ANNOTATIONS = 10
+MAX_SUMMARY_BYTES = 1024 * 1024
+
+
 def annotations(findings: list[Finding], notes: list[str] = ()) -> list[str]:
     """GitHub Actions workflow commands: `::error title=KIND::MESSAGE` (or ::warning, by the
-    finding's severity) per finding, `::notice` per note; escaped as the runner expects."""
-    lines = []
-    for f in findings:
+    finding's severity) per finding, `::notice` per note; escaped as the runner expects. At
+    most MAX_ANNOTATIONS a level, the most severe first; when there are more, the last says
+    how many more the job summary holds."""
+    levels: dict[str, list[tuple[str, str]]] = {"error": [], "warning": [], "notice": []}
+    for f in sorted(findings, key=severity_rank):
         level = "error" if f.severity == "error" else "warning"
-        title = f"{f.kind} ({f.device} @ {f.host})" if f.device else f.kind
-        lines.append(f"::{level} title={_property(title)}::{_data(f.message)}")
-    lines += [f"::notice title=compare::{_data(note)}" for note in notes if note]
+        levels[level].append(
+            (f"{f.kind} ({f.device} @ {f.host})" if f.device else f.kind, f.message)
+        )
+    levels["notice"] = [("compare", note) for note in notes if note]
+    lines = []
+    for level, found in levels.items():
+        shown = found if len(found) <= MAX_ANNOTATIONS else found[: MAX_ANNOTATIONS - 1]
+        lines += [f"::{level} title={_property(t)}::{_data(m)}" for t, m in shown]
+        if len(shown) < len(found):
+            more = len(found) - len(shown)
+            lines.append(
+                f"::{level} title={_property(f'{more} more')}::{more} more {level}s are in the "
+                "job summary"
+            )
     return lines
+
+
+def severity_rank(f: Finding) -> tuple:
+    """Most severe first: errors, wrong results before failed runs before slow ones, and
+    among speed findings the largest slowdown."""
+    ratio = f.values.get("speed_vs_cpu", f.values.get("speed_vs_history", 1.0))
+    return (f.severity != "error", CATEGORY_ORDER.get(f.category, 3), ratio or 1.0)
+
+
+CATEGORY_ORDER = {"accuracy": 0, "run": 1, "speed": 2}
+
+
+def summary_within_limit(report_md: str, room: int, full_report: str) -> str:
+    """The report cut at whole lines to fit `room` bytes, with a last line pointing to the
+    full report when it was cut."""
+    text = report_md.rstrip() + "\n"
+    if len(text.encode()) <= room:
+        return text
+    cut = (
+        f"\n**The job summary is cut here at GitHub's 1 MiB limit: the whole report is "
+        f"{full_report}.**\n"
+    )
+    budget = room - len(cut.encode())
+    kept, size = [], 0
+    for line in text.splitlines(keepends=True):
+        size += len(line.encode())
+        if size > budget:
+            break
+        kept.append(line)
+    return "".join(kept) + cut
 
 
 def _data(text: str) -> str:
@@ -100,12 +148,17 @@ def publish_to_github(
     notes: list[str],
     out: TextIO,
     environ: Mapping[str, str] = os.environ,
+    full_report: str | None = None,
 ) -> None:
-    """Under GitHub Actions: the report appended to the job summary ($GITHUB_STEP_SUMMARY)
-    and each finding printed as an annotation."""
+    """Under GitHub Actions: the report appended to the job summary ($GITHUB_STEP_SUMMARY),
+    within what is left of its 1 MiB, and the findings printed as annotations."""
     summary = environ.get("GITHUB_STEP_SUMMARY")
     if summary:
-        with Path(summary).open("a", encoding="utf-8") as f:
-            f.write(report_md.rstrip() + "\n")
+        path = Path(summary)
+        room = MAX_SUMMARY_BYTES - (path.stat().st_size if path.exists() else 0) - 1024
+        with path.open("a", encoding="utf-8") as f:
+            where = f"{full_report} (uploaded by the workflow)" if full_report else ""
+            where = where or "report.md in the compare run's artifacts"
+            f.write(summary_within_limit(report_md, room, where))
     for line in annotations(findings, notes):
         print(line, file=out, flush=True)

@@ -2,10 +2,12 @@
 runs, what was selected for judgement, a finding, the tolerances. No I/O here."""
 
 import json
+from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import pairwise
 
 from pipeline.schema import NOT_GROUPING_PARAMS, Params, Tags
 
@@ -103,6 +105,39 @@ class Group:
     params: dict[str, str]
     runs: list[RunSummary]  # oldest first
 
+    @cached_property
+    def series(self) -> dict[tuple[str, str], list[RunSummary]]:
+        """The runs of each device and host, in the order of `runs`."""
+        by_series: dict[tuple[str, str], list[RunSummary]] = defaultdict(list)
+        for r in self.runs:
+            by_series[(r.device, r.host)].append(r)
+        return dict(by_series)
+
+    @cached_property
+    def cells(self) -> dict[tuple[str, str, str], list[RunSummary]]:
+        """The runs of each sweep parent, device and host (a sweep cell's repeats)."""
+        by_cell: dict[tuple[str, str, str], list[RunSummary]] = defaultdict(list)
+        for r in self.runs:
+            by_cell[(r.parent, r.device, r.host)].append(r)
+        return dict(by_cell)
+
+    @cached_property
+    def starts(self) -> dict[tuple[str, str], list[int]] | None:
+        """Each series' start times, or None when `runs` is not in start-time order."""
+        times = [r.start_time for r in self.runs]
+        if any(a > b for a, b in pairwise(times)):
+            return None
+        return {k: [r.start_time for r in rs] for k, rs in self.series.items()}
+
+    @cached_property
+    def latest_cpus(self) -> dict[str | None, RunSummary]:
+        """The last CPU run of each host, and (key None) of any host."""
+        latest: dict[str | None, RunSummary] = {}
+        for r in self.runs:
+            if r.device_type == "cpu":
+                latest[r.host] = latest[None] = r
+        return latest
+
 
 @dataclass
 class Selection:
@@ -143,22 +178,25 @@ def groups_of(runs: list[RunSummary]) -> list[Group]:
 
 
 def latest_cpu(group: Group, host: str | None = None) -> RunSummary | None:
-    cpus = [r for r in group.runs if r.device_type == "cpu" and (host is None or r.host == host)]
-    return cpus[-1] if cpus else None
+    """The group's last CPU run on that host (None: on any)."""
+    return group.latest_cpus.get(host)
 
 
 def history_of(run: RunSummary, group: Group, n: int) -> list[RunSummary]:
     """The last n earlier finished runs of the run's group on the same device and host, not
-    counting its own repeats."""
-    earlier = [
-        r
-        for r in group.runs
-        if r.device == run.device
-        and r.host == run.host
-        and r.start_time < run.start_time
-        and not (run.parent and r.parent == run.parent)
-    ]
-    return earlier[-n:]
+    counting its own repeats (all of them when n is 0). Found by bisection in the run's
+    series, so judging stays linear in the runs however long a series grows."""
+    key = (run.device, run.host)
+    series = group.series.get(key, [])
+    if group.starts is not None:
+        series = series[: bisect_left(group.starts.get(key, []), run.start_time)]
+    earlier: list[RunSummary] = []
+    for r in reversed(series):
+        if n and len(earlier) == n:
+            break
+        if r.start_time < run.start_time and not (run.parent and r.parent == run.parent):
+            earlier.append(r)
+    return earlier[::-1]
 
 
 def repeats(run: RunSummary, runs: list[RunSummary]) -> list[RunSummary]:

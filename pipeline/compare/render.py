@@ -34,6 +34,7 @@ COLUMNS = [
 ]
 TITLE_PARAMS = (Params.DATASET, Params.MODEL, Params.BATCH_SIZE, Params.LR, Params.EPOCHS)
 MAX_TERMINAL_GROUPS = 20
+MAX_TERMINAL_ROWS = 20  # a group's rows in the terminal, flagged ones always
 MAX_PLOTTED_GROUPS = 6
 
 
@@ -105,6 +106,32 @@ def title(group: Group, short: bool = False) -> str:
     return f"group {group.id}: " + " ".join(parts)
 
 
+def shown_columns(rows: list[dict]) -> list[tuple[str, str, str]]:
+    """The columns that carry a value in some row (device and host always)."""
+    return [
+        c
+        for c in COLUMNS
+        if c[1] in ("device", "host") or any(r.get(c[1]) not in (None, "") for r in rows)
+    ]
+
+
+def heading(table: dict) -> str:
+    """A group's short title: its number and main params (dataset, model, batch size, ...)."""
+    p = table["params"]
+    return f"group {table['id']}: " + " ".join(f"{k}={p[k]}" for k in TITLE_PARAMS if k in p)
+
+
+def identity(table: dict) -> str:
+    """A group's full workload, every param, for under its table."""
+    return " ".join(f"{k}={v}" for k, v in table["params"].items())
+
+
+def escape(text: str) -> str:
+    """A Markdown table cell: no pipe, line break or HTML ends or reshapes it."""
+    text = text.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;")
+    return " ".join(text.splitlines())
+
+
 def row_cell(r: dict, key: str, fmt: str) -> str:
     """A table row's entry; repeated runs' throughput with its interval and level."""
     if key == "samples_per_s" and r.get("samples_per_s_ci"):
@@ -112,6 +139,17 @@ def row_cell(r: dict, key: str, fmt: str) -> str:
         interval = evidence.describe_interval((low, high, r["samples_per_s_ci_level"]))
         return f"{cell(r[key], fmt)} ({interval})"
     return cell(r[key], fmt)
+
+
+def terminal_rows(rows: list[dict]) -> list[dict]:
+    """A group's rows as the terminal shows them: all, or past MAX_TERMINAL_ROWS the flagged
+    ones and the latest others up to that many, in their order."""
+    if len(rows) <= MAX_TERMINAL_ROWS:
+        return rows
+    flagged = [i for i, r in enumerate(rows) if r["flags"]]
+    others = [i for i, r in enumerate(rows) if not r["flags"]]
+    keep = set(flagged) | set(others[max(0, len(others) - MAX_TERMINAL_ROWS + len(flagged)) :])
+    return [r for i, r in enumerate(rows) if i in keep]
 
 
 def print_terminal(
@@ -130,11 +168,18 @@ def print_terminal(
     if quiet:
         shown = []
     for group in shown:
-        table = Table(title=group["title"], title_justify="left")
-        for heading, _, _ in COLUMNS:
-            table.add_column(heading, overflow="fold")
-        for r in group["runs"]:
-            table.add_row(*(row_cell(r, key, fmt) for _, key, fmt in COLUMNS))
+        rows = terminal_rows(group["runs"])
+        hidden = len(group["runs"]) - len(rows)
+        caption = f"{hidden} earlier unflagged rows not shown (all are in report.md)"
+        columns = shown_columns(group["runs"])
+        under = identity(group) + (f"; {caption}" if hidden else "")
+        table = Table(
+            title=heading(group), title_justify="left", caption=under, caption_justify="left"
+        )
+        for name, _, _ in columns:
+            table.add_column(name, overflow="fold")
+        for r in rows:
+            table.add_row(*(row_cell(r, key, fmt) for _, key, fmt in columns))
         console.print(table)
     if len(shown) < len(groups) and not quiet:
         console.print(
@@ -164,10 +209,16 @@ def markdown(
     left_out: dict[str, int],
     plots: list[Path] | None,
     notes: list[str] = (),
+    header: dict[str, str] | None = None,
+    runs_url: str = "",
 ) -> str:
-    """report.md: the findings, then each group's table and picture; `plots` None for a
-    report that carries no pictures (a CI job summary)."""
+    """report.md: what was compared (`header`: what was selected, the baselines, the
+    tolerances, the commits), the findings, then each group's table and picture, each run
+    linked to its page in the MLflow UI when `runs_url` (the UI's address of the experiment's
+    runs) is given; `plots` None for a report that carries no pictures (a CI job summary)."""
     lines = ["# Device comparison", ""]
+    lines += [f"- **{k}**: {v}" for k, v in (header or {}).items()]
+    lines += [""] if header else []
     lines += [f"{len(findings)} finding(s) in {sum(len(g['runs']) for g in groups)} runs.", ""]
     if left_out:
         lines += [f"Left out (not finished): {describe_left_out(left_out)}.", ""]
@@ -184,12 +235,16 @@ def markdown(
             )
         lines.append("")
     for group in groups:
-        lines += [f"## {group['title']}", ""]
-        lines.append("| " + " | ".join(h for h, _, _ in COLUMNS) + " |")
-        lines.append("|" + "---|" * len(COLUMNS))
+        columns = shown_columns(group["runs"])
+        lines += [f"## {heading(group)}", ""]
+        lines.append("| " + " | ".join(h for h, _, _ in columns) + " |")
+        lines.append("|" + "---|" * len(columns))
         for r in group["runs"]:
-            lines.append("| " + " | ".join(row_cell(r, k, fmt) for _, k, fmt in COLUMNS) + " |")
-        lines.append("")
+            cells = [escape(row_cell(r, k, fmt)) for _, k, fmt in columns]
+            if runs_url:
+                cells[0] = f"[{cells[0]}]({runs_url}{r['run_id']})"
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", f"Workload: {escape(identity(group))}", ""]
         for plot in plots or []:
             if plot.stem == f"group-{group['id']}":
                 lines += [f"![{group['title']}]({plot.name})", ""]

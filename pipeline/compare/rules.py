@@ -248,7 +248,10 @@ def _evaluation_vs_source(run: RunSummary, train_runs: dict, tol: Tolerances) ->
 def _latest_judged_repeat(run: RunSummary, group, judged: set[str]) -> bool:
     """Whether the run is the latest judged of its sweep cell's repeats (a run outside a
     sweep is its own): speed comparisons take the repeats together and report on it."""
-    later = [r for r in group.runs if r.run_id in judged and run in repeats(r, group.runs)]
+    if not run.parent:
+        return True
+    cell = group.cells[(run.parent, run.device, run.host)]
+    later = [r for r in cell if r.run_id in judged and run in repeats(r, cell)]
     return later[-1] is run
 
 

@@ -1,22 +1,27 @@
-"""The compare stage: read runs through MlflowClient (summaries from one paged search_runs;
-histories only where a rule or a picture needs them), judge them (rules.py), report
-(render.py, pipeline.plots), log a compare run, and tag the flagged runs."""
+"""The compare stage: read runs through MlflowClient (reading.py; histories only where a rule
+or a picture needs them), judge them (rules.py), report (render.py, pipeline.plots), log a
+compare run, and tag the flagged runs."""
 
 import json
-import os
 import sys
 import tempfile
 import time
-from collections import Counter
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from pipeline import console
 from pipeline.compare import ci, render, rules, speed
+from pipeline.compare.baselines import LOOKBACK
+from pipeline.compare.reading import (  # noqa: F401 (latest_of_each, summarize: tests, benchmarks)
+    latest_of_each,
+    select,
+    summarize,
+)
 from pipeline.compare.records import (
     ACCURACY,
     ERROR,
@@ -35,136 +40,6 @@ from pipeline.schema import Metrics, Stages, Tags
 from pipeline.tracking import runs as tracking
 from pipeline.tracking import store
 from pipeline.tracking.lifecycle import StopRequest, interrupts_requested, run_closed
-
-
-def summarize(run) -> RunSummary:
-    return RunSummary(
-        run_id=run.info.run_id,
-        name=run.info.run_name or "",
-        experiment_id=run.info.experiment_id,
-        start_time=run.info.start_time or 0,
-        status=run.info.status,
-        params=dict(run.data.params),
-        metrics=dict(run.data.metrics),
-        tags=dict(run.data.tags),
-    )
-
-
-def search_all(client: MlflowClient, experiment_ids: list[str], filter_string: str = "") -> list:
-    runs, token = [], None
-    while True:
-        page = client.search_runs(
-            experiment_ids,
-            filter_string,
-            max_results=1000,
-            page_token=token,
-            order_by=["attributes.start_time ASC"],
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def select(
-    client: MlflowClient,
-    experiment: str | None,
-    run_ids: Iterable[str] = (),
-    filter_string: str = "",
-    latest_only: bool = False,
-) -> Selection:
-    """Read the runs to compare (after closing those a dead process on this machine left
-    RUNNING); UserError when there is nothing to compare."""
-    run_ids = list(run_ids)
-    experiment_ids = []
-    if experiment or not run_ids:
-        experiment_ids.append(tracking.experiment_id(client, experiment, create=False))
-    for run_id in run_ids:
-        try:
-            exp_id = client.get_run(run_id).info.experiment_id
-        except Exception:
-            raise UserError(f"run '{run_id}' does not exist") from None
-        if exp_id not in experiment_ids:
-            experiment_ids.append(exp_id)
-    tracking.close_orphans(client, experiment_ids)
-    try:  # the filter selects what is judged; every run of the experiments stays a baseline
-        runs = search_all(client, experiment_ids)
-        selected = (
-            {r.info.run_id for r in search_all(client, experiment_ids, filter_string)}
-            if filter_string
-            else {r.info.run_id for r in runs}
-        )
-    except MlflowException as e:
-        if e.error_code != "INVALID_PARAMETER_VALUE":
-            raise
-        raise UserError(f"bad --filter: {str(e).splitlines()[0]}") from None
-    found = [summarize(r) for r in runs]
-    own_run = os.environ.get("MLFLOW_RUN_ID")  # under `mlflow run -e compare`: our own run
-    selecting = bool(run_ids or filter_string or latest_only)
-    stages = JUDGED_STAGES if selecting else (Stages.TRAIN, Stages.TEST)
-    found = [r for r in found if r.run_id != own_run and r.stage in stages]
-    chosen = [r for r in found if r.run_id in selected and (not run_ids or r.run_id in run_ids)]
-    if latest_only:
-        chosen = latest_of_each(chosen)
-    judged = {r.run_id for r in chosen if judgeable(r, selecting)}
-    left_out = Counter(r.status for r in chosen if r.run_id not in judged)
-    finished = [r for r in found if r.stage == Stages.TRAIN and r.status == "FINISHED"]
-    if not judged:
-        name = client.get_experiment(experiment_ids[0]).name if experiment_ids else ""
-        where = f"experiment '{name}'" if not run_ids else "the given runs"
-        where += " that match --filter" if filter_string else ""
-        extra = f" ({render.describe_left_out(left_out)} left out)" if left_out else ""
-        raise UserError(f"no finished train runs to compare in {where}{extra}")
-    tests = [
-        r for r in found if r.stage == Stages.TEST and r.status == "FINISHED" and r.run_id in judged
-    ]
-    sources = {r.run_id for r in finished}
-    doctors = {
-        (r.device, r.host): r  # oldest first: the latest wins
-        for r in map(summarize, search_all(client, experiment_ids, DOCTOR_RUNS))
-    }
-    checked = [
-        r
-        for r in found
-        if r.stage == Stages.DOCTOR and r.status == "FINISHED" and r.run_id in judged
-    ]
-    return Selection(
-        runs=finished,
-        judged=judged,
-        left_out=dict(left_out),
-        unfinished=[r for r in found if r.run_id in judged and r.status != "FINISHED"],
-        experiment_ids=experiment_ids,
-        tests=tests,
-        unsourced=[t for t in tests if t.tags.get(Tags.SOURCE_RUN_ID) not in sources],
-        doctors=doctors,
-        checked=checked,
-    )
-
-
-# The stages whose runs a selection can judge: a compare run is the judge, never judged.
-JUDGED_STAGES = (Stages.TRAIN, Stages.TEST, Stages.SWEEP, Stages.DOCTOR)
-DOCTOR_RUNS = f"tags.`{Tags.STAGE}` = '{Stages.DOCTOR}' and attributes.status = 'FINISHED'"
-
-
-def judgeable(run: RunSummary, selecting: bool) -> bool:
-    """Whether a run is judged. A run still RUNNING never is. Selected runs (--run-id,
-    --filter, --latest) are judged whatever their status; without a selection, finished runs
-    are, and FAILED ones that stopped because their loss diverged."""
-    if run.status == "RUNNING":
-        return False
-    diverged = run.tags.get(Tags.FAILURE_REASON, "").startswith("diverged")
-    return selecting or run.status == "FINISHED" or (run.status == "FAILED" and diverged)
-
-
-def latest_of_each(runs: list[RunSummary]) -> list[RunSummary]:
-    """The latest run, whatever its status, of each stage, group, device that ran, and host."""
-    latest: dict = {}
-    for r in runs:  # oldest first: the last one written wins
-        latest[(r.stage, r.group_key, r.device, r.host)] = r
-    return list(latest.values())
-
-
-# --- the compare stage: report, log a run of its own, tag flagged runs -----------------------
 
 
 @dataclass
@@ -188,8 +63,18 @@ def run_compare(
 
     The compare run ends FINISHED whenever the comparison itself worked, flagged or not: its
     tag `pipeline.verdict` (flagged or clean) and metric `findings` say which."""
+    uri = tracking_uri or mlflow.get_tracking_uri()
+    if local_store_missing(uri):  # nothing to compare: create no store to say so
+        raise UserError(f"no runs at {store.redact(uri)}: no tracking store there")
     client = store.connect(tracking_uri)
-    selection = select(client, opts.experiment, opts.run_ids, opts.filter_string, opts.latest_only)
+    selection = select(
+        client,
+        opts.experiment,
+        opts.run_ids,
+        opts.filter_string,
+        opts.latest_only,
+        opts.tolerances.history,
+    )
     findings, groups, notes = rules.judge(
         selection, opts.tolerances, history_reader(client), operations_reader(client)
     )
@@ -201,14 +86,19 @@ def run_compare(
     with interrupts_requested() as stop, tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         pictures = draw_groups(client, groups, tables, findings, folder) if opts.plots else []
+        header = report_header(opts, selection)
+        runs_url = ui_runs_url(uri, selection.experiment_ids[0])
         (folder / "report.md").write_text(
-            render.markdown(tables, findings, selection.left_out, pictures, notes)
+            render.markdown(tables, findings, selection.left_out, pictures, notes, header, runs_url)
         )
         (folder / "findings.json").write_text(json.dumps(as_json, indent=2))
         _write_outputs(opts, folder, tables, findings)
         if ci.on_github_actions():  # the job summary carries no pictures
-            summary = render.markdown(tables, findings, selection.left_out, None, notes)
-            ci.publish_to_github(summary, findings, notes, sys.stdout)
+            summary = render.markdown(
+                tables, findings, selection.left_out, None, notes, header, runs_url
+            )
+            full = f"{opts.output_dir / 'report.md'}" if opts.output_dir else None
+            ci.publish_to_github(summary, findings, notes, sys.stdout, full_report=full)
         stop.check()  # a signal so far: stop before any run exists
         try:
             run = _log_compare_run(client, selection, opts, findings, folder, host, stop)
@@ -228,6 +118,51 @@ def run_compare(
         f"compare run {run.run_id}: report.md, findings.json and {plots_logged} logged"
     )
     return findings
+
+
+def report_header(opts: CompareOptions, selection: Selection) -> dict[str, str]:
+    """What report.md says it compared: the selection, the baselines, the tolerances, the
+    commits of the judged runs."""
+    chosen = [f'--filter "{opts.filter_string}"'] if opts.filter_string else []
+    chosen += [f"--run-id {', '.join(opts.run_ids)}"] if opts.run_ids else []
+    chosen += ["--latest"] if opts.latest_only else []
+    tol = opts.tolerances
+    baselines = (
+        f"the last {tol.history} earlier finished runs of each run's group, device and host; "
+        "the latest CPU run of its group on its host"
+    )
+    if chosen:
+        baselines += f" (read back within {LOOKBACK:,} runs before the selection)"
+    commits = sorted({r.tags.get(Tags.GIT_COMMIT, "")[:12] for r in selection.judged_runs})
+    commits = [c for c in commits if c]
+    named = ", ".join(commits[:20]) + (f" and {len(commits) - 20} more" * (len(commits) > 20))
+    return {
+        "Selected": " ".join(chosen) or "every finished run of the experiment",
+        "Baselines": baselines,
+        "Tolerances": f"speed {tol.speed:.0%}, accuracy {tol.accuracy:.1%} (absolute)",
+        "Commits": named or "none recorded",
+    }
+
+
+def ui_runs_url(uri: str, experiment_id: str) -> str:
+    """The MLflow UI's address of the experiment's run pages (a run id appended) when the
+    tracking URI is a server, without any user name or password; '' otherwise."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return ""
+    host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+    base = urlunsplit(parts._replace(netloc=host, query="", fragment="")).rstrip("/")
+    return f"{base}/#/experiments/{experiment_id}/runs/"
+
+
+def local_store_missing(uri: str) -> bool:
+    """Whether a local store (a sqlite file, a folder of runs) does not exist."""
+    if uri.startswith("sqlite:///"):
+        name = uri.removeprefix("sqlite:///").split("?")[0]
+        return name not in ("", ":memory:") and not Path(name).exists()
+    if uri.startswith("file:") or "://" not in uri:
+        return not Path(uri.removeprefix("file://").removeprefix("file:")).exists()
+    return False
 
 
 def fails(findings: list[Finding], fail_on: str) -> bool:

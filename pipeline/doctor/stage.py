@@ -88,6 +88,7 @@ def run(
             )
             run.log_table(rows, "doctor.json")
             run.set_tags({Tags.NOTE: note(str(device), tags[Tags.DEVICE_NAME], counts, failures)})
+    out.print(f"doctor run {run.run_id} logged", markup=False, highlight=False)
     if not counts[checks.PASS] and not counts[checks.FAIL]:
         err.print(nothing_checked(str(device), counts), highlight=False)
         return max(len(failures), 1)

@@ -150,6 +150,11 @@ def sweep(
             parent = tracking.Run.start(client, experiment_id, name, tags)
             parent.log_params({**grid.as_params(), **base_params(base)})
             experiment_id = client.get_run(parent.run_id).info.experiment_id  # mlflow run's
+        console.err.print(
+            f"sweep run {parent.run_id} (to resume it: --resume {parent.run_id})",
+            markup=False,
+            highlight=False,
+        )
         failed = 0
         with run_closed(parent, stop):
             done = finished_children(client, parent.run_id)
