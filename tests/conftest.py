@@ -26,6 +26,26 @@ class Result:
 
 
 @pytest.fixture(autouse=True)
+def machine_share(request, tmp_path_factory):
+    """A test marked `alone` runs while no other test does: the suite's two processes share
+    the machine, and a live speed measurement must not share it. Every other test holds a
+    shared lock; an `alone` test takes it exclusively, holding a turnstile meanwhile so that
+    no new test starts while it waits."""
+    import fcntl
+
+    shared = tmp_path_factory.getbasetemp().parent  # one folder for both xdist workers
+    alone = request.node.get_closest_marker("alone") is not None
+    with open(shared / "turnstile.lock", "w") as gate, open(shared / "machine.lock", "w") as lock:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        if not alone:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        if alone:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        yield
+
+
+@pytest.fixture(autouse=True)
 def in_own_folder(monkeypatch, tmp_path):
     """Every test runs in a folder of its own: what a store writes next to the working
     directory (./mlruns, artifacts) never lands in the checkout."""

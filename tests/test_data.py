@@ -43,3 +43,18 @@ def test_both_loaders_give_the_same_batches(tmp_path):
     assert len(tensors) == len(loader) == 4
     for (xa, ya), (xb, yb) in zip(tensors, loader, strict=True):
         assert xa.shape == xb.shape and torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_a_splits_digest_is_its_stored_bytes_whichever_loader_feeds_it(tmp_path):
+    """The data set input's digest: the same bytes give the same digest on both loaders, and
+    one changed byte another."""
+    from pipeline.training import fingerprint
+
+    spec = data.DataSpec("synthetic", tmp_path, seed=3, train_size=300, test_size=100)
+    cpu = torch.device("cpu")
+    tensors = data.batches(spec, False, "tensors", 64, cpu)
+    loader = data.batches(spec, False, "dataloader", 64, cpu)
+    assert fingerprint.digest(tensors) == fingerprint.digest(loader)
+    assert len(fingerprint.digest(tensors)) == fingerprint.DIGEST_CHARS == 36
+    tensors.x[-1, 0, -1, -1] += 1  # the last byte of the last image
+    assert fingerprint.digest(tensors) != fingerprint.digest(loader)

@@ -200,3 +200,11 @@ def test_doctor_records_the_step_on_the_real_shape_with_its_optimizer():
     shapes = {tuple(a.shape) for _, flat, _ in calls for a in flat if isinstance(a, torch.Tensor)}
     assert (64, 3, 16, 16) in shapes and (64, 5) in shapes  # the batch and its logits
     assert {"aten::lerp_.Scalar", "aten::addcdiv_"} <= names  # AdamW's step, not SGD's
+
+
+def test_flops_of_a_model_whose_batch_norm_sees_one_value_per_channel():
+    """A resnet's last block at 1x1: batch norm in training mode refuses a batch of one."""
+    import torch.nn as nn
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.BatchNorm2d(4))
+    assert model.forward_flops(net, (3, 8, 8)) == 3 * 4 * 9 * 36 * 2

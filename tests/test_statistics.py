@@ -111,6 +111,7 @@ def test_a_run_32_percent_slower_than_8_scattered_runs_is_confirmed():
     assert finding.values["speed_vs_history"] == pytest.approx(680 / geometric_mean)
 
 
+@pytest.mark.alone  # identical runs only while nothing else runs: no test beside them
 def test_six_identical_training_runs_give_a_clean_gate(tmp_path, data_dir):
     """Live: six `python -m pipeline train` processes on this machine, back to back, then
     `compare` with no selection, in a folder where nothing is set."""

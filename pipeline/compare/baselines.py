@@ -16,7 +16,7 @@ from collections import defaultdict
 
 from pipeline.compare.records import RunSummary
 from pipeline.compare.rules import twin_key
-from pipeline.schema import Params
+from pipeline.schema import Params, Stages
 
 # Runs of one workload older than the selection that compare reads at most for its
 # baselines; and the newest runs of an experiment --latest picks from.
@@ -34,7 +34,9 @@ def needs_met(
     oldest = min((r.start_time for r in read), default=None)
     series: dict[tuple, list[RunSummary]] = defaultdict(list)
     cpus, fp32 = set(), set()
-    for r in read:
+    for r in read:  # what groups hold: finished train runs (reading.py)
+        if r.stage != Stages.TRAIN or r.status != "FINISHED":
+            continue
         series[(r.group_key, r.device, r.host)].append(r)
         if r.device_type == "cpu":
             cpus |= {(r.group_key, r.host), (r.group_key, None)}

@@ -249,6 +249,8 @@ def base_params(base: TrainConfig) -> dict[str, object]:
             Params.EPOCHS: base.epochs,
             Params.LR: base.lr,
             Params.SEED: base.seed,
+            Params.WEIGHT_DECAY: base.weight_decay,
+            Params.MOMENTUM: base.momentum,
         }
         | (
             {Params.INPUT_SHAPE: "x".join(map(str, base.data.input_shape))}
@@ -279,6 +281,8 @@ def base_from_params(p: dict[str, str], base: TrainConfig) -> TrainConfig:
         epochs=int(p[Params.EPOCHS]),
         lr=float(p[Params.LR]),
         seed=int(p[Params.SEED]),
+        weight_decay=float(p.get(Params.WEIGHT_DECAY, "0.0")),
+        momentum=float(p.get(Params.MOMENTUM, "0.0")),
     )
 
 

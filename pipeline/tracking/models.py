@@ -58,16 +58,20 @@ def log(
     try:
         info = _log_pytorch(module, "pt2", common)
     except Exception as export_failure:  # torch.export cannot trace every module
-        if failed := mlflow.last_logged_model():
+        failed = mlflow.last_logged_model()
+        if failed is not None and failed.source_run_id == run_id:
             MlflowClient().delete_logged_model(failed.model_id)
         metadata["pt2_export_failed"] = str(export_failure).splitlines()[0][:300]
         info = _log_pytorch(module, "pickle", common)
     name, digest = dataset or (None, None)
     client = MlflowClient()
+    # MLflow links what the run has at the model's step itself (a run of one batch an epoch)
+    done = {m.key for m in client.get_logged_model(info.model_id).metrics or []}
     linked = [
         Metric(key, m.value, m.timestamp, m.step, model_id=info.model_id, dataset_name=name,
                dataset_digest=digest, run_id=run_id)
         for key in final
+        if key not in done
         for m in client.get_metric_history(run_id, key)[-1:]
     ]  # fmt: skip
     client.log_batch(run_id, metrics=linked)

@@ -21,14 +21,16 @@ from pipeline.training.datasets import (
 __all__ = ["DataSpec", "SyntheticFashionMNIST", "batches", "load", "write_synthetic"]
 
 
-def host_tensors(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+def host_tensors(dataset: Dataset, stored: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """A whole split on the host as (images N×C×H×W, labels N): IDX and CIFAR files as their
-    bytes, other data sets item by item (image folders as bytes, factories as they give)."""
+    bytes (`stored`: whatever transform the data set has), other data sets item by item
+    (image folders as bytes, factories as they give)."""
     indices = None
     if isinstance(dataset, Subset):
         dataset, indices = dataset.dataset, list(dataset.indices)
     data = getattr(dataset, "data", None)
-    if isinstance(data, torch.Tensor | np.ndarray) and getattr(dataset, "transform", 0) is None:
+    untransformed = stored or getattr(dataset, "transform", 0) is None
+    if isinstance(data, torch.Tensor | np.ndarray) and untransformed:
         images = torch.as_tensor(data)
         images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
         labels = torch.as_tensor(dataset.targets)

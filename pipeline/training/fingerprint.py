@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from pipeline.training import data
+
 DIGEST_CHARS = 36
 
 
@@ -27,21 +29,24 @@ def digest(batches) -> str:
 
 
 def _tensors(batches):
-    if hasattr(batches, "x"):  # TensorBatches: the whole split, already in memory
-        yield batches.x
-        yield batches.y
-        return
-    for x, y in batches.loader:  # LoaderBatches: what the loader makes, batch by batch
-        yield x
-        yield y
+    """The stored tensors (TensorBatches), else the data set's stored bytes where it has them
+    (IDX, CIFAR: the same as the tensors path), else each item as the loader makes it."""
+    if hasattr(batches, "x"):
+        return batches.x, batches.y
+    return data.host_tensors(batches.loader.dataset, stored=True)
 
 
 def dataset_input(name: str, data_dir: Path, batches, context: str) -> dict:
-    """One split as a run input (see tracking.runs.Run.log_datasets)."""
+    """One split as a run input (see tracking.runs.Run.log_datasets); its source: the folder
+    of an `imagefolder:PATH`, a factory's reference, else the data folder."""
+    if name.startswith("imagefolder:"):
+        source = str(Path(name.removeprefix("imagefolder:")).resolve())
+    else:
+        source = name if ":" in name else str(Path(data_dir).resolve())
     return {
         "name": name,
         "digest": digest(batches),
-        "source": str(Path(data_dir).resolve()),
+        "source": source,
         "rows": batches.num_samples,
         "context": context,
     }

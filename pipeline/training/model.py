@@ -205,7 +205,11 @@ def forward_flops(net: nn.Module, shape: tuple[int, ...] = IMAGE) -> int:
 
     was_training = net.training
     counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        net.train()(torch.zeros(1, *shape))
-    net.train(was_training)
-    return counter.get_total_flops()
+    try:  # two images: batch norm in training mode refuses one value per channel
+        with counter, torch.no_grad():
+            net.train()(torch.zeros(2, *shape))
+    except Exception as e:
+        raise UserError(f"cannot count the model's FLOPs on a batch of 2: {e}") from None
+    finally:
+        net.train(was_training)
+    return counter.get_total_flops() // 2

@@ -115,9 +115,9 @@ def train(cfg: TrainConfig, target: RunTarget, quiet: bool = False) -> str:
     costs = Costs(device)
     with interrupts_requested() as stop:
         run = tracking.Run.start(client, experiment_id, name, tags, join=not target.parent_run_id)
-        if cfg.system_metrics:
-            run.start_system_metrics(cfg.system_metrics)
         with run_closed(run, stop, before_kill=lambda: _flush_losses(run, losses)):
+            if cfg.system_metrics:
+                run.start_system_metrics(cfg.system_metrics)
             run.log_params(params)
             run.log_datasets(inputs)
             # Everything made so far lives to the end: out of the collector's way, so that
