@@ -112,7 +112,10 @@ def test_every_mlproject_entry_point_is_a_command_we_accept(entry):
     """Each parameter is used, and the command, with every default (or a stand-in for a
     required one) filled in, parses against the CLI: no parameter that cannot take effect."""
     spec = MLPROJECT["entry_points"][entry]
-    values = {k: str(p.get("default", "abc123")) for k, p in spec["parameters"].items()}
+    # as `mlflow run` substitutes them: each value shell-quoted (an empty one is '')
+    values = {
+        k: shlex.quote(str(p.get("default", "abc123"))) for k, p in spec["parameters"].items()
+    }
     for key in values:
         assert "{" + key + "}" in spec["command"], f"{entry}: parameter {key} is never used"
     words = shlex.split(spec["command"].format(**values))
