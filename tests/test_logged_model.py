@@ -65,6 +65,8 @@ def test_the_model_is_a_logged_model_with_its_accuracy(trained):
     linked = {m.key: m for m in logged.metrics}
     assert linked[Metrics.TEST_ACCURACY].value == run.data.metrics[Metrics.TEST_ACCURACY]
     assert linked[Metrics.TEST_ACCURACY].dataset_name == "synthetic"
+    files = {a.path for a in client.list_artifacts(run.info.run_id, "model/data")}
+    assert "model/data/model.pt2" in files  # torch.export's format, not a pickle
     steps = [m.step for m in client.get_metric_history(run.info.run_id, Metrics.TEST_ACCURACY)]
     assert steps == [1, 2]  # linking adds no point to the run's history
 
