@@ -258,16 +258,21 @@ def run_pipeline(epochs: int, data_dir: str, env: dict, extra: list[str], store:
 
 
 def watch_peak(proc: subprocess.Popen) -> float:
-    """The peak RSS of a process and of any processes it has started, summed. VmHWM never
-    falls, so the last reading of each process is its peak."""
+    """The peak RSS of a process and of any programs it has started, summed. VmHWM never
+    falls, so the last reading of each process is its peak. A child still running the
+    parent's program (forked, not yet exec'd: `git` between vfork and exec) reports the
+    parent's pages as its own, so it is counted only once it runs a program of its own."""
     import psutil
 
     peaks: dict[int, float] = {}
     while proc.poll() is None:
         # Gone, or a zombie (no VmHWM line): the last reading stands.
         with contextlib.suppress(FileNotFoundError, IndexError, psutil.NoSuchProcess):
-            for p in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(True)]:
-                peaks[p.pid] = peak_rss_mib(p.pid)
+            parent = psutil.Process(proc.pid)
+            peaks[parent.pid] = peak_rss_mib(parent.pid)
+            for p in parent.children(True):
+                if p.cmdline() != parent.cmdline():
+                    peaks[p.pid] = peak_rss_mib(p.pid)
         time.sleep(0.05)
     proc.stdout_text, stderr = proc.communicate()
     if proc.returncode != 0:

@@ -140,6 +140,9 @@ def train(cfg: TrainConfig, target: RunTarget, quiet: bool = False) -> str:
             final = [Metrics.TEST_ACCURACY, Metrics.TEST_LOSS]
             test_data = inputs[1]["name"], inputs[1]["digest"]
             steps = len(train_batches) * cfg.epochs
+            # The training data is done with: freed before the model's export, which imports
+            # torch's compiler stack, so that the run's peak memory is one or the other's.
+            del train_batches
             artifact.log(
                 run, net, cfg, device, model_config, steps, example, final, test_data,
                 target.register_model,
