@@ -95,6 +95,25 @@ class Stages:
     DOCTOR = "doctor"  # one device's operations checked against the CPU
 
 
+# What pipeline.peak_memory_source says (train runs), and the short name tables label a
+# peak-memory figure with when the figures beside it were measured another way.
+MEMORY_CUDA = "cuda allocator peak over the epochs (max_memory_allocated)"
+MEMORY_MPS = "mps current_allocated_memory, sampled during the epochs"
+MEMORY_RSS_SAMPLED = "process resident set, sampled during the epochs"
+MEMORY_VMHWM = "process peak resident set (VmHWM)"
+MEMORY_SOURCES = {
+    MEMORY_CUDA: "allocator peak",
+    MEMORY_MPS: "mps allocated, sampled",
+    MEMORY_RSS_SAMPLED: "RSS, sampled",
+    MEMORY_VMHWM: "process peak RSS",
+}
+
+
+def memory_method(source: str | None) -> str:
+    """The short name of a peak_memory_source ("unlabelled" for runs that lack the tag)."""
+    return MEMORY_SOURCES.get(source or "", source or "unlabelled")
+
+
 class Metrics:
     TRAIN_LOSS = "train_loss"  # every batch, step = global batch index from 0
     TEST_LOSS = "test_loss"  # every epoch, step = epoch from 1

@@ -54,6 +54,8 @@ def test_sweep_runs_children_under_one_parent(cli, client, tmp_path):
         summary = json.load(f)
     assert summary["devices"] == ["cpu"] and len(summary["rows"]) == 4
     assert all(row["peak_memory_mb"]["cpu"] > 0 for row in summary["rows"])  # each child's
+    # ... labelled with how it was measured (Linux: the process's VmHWM)
+    assert all(row["memory_method"] == {"cpu": "process peak RSS"} for row in summary["rows"])
     assert "samples/s" in result.stdout and "no accelerator in this sweep" in result.stdout
 
 
@@ -166,12 +168,15 @@ def test_models_and_precisions_are_axes_of_the_grid(cli, client):
 
 
 def test_sweep_cells_show_peak_memory_and_energy_where_measured():
+    rss, allocator = "process peak RSS", "allocator peak"
     records = [
         {**record("mlp", 512, 64, "cpu", 1000.0, 1), "peak_memory_mb": 300.0},
         {**record("mlp", 512, 64, "cpu", 1100.0, 1), "peak_memory_mb": 310.0},
         {**record("mlp", 512, 64, "cpu", 1200.0, 1), "peak_memory_mb": 320.0},
         {**record("mlp", 512, 64, "cuda:0", 4000.0, 1), "peak_memory_mb": 50.0, "energy_j": 900.0},
     ]
+    for r in records:
+        r["memory_method"] = rss if r["device"] == "cpu" else allocator
     summary = sweep.crossover_table(records)
     (row,) = summary["rows"]
     assert row["peak_memory_mb"] == {"cpu": 310.0, "cuda:0": 50.0}  # a cell's median
@@ -180,7 +185,15 @@ def test_sweep_cells_show_peak_memory_and_energy_where_measured():
         "1,100 | 310 MiB",
         "4,000 (3.64×) | 50 MiB · 900 J",
     ]
-    assert "| 4,000 (3.64×)<br>50 MiB · 900 J |" in render.sweep_markdown(summary)
+    # The table mixes two ways of measuring memory: each figure says which, and a line why.
+    markdown = render.sweep_markdown(summary)
+    assert "| 4,000 (3.64×)<br>50 MiB (allocator peak) · 900 J |" in markdown
+    assert "| 1,100<br>310 MiB (process peak RSS) |" in markdown
+    assert render.MIXED in markdown and render.sweep_table(summary).caption == render.MIXED
+    # One way only: the figures stand alone.
+    same = sweep.crossover_table([r for r in records if r["device"] == "cpu"])
+    assert "| 1,100<br>310 MiB |" in render.sweep_markdown(same)
+    assert render.MIXED not in render.sweep_markdown(same)
 
 
 def test_a_refused_child_stops_the_sweep_and_fails_its_parent(cli, client, tmp_path):

@@ -17,9 +17,9 @@ def crossover_table(records: list[dict]) -> dict:
     """Plain data in (one record a child: its workload, device, samples/s, forward FLOPs per
     sample and, where measured, peak memory and energy), plain data out: a row per workload,
     ordered by FLOPs per batch within each model and precision, with each device's samples/s,
-    peak MiB and joules (the median of a cell's repeats, and how many ran) and speed-up over
-    the CPU; and for each accelerator, model and precision, the smallest workload at which it
-    beats the CPU."""
+    peak MiB (and how it was measured: its short method) and joules (the median of a cell's
+    repeats, and how many ran) and speed-up over the CPU; and for each accelerator, model and
+    precision, the smallest workload at which it beats the CPU."""
     rows: dict[tuple, dict] = {}
     for r in records:
         setup = {k: r.get(k, default) for k, default in SETUP.items()}
@@ -34,8 +34,11 @@ def crossover_table(records: list[dict]) -> dict:
                 "batch_size": r["batch_size"],
                 "flops_per_batch": r["flops_per_sample"] * r["batch_size"],
                 **{key: {} for key in CELL_MEASURES},
+                "memory_method": {},
             },
         )
+        if r.get("peak_memory_mb") is not None:
+            row["memory_method"][r["device"]] = r.get("memory_method", "unlabelled")
         for key in CELL_MEASURES:
             if r.get(key) is not None:
                 row[key].setdefault(r["device"], []).append(r[key])

@@ -20,7 +20,7 @@ from pipeline import config, console, devices, plots
 from pipeline.config import RunTarget, TrainConfig
 from pipeline.data_options import as_shape
 from pipeline.errors import UserError
-from pipeline.schema import Metrics, Params, Stages, Tags
+from pipeline.schema import Metrics, Params, Stages, Tags, memory_method
 from pipeline.sweep import tables
 from pipeline.sweep.crossover import crossover_table
 from pipeline.tracking import runs as tracking
@@ -342,6 +342,7 @@ def summarise(client: MlflowClient, parent_id: str) -> dict:
                 "samples_per_s": m[Metrics.SAMPLES_PER_S],
                 "flops_per_sample": m.get(Metrics.FORWARD_FLOPS, 0.0),
                 "peak_memory_mb": m.get(Metrics.PEAK_MEMORY_MB),
+                "memory_method": memory_method(r.data.tags.get(Tags.PEAK_MEMORY_SOURCE)),
                 "energy_j": m.get(Metrics.ENERGY_J),
             }
         )

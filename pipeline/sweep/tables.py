@@ -6,23 +6,34 @@ text out."""
 from rich.table import Table
 
 SWEEP_KEYS = ("model", "precision", "dataset", "optimizer", "compile", "hidden", "batch_size")
+MIXED = (
+    "Peak memory was measured in different ways here (in brackets), which are different "
+    "quantities: compare it only between cells measured the same way."
+)
 HEADINGS = ("model", "precision", "data", "optimizer", "compile", "hidden", "batch")
 
 
-def cells(row: dict, device_names: list[str], sep: str = "\n") -> list[str]:
+def memory_methods(summary: dict) -> set[str]:
+    """How the table's peak-memory figures were measured (short names)."""
+    return {m for row in summary["rows"] for m in row.get("memory_method", {}).values()}
+
+
+def cells(row: dict, device_names: list[str], sep: str = "\n", label: bool = False) -> list[str]:
     """One table row's entries: samples/s, with the speed-up over the CPU where there is one,
-    then peak memory and energy where the run measured them."""
+    then peak memory (`label`: followed by how it was measured, for a table that mixes
+    methods) and energy where the run measured them."""
     out = []
     for d in device_names:
         speed, up = row["samples_per_s"].get(d), row["speedup_vs_cpu"].get(d)
         if speed is None:
             out.append("-")
             continue
-        costs = [
-            fmt.format(row[key][d])
-            for key, fmt in (("peak_memory_mb", "{:,.0f} MiB"), ("energy_j", "{:,.0f} J"))
-            if row.get(key, {}).get(d) is not None
-        ]
+        costs = []
+        if (memory := row.get("peak_memory_mb", {}).get(d)) is not None:
+            method = row.get("memory_method", {}).get(d, "unlabelled")
+            costs.append(f"{memory:,.0f} MiB" + (f" ({method})" if label else ""))
+        if (energy := row.get("energy_j", {}).get(d)) is not None:
+            costs.append(f"{energy:,.0f} J")
         text = f"{speed:,.0f}" + (f" ({up:.2f}×)" if up else "")
         out.append(sep.join([text, " · ".join(costs)]) if costs else text)
     return out
@@ -37,8 +48,11 @@ def sweep_table(summary: dict) -> Table:
     table = Table(title=title)
     for heading in (*HEADINGS, *summary["devices"]):
         table.add_column(heading)
+    label = len(memory_methods(summary)) > 1
     for row in summary["rows"]:
-        table.add_row(*workload_cells(row), *cells(row, summary["devices"]))
+        table.add_row(*workload_cells(row), *cells(row, summary["devices"], label=label))
+    if label:
+        table.caption = MIXED
     return table
 
 
@@ -47,9 +61,12 @@ def sweep_markdown(summary: dict) -> str:
     lines += ["and energy where the run measured them.", ""]
     lines.append("| " + " | ".join((*HEADINGS, *summary["devices"])) + " |")
     lines.append("|" + "---|" * (len(HEADINGS) + len(summary["devices"])))
+    label = len(memory_methods(summary)) > 1
     for row in summary["rows"]:
-        entries = [*workload_cells(row), *cells(row, summary["devices"], sep="<br>")]
+        entries = [*workload_cells(row), *cells(row, summary["devices"], "<br>", label)]
         lines.append("| " + " | ".join(entries) + " |")
+    if label:
+        lines += ["", MIXED]
     lines += ["", "## Crossover", ""]
     lines += crossover_lines(summary) or ["No accelerator in this sweep."]
     return "\n".join(lines) + "\n"

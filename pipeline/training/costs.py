@@ -11,6 +11,7 @@ from pathlib import Path
 import psutil
 import torch
 
+from pipeline import schema
 from pipeline.schema import Metrics, Tags
 from pipeline.training import profiling
 
@@ -136,12 +137,10 @@ class PeakMemory:
     @property
     def source(self) -> str:
         if self.device.type == "cuda":
-            return "cuda allocator peak over the epochs (max_memory_allocated)"
+            return schema.MEMORY_CUDA
         if self.device.type == "mps":
-            return "mps current_allocated_memory, sampled during the epochs"
-        if self.sampler is not None:
-            return "process resident set, sampled during the epochs"
-        return "process peak resident set (VmHWM)"
+            return schema.MEMORY_MPS
+        return schema.MEMORY_RSS_SAMPLED if self.sampler is not None else schema.MEMORY_VMHWM
 
     def resume(self) -> None:
         """An epoch starts."""
