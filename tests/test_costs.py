@@ -322,12 +322,26 @@ def test_no_energy_is_claimed_on_the_cpu(monkeypatch):
 
 
 def test_a_train_run_divides_the_samples_of_the_passes_its_energy_covers(cli, client, monkeypatch):
-    """NOT a GPU: the CPU with a stand-in counter that gains 10 J between two readings. The
-    energy covers each epoch's training and test passes; so do the samples."""
-    readings = iter(range(0, 10_000, 10))
-    monkeypatch.setattr(costs, "energy_counter", lambda device: lambda: next(readings))
-    assert cli("train", "--device", "cpu", "--epochs", "2", *SMALL, "--quiet").code == 0
+    """NOT a GPU: the CPU with a stand-in counter that gains one joule for every image the
+    model's classifier (its last layer, 10 outputs) has seen: the work done, not the readings
+    taken. Energy covers each epoch's training and test passes and the first epoch's warm-up
+    evaluation batch, nothing else (not the parity probe, not the profiled window between the
+    epochs); the samples, the same passes."""
+    seen = [0]
+
+    def count(module, args, output):
+        if isinstance(module, torch.nn.Linear) and module.out_features == 10:
+            seen[0] += args[0].shape[0]
+
+    hook = torch.nn.modules.module.register_module_forward_hook(count)
+    try:
+        monkeypatch.setattr(costs, "energy_counter", lambda device: lambda: float(seen[0]))
+        assert cli("train", "--device", "cpu", "--epochs", "2", *SMALL, "--quiet").code == 0
+    finally:
+        hook.remove()
     (run,) = client.search_runs(["0"])
     metrics = run.data.metrics
-    assert metrics[Metrics.ENERGY_J] == 20  # two epochs, each read when it starts and ends
-    assert metrics[Metrics.SAMPLES_PER_J] == (640 + 128) * 2 / 20
+    assert seen[0] > (640 + 128) * 2  # the probe and the window ran the model too
+    covered = (640 + 128) * 2 + 64  # the epochs' passes and the warm-up batch, and only them
+    assert metrics[Metrics.ENERGY_J] == covered
+    assert metrics[Metrics.SAMPLES_PER_J] == 1

@@ -130,9 +130,11 @@ def train(cfg: TrainConfig, target: RunTarget, quiet: bool = False) -> str:
                 )  # fmt: skip
                 summary |= parity_probe(net, model_config, device, test_batches, precision)
             summary[Metrics.FORWARD_FLOPS] = flops
-            # energy covers each epoch's training and test passes: so do the samples
+            # energy covers each epoch's training and test passes and the first epoch's
+            # warm-up evaluation batch: so do the samples
             passes = train_batches.num_samples + test_batches.num_samples
-            summary |= costs.metrics(passes * cfg.epochs)
+            warm_up = min(cfg.batch_size, test_batches.num_samples)
+            summary |= costs.metrics(passes * cfg.epochs + warm_up)
             summary[Metrics.CPU_FALLBACKS] = len(fallbacks)
             run.set_tags(costs.tags(fallbacks))
             costs.log(run)
