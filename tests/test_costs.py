@@ -267,6 +267,13 @@ class StandInNVML(types.ModuleType):
     def nvmlDeviceGetTotalEnergyConsumption(self, handle):
         return handle["mj"]
 
+    NVML_DEVICE_MIG_ENABLE = 1
+
+    def nvmlDeviceGetMigMode(self, handle):
+        if "mig" not in handle:
+            raise RuntimeError("NVML_ERROR_NOT_SUPPORTED")  # a GPU without MIG
+        return handle["mig"], handle["mig"]
+
 
 def two_gpus(monkeypatch, by_uuid: bool = True) -> list[dict]:
     """NVML's GPU 0 and 1; torch's cuda:0 is NVML's 1 (CUDA_VISIBLE_DEVICES=1, or CUDA's
@@ -292,6 +299,16 @@ def test_energy_comes_from_the_gpu_torch_runs_on(monkeypatch, by_uuid):
     gpus[0]["mj"], gpus[1]["mj"] = 5_000, 7_000
     counter = costs.energy_counter(torch.device("cuda:0"))
     assert counter() == 7.0  # joules, NVML's GPU 1
+
+
+@pytest.mark.parametrize("by_uuid", [True, False], ids=["by UUID", "by PCI bus id"])
+def test_no_energy_is_claimed_on_a_gpu_split_into_mig_instances(monkeypatch, by_uuid):
+    """The counter covers the whole GPU, every MIG instance's work: not this run's."""
+    gpus = two_gpus(monkeypatch, by_uuid)
+    gpus[1]["mig"] = 0  # MIG off: counted
+    assert costs.energy_counter(torch.device("cuda:0")) is not None
+    gpus[1]["mig"] = 1
+    assert costs.energy_counter(torch.device("cuda:0")) is None
 
 
 def test_energy_counts_the_epochs_and_divides_the_samples_they_processed(monkeypatch):

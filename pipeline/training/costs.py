@@ -186,7 +186,9 @@ def vm_hwm() -> int | None:
 
 def energy_counter(device: torch.device):
     """A function reading the GPU's total-energy counter in joules (NVML), or None where no
-    counter exists (the CPU, mps, a GPU or driver without it): nothing is estimated."""
+    counter exists (the CPU, mps, a GPU or driver without it) or where it would count other
+    work too (a GPU split into MIG instances: the counter is the whole GPU's): nothing is
+    estimated."""
     if device.type != "cuda":
         return None
     try:
@@ -194,6 +196,8 @@ def energy_counter(device: torch.device):
 
         pynvml.nvmlInit()
         handle = nvml_handle(pynvml, device)
+        if _mig_enabled(pynvml, handle):
+            return None
         pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)  # millijoules since the driver loaded
     except Exception:
         return None
@@ -210,3 +214,12 @@ def nvml_handle(pynvml, device: torch.device):
     except Exception:
         bus = f"{props.pci_domain_id:08X}:{props.pci_bus_id:02X}:{props.pci_device_id:02X}.0"
         return pynvml.nvmlDeviceGetHandleByPciBusId(bus)
+
+
+def _mig_enabled(pynvml, handle) -> bool:
+    """Whether the GPU runs MIG instances (a GPU without MIG answers NOT_SUPPORTED)."""
+    try:
+        current, _pending = pynvml.nvmlDeviceGetMigMode(handle)
+    except Exception:
+        return False
+    return current == pynvml.NVML_DEVICE_MIG_ENABLE
