@@ -171,3 +171,30 @@ def test_the_speed_over_commits_picture(commits):
             assert ax.get_xlabel() == "run start (UTC)"
     finally:
         plots.pyplot().close(fig)
+
+
+def test_a_sweep_cells_bar_is_its_rows_median_with_its_interval():
+    from pipeline.compare import pictures
+    from pipeline.compare.records import Group, RunSummary
+
+    def run(run_id: str, start: int, speed: float, parent: str = "") -> RunSummary:
+        tags = {Tags.HOST: "box", Tags.DEVICE: "cpu", Tags.PARENT: parent}
+        metrics = {Metrics.SAMPLES_PER_S: speed}
+        return RunSummary(run_id, run_id, "0", start, "FINISHED", {}, metrics, tags)
+
+    repeats = [run(f"r{i}", i, s, parent="sweep") for i, s in enumerate((900.0, 1000.0, 1100.0))]
+    row = report_row(run_ids=["r0", "r1", "r2"], samples_per_s=1000.0,
+                     samples_per_s_ci=[900.0, 1100.0])  # fmt: skip
+    assert pictures.bar(repeats[-1], {"runs": [row]}, Metrics.SAMPLES_PER_S) == (
+        1000.0,
+        (900.0, 1100.0),
+    )
+    assert pictures.bar(repeats[-1], None, Metrics.SAMPLES_PER_S) == (1100.0, None)
+    # one sweep cell's repeats are no history; a second run of the series is
+    assert not pictures.has_history(Group(1, {}, repeats))
+    assert pictures.history_lines(Group(1, {}, repeats)) is None
+    again = Group(1, {}, [*repeats, run("r3", 9, 1050.0)])
+    lines, figure = pictures.history_lines(again)
+    assert figure == Metrics.SAMPLES_PER_S
+    assert lines == {"cpu @ box": [(i, "", s) for i, s in ((0, 900.0), (1, 1000.0), (2, 1100.0),
+                                                         (9, 1050.0))]}  # fmt: skip
