@@ -89,6 +89,8 @@ def test_the_baseline_column_in_markdown_and_the_terminal():
     assert "| cpu | h | 30,000 | 31,900 (0.94× [0.90, 0.98] 99.8%) |" in lines
     assert "| mps | h | 9,000 |  |" in lines  # no history: nothing
     assert "| cuda:0 | g | 8,000 | 12.30 s (0.94×) |" in lines  # a time, no noise estimate
+    close = {**BASELINED, "baseline_ratio_ci_level": 0.999992}  # a level never shown as 100%
+    assert render.describe_baseline(close) == "31,900 (0.94× [0.90, 0.98] 99.999%)"
     screen = io.StringIO()
     render.print_terminal(Console(file=screen, width=200), [table], [], {})
     assert "31,900 (0.94× [0.90, 0.98] 99.8%)" in screen.getvalue()

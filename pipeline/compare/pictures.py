@@ -5,7 +5,7 @@ a group's speed over commits. No I/O here."""
 from pipeline.compare import render, speed
 from pipeline.compare.baselines import LOOKBACK
 from pipeline.compare.records import Finding, Group, RunSummary
-from pipeline.schema import Tags
+from pipeline.schema import Metrics, Tags
 
 
 def drawn(groups: list[Group], tables: list[dict], findings: list[Finding]) -> list[Group]:
@@ -31,7 +31,7 @@ def bar(run: RunSummary, table: dict | None, key: str) -> tuple[float, tuple | N
     """The run's speed bar: its table row's median and interval when the row holds it (a
     sweep cell's repeats) and the figure is throughput, else the run's own figure."""
     row = next((r for r in (table or {}).get("runs", []) if run.run_id in r["run_ids"]), None)
-    if row and key == "samples_per_s" and row["samples_per_s"] is not None:
+    if row and key == Metrics.SAMPLES_PER_S and row["samples_per_s"] is not None:
         ci = row["samples_per_s_ci"]
         return row["samples_per_s"], (tuple(ci) if ci else None)
     return run.metrics[key], None

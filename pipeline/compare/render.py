@@ -171,8 +171,16 @@ def describe_baseline(r: dict) -> str:
     if r.get("baseline_ratio_ci"):
         low, high = r["baseline_ratio_ci"]
         upper = f"{high:.2f}" if high is not None and high < evidence.USEFUL_BOUND else "∞"
-        ratio += f" [{low:.2f}, {upper}] {r['baseline_ratio_ci_level']:.1%}"
+        ratio += f" [{low:.2f}, {upper}] {percent(r['baseline_ratio_ci_level'])}"
     return f"{figure} ({ratio})"
+
+
+def percent(level: float) -> str:
+    """A level with the decimals that keep it under 100% (99.9%, 99.996%)."""
+    digits = 1
+    while round(level * 100, digits) >= 100 and digits < 6:
+        digits += 1
+    return f"{level:.{digits}%}"
 
 
 def terminal_rows(rows: list[dict]) -> list[dict]:
