@@ -3,8 +3,13 @@ run's curves, a compare group's devices side by side, a sweep's throughput."""
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.schema import Metrics
+
+if TYPE_CHECKING:  # matplotlib is imported only when something is drawn
+    from matplotlib.axis import Axis
+    from matplotlib.figure import Figure
 
 
 def pyplot():
@@ -16,14 +21,15 @@ def pyplot():
     return plt
 
 
-def integer_ticks(axis) -> None:
+def integer_ticks(axis: "Axis") -> None:
     """Whole numbers only on an axis that counts (epochs, commits)."""
     from matplotlib.ticker import MaxNLocator
 
     axis.set_major_locator(MaxNLocator(integer=True))
 
 
-def save(fig, path: Path, dpi: int) -> None:
+def save(fig: "Figure", path: Path, dpi: int) -> None:
+    """Write the picture and free it."""
     fig.savefig(path, dpi=dpi)
     pyplot().close(fig)
 
@@ -31,10 +37,13 @@ def save(fig, path: Path, dpi: int) -> None:
 def plot_run(
     losses: list[float], epochs: list[tuple[int, float, float]], title_: str, path: Path
 ) -> None:
+    """run_figure, written to `path`."""
     save(run_figure(losses, epochs, title_), path, dpi=90)
 
 
-def run_figure(losses: list[float], epochs: list[tuple[int, float, float]], title_: str):
+def run_figure(
+    losses: list[float], epochs: list[tuple[int, float, float]], title_: str
+) -> "Figure":
     """One train run's curves: every batch's loss; test accuracy and loss per epoch."""
     plt = pyplot()
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
@@ -64,12 +73,13 @@ SWEEP_AXES = ("dataset", "model", "precision", "hidden", "optimizer", "compile")
 
 
 def plot_sweep(summary: dict, path: Path) -> None:
+    """sweep_figure, written to `path`."""
     fig = sweep_figure(summary)
     fig.tight_layout()
     save(fig, path, dpi=90)
 
 
-def sweep_figure(summary: dict):
+def sweep_figure(summary: dict) -> "Figure":
     """Throughput against batch size: a colour per device, a line style per workload, each
     line named by its device and every axis that varies across the sweep's rows."""
     plt = pyplot()
@@ -123,10 +133,11 @@ class Series:
 
 
 def plot_group(title: str, series: list[Series], speed_figure: str, path: Path) -> None:
+    """group_figure, written to `path`."""
     save(group_figure(title, series, speed_figure), path, dpi=80)
 
 
-def group_figure(title: str, series: list[Series], speed_figure: str):
+def group_figure(title: str, series: list[Series], speed_figure: str) -> "Figure":
     """A group's devices side by side: per-batch train_loss and per-epoch test_accuracy
     overlaid, and each one's speed with its repeats' interval, the CPU of each host a
     reference line."""
@@ -175,10 +186,13 @@ def group_figure(title: str, series: list[Series], speed_figure: str):
 def plot_history(
     title: str, lines: dict[str, list[tuple[int, str, float]]], speed_figure: str, path: Path
 ) -> None:
+    """history_figure, written to `path`."""
     save(history_figure(title, lines, speed_figure), path, dpi=80)
 
 
-def history_figure(title: str, lines: dict[str, list[tuple[int, str, float]]], speed_figure: str):
+def history_figure(
+    title: str, lines: dict[str, list[tuple[int, str, float]]], speed_figure: str
+) -> "Figure":
     """A group's speed over the commits its runs record, oldest first, a line per device and
     host (`lines`: label -> its runs' (start time in ms, commit or '', speed figure)); over
     the runs' start times when a run has no commit."""
