@@ -34,8 +34,11 @@ def test_plots_change_no_finding_and_stay_bounded(cli, client, store, tmp_path):
         key=lambda r: r.info.start_time,
     )
     pictures = [a.path for a in client.list_artifacts(first.info.run_id) if a.path.endswith("png")]
-    assert len(pictures) == render.MAX_PLOTTED_GROUPS  # every group has several devices
-    drawn = {int(p.removeprefix("group-").removesuffix(".png")) for p in pictures}
+    groups = [p for p in pictures if p.startswith("group-")]
+    assert len(groups) == render.MAX_PLOTTED_GROUPS  # every group has several devices
+    drawn = {int(p.removeprefix("group-").removesuffix(".png")) for p in groups}
+    # a speed-over-commits picture only beside a group picture (every group has history)
+    assert sorted(set(pictures) - set(groups)) == sorted(f"history-{g}.png" for g in drawn)
     if len(flagged_groups) >= len(drawn):  # the flagged groups come first
         assert drawn <= flagged_groups
     else:

@@ -152,6 +152,16 @@ def upper_bound(test: Test, alpha: float) -> float:
     return math.exp(log_bound) if log_bound < MAX_LOG else math.inf
 
 
+def ratio_interval(test: Test, alpha: float) -> tuple[float, float, float]:
+    """(low, high, level): the two-sided interval of the true speed ratio whose upper end is
+    the verdict's one-sided (1 - α) bound (`upper_bound`), so its level is 1 - 2α."""
+    from scipy import stats
+
+    t = stats.t.ppf(1 - alpha, test.df) * test.se
+    low = math.exp(max(test.log_ratio - t, -MAX_LOG))
+    return low, upper_bound(test, alpha), 1 - 2 * alpha
+
+
 def verdict(test: Test | None, ratio: float, alpha: float, tolerance: float) -> str | None:
     """CONFIRMED, UNCONFIRMED or INSUFFICIENT for a finding; None for no finding (a note
     when the ratio is past the tolerance)."""

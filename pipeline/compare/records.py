@@ -104,6 +104,8 @@ class Group:
     id: int
     params: dict[str, str]
     runs: list[RunSummary]  # oldest first
+    # run id -> the history baseline its speed verdict used (speed.baseline), from rules.judge
+    baselines: dict[str, dict] = field(default_factory=dict)
 
     @cached_property
     def series(self) -> dict[tuple[str, str], list[RunSummary]]:

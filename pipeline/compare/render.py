@@ -23,6 +23,7 @@ COLUMNS = [
     ("train s", "train_time_s", "{:.2f}"),
     ("runs", "repeats", "{}"),
     ("samples/s", "samples_per_s", "{:,.0f}"),
+    ("baseline", "baseline_median", "{}"),  # the history baseline: median (ratio [ci] level)
     ("vs cpu", "speed_vs_cpu", "{:.2f}×"),
     ("to target s", "time_to_target_s", "{:.2f}"),
     ("test acc", "test_accuracy", "{:.1%}"),
@@ -36,6 +37,14 @@ TITLE_PARAMS = (Params.DATASET, Params.MODEL, Params.BATCH_SIZE, Params.LR, Para
 MAX_TERMINAL_GROUPS = 20
 MAX_TERMINAL_ROWS = 20  # a group's rows in the terminal, flagged ones always
 MAX_PLOTTED_GROUPS = 6
+BASELINE = (
+    "baseline_figure",
+    "baseline_median",
+    "baseline_runs",
+    "baseline_ratio",
+    "baseline_ratio_ci",
+    "baseline_ratio_ci_level",
+)
 
 
 def row(runs: list[RunSummary], group: Group, findings: list[Finding]) -> dict:
@@ -72,7 +81,14 @@ def row(runs: list[RunSummary], group: Group, findings: list[Finding]) -> dict:
         "peak_memory_mb": median(Metrics.PEAK_MEMORY_MB),
         "energy_j": median(Metrics.ENERGY_J),
         "flags": ", ".join(sorted({f.kind for f in findings if f.run_id in ids})),
+        **{key: group.baselines.get(latest.run_id, {}).get(key) for key in BASELINE},
     }
+
+
+def by_change(rows: list[dict]) -> list[dict]:
+    """Rows by their change against their history baseline, the largest slowdown first (as
+    asv's compare sorts), then the rows without one in their order."""
+    return sorted(rows, key=lambda r: (r["baseline_ratio"] is None, r["baseline_ratio"] or 0.0))
 
 
 def tables(selection: Selection, groups: list[Group], findings: list[Finding]) -> list[dict]:
@@ -91,7 +107,7 @@ def tables(selection: Selection, groups: list[Group], findings: list[Finding]) -
                     "id": group.id,
                     "title": title(group),
                     "params": group.params,
-                    "runs": [row(runs, group, findings) for runs in rows.values()],
+                    "runs": by_change([row(runs, group, findings) for runs in rows.values()]),
                 }
             )
     return out
@@ -133,22 +149,50 @@ def escape(text: str) -> str:
 
 
 def row_cell(r: dict, key: str, fmt: str) -> str:
-    """A table row's entry; repeated runs' throughput with its interval and level."""
+    """A table row's entry; repeated runs' throughput with its interval and level; the
+    history baseline with the ratio to it and that ratio's interval and level."""
     if key == "samples_per_s" and r.get("samples_per_s_ci"):
         low, high = r["samples_per_s_ci"]
         interval = evidence.describe_interval((low, high, r["samples_per_s_ci_level"]))
         return f"{cell(r[key], fmt)} ({interval})"
+    if key == "baseline_median" and r.get(key) is not None:
+        return describe_baseline(r)
     return cell(r[key], fmt)
+
+
+def describe_baseline(r: dict) -> str:
+    """'31,900 (0.94× [0.90, 0.98] 99.8%)': the history median of the speed figure, the
+    verdict's ratio of speeds and its interval with its level ('12.30 s (...)' for a time)."""
+    median = r["baseline_median"]
+    figure = (
+        f"{median:,.0f}" if r["baseline_figure"] == Metrics.SAMPLES_PER_S else f"{median:.2f} s"
+    )
+    ratio = f"{r['baseline_ratio']:.2f}×"
+    if r.get("baseline_ratio_ci"):
+        low, high = r["baseline_ratio_ci"]
+        upper = f"{high:.2f}" if high is not None and high < evidence.USEFUL_BOUND else "∞"
+        ratio += f" [{low:.2f}, {upper}] {percent(r['baseline_ratio_ci_level'])}"
+    return f"{figure} ({ratio})"
+
+
+def percent(level: float) -> str:
+    """A level with the decimals that keep it under 100% (99.9%, 99.996%)."""
+    digits = 1
+    while round(level * 100, digits) >= 100 and digits < 6:
+        digits += 1
+    return f"{level:.{digits}%}"
 
 
 def terminal_rows(rows: list[dict]) -> list[dict]:
     """A group's rows as the terminal shows them: all, or past MAX_TERMINAL_ROWS the flagged
-    ones and the latest others up to that many, in their order."""
+    ones and, up to that many, the others with the largest changes against their baseline,
+    then the latest without one; in the table's order."""
     if len(rows) <= MAX_TERMINAL_ROWS:
         return rows
     flagged = [i for i, r in enumerate(rows) if r["flags"]]
-    others = [i for i, r in enumerate(rows) if not r["flags"]]
-    keep = set(flagged) | set(others[max(0, len(others) - MAX_TERMINAL_ROWS + len(flagged)) :])
+    others = [i for i, r in enumerate(rows) if not r["flags"] and r["baseline_ratio"] is not None]
+    others += [i for i, r in reversed(list(enumerate(rows))) if not (r["flags"] or i in others)]
+    keep = set(flagged) | set(others[: max(0, MAX_TERMINAL_ROWS - len(flagged))])
     return [r for i, r in enumerate(rows) if i in keep]
 
 
@@ -170,7 +214,7 @@ def print_terminal(
     for group in shown:
         rows = terminal_rows(group["runs"])
         hidden = len(group["runs"]) - len(rows)
-        caption = f"{hidden} earlier unflagged rows not shown (all are in report.md)"
+        caption = f"{hidden} more unflagged rows not shown (all are in report.md)"
         columns = shown_columns(group["runs"])
         under = identity(group) + (f"; {caption}" if hidden else "")
         table = Table(
@@ -246,8 +290,8 @@ def markdown(
             lines.append("| " + " | ".join(cells) + " |")
         lines += ["", f"Workload: {escape(identity(group))}", ""]
         for plot in plots or []:
-            if plot.stem == f"group-{group['id']}":
-                lines += [f"![{group['title']}]({plot.name})", ""]
+            if plot.stem in (f"group-{group['id']}", f"history-{group['id']}"):
+                lines += [f"![{plot.stem}: {heading(group)}]({plot.name})", ""]
     drawn = {plot.stem for plot in plots or []}
     undrawn = [str(g["id"]) for g in groups if f"group-{g['id']}" not in drawn]
     if undrawn and plots is not None:

@@ -94,7 +94,10 @@ def judge(
     k = sum(c.test is not None for c in compared)
     alpha = evidence.family_alpha(k)
     notes = []
+    group_of = {g.id: g for g in groups}
     for c in compared:
+        if c.kind == "slower-than-history":
+            group_of[c.group].baselines[c.run.run_id] = speed.baseline(c, alpha)
         outcome = speed.verdict_of(c, alpha, k, tol, operations)
         if isinstance(outcome, Finding):
             add(c.run, [outcome], c.group)

@@ -96,6 +96,7 @@ class Comparison:
     test: evidence.Test | None  # None: no noise estimate
     sizes: dict  # {"runs": [m, n], "epochs": [e, e]}: what each side had
     set_aside: list[RunSummary]
+    figure: str  # the speed figure both sides were compared by (SPEED_FIGURES)
 
 
 def compare_sides(
@@ -128,7 +129,23 @@ def compare_sides(
         ratio = statistics.median(a) / statistics.median(b)
     sizes = {"runs": [len(a), len(kept)], "epochs": epochs}
     skipped = [base[i] for i in aside]
-    return Comparison(kind, run, group.id, ours, kept, ratio, test, sizes, skipped)
+    return Comparison(kind, run, group.id, ours, kept, ratio, test, sizes, skipped, key)
+
+
+def baseline(c: Comparison, alpha: float) -> dict:
+    """What a table row shows of the baseline its comparison used, in the verdict's own
+    numbers: the median of the kept baseline runs' speed figure, the verdict's ratio, and the
+    interval whose upper end is the verdict's bound (evidence.ratio_interval; none without a
+    noise estimate)."""
+    interval = evidence.ratio_interval(c.test, alpha) if c.test is not None else None
+    return {
+        "baseline_figure": c.figure,
+        "baseline_median": statistics.median(r.metrics[c.figure] for r in c.base),
+        "baseline_runs": len(c.base),
+        "baseline_ratio": c.ratio,
+        "baseline_ratio_ci": list(interval[:2]) if interval else None,
+        "baseline_ratio_ci_level": interval[2] if interval else None,
+    }
 
 
 def vs_cpu(run: RunSummary, group: Group, history: History | None) -> Comparison | None:

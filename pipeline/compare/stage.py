@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from pipeline import console
-from pipeline.compare import ci, render, rules, speed
+from pipeline.compare import ci, pictures, render, rules, speed
 from pipeline.compare.baselines import LOOKBACK
 from pipeline.compare.reading import (  # noqa: F401 (latest_of_each, summarize: tests, benchmarks)
     latest_of_each,
@@ -32,7 +32,6 @@ from pipeline.compare.records import (
     Group,
     History,
     Operations,
-    RunSummary,
     Selection,
     Tolerances,
 )
@@ -266,40 +265,38 @@ def draw_groups(
     findings: list[Finding],
     out_dir: Path,
 ) -> list[Path]:
-    """One PNG per group worth a picture (flagged first, then those with several devices), at
-    most MAX_PLOTTED_GROUPS, each drawn once: the latest run of each device and host, with
-    its per-batch train_loss, its test_accuracy per epoch, and its speed. Histories are read
-    only for the runs drawn."""
+    """The pictures of the groups worth one (pictures.drawn): group-N.png, the latest run of
+    each device and host with its per-batch train_loss, its test_accuracy per epoch and its
+    speed, each host's CPU a reference line; and history-N.png, the group's speed over
+    commits, when it has history. Histories are read only for the runs drawn."""
     from pipeline import plots  # matplotlib, only when drawing
 
-    flagged = {f.group for f in findings}
-    by_id = {g.id: g for g in groups}
-    candidates = [
-        by_id[t["id"]]
-        for t in tables
-        if t["id"] in flagged or len({r.device_type for r in by_id[t["id"]].runs}) > 1
-    ]
-    candidates.sort(key=lambda g: (g.id not in flagged, g.id))
     history = history_reader(client)
+    by_id = {t["id"]: t for t in tables}
     paths = []
-    for group in candidates[: render.MAX_PLOTTED_GROUPS]:
-        latest: dict[tuple[str, str], RunSummary] = {}
-        for r in group.runs:  # oldest first: the last one wins
-            latest[(r.device, r.host)] = r
-        shown = [latest[k] for k in sorted(latest)]
+    for group in pictures.drawn(groups, tables, findings):
+        shown = pictures.latest_of_series(group)
         key = speed.speed_figure(shown)
-        series = [
-            plots.Series(
-                label=f"{r.device} @ {r.host}",
-                train_loss=sorted(history(r.run_id, Metrics.TRAIN_LOSS)),
-                test_accuracy=sorted(history(r.run_id, Metrics.TEST_ACCURACY)),
-                speed=r.metrics[key] if key else 0.0,
+        series = []
+        for r in shown:
+            value, ci = pictures.bar(r, by_id.get(group.id), key) if key else (0.0, None)
+            series.append(
+                plots.Series(
+                    label=f"{r.device} @ {r.host}",
+                    train_loss=sorted(history(r.run_id, Metrics.TRAIN_LOSS)),
+                    test_accuracy=sorted(history(r.run_id, Metrics.TEST_ACCURACY)),
+                    speed=value,
+                    speed_ci=ci,
+                    cpu_of=r.host if r.device_type == "cpu" else "",
+                )
             )
-            for r in shown
-        ]
-        path = out_dir / f"group-{group.id}.png"
-        plots.plot_group(render.title(group, short=True), series, key or "", path)
-        paths.append(path)
+        title = render.title(group, short=True)
+        paths.append(out_dir / f"group-{group.id}.png")
+        plots.plot_group(title, series, key or "", paths[-1])
+        over_commits = pictures.history_lines(group)
+        if over_commits:
+            paths.append(out_dir / f"history-{group.id}.png")
+            plots.plot_history(f"{title}: speed over commits", *over_commits, paths[-1])
     return paths
 
 
