@@ -109,6 +109,12 @@ MEMORY_SOURCES = {
 }
 
 
+MEMORY_MIXED = (
+    "Peak memory was measured in different ways here (in brackets), which are different "
+    "quantities: compare it only between figures measured the same way."
+)
+
+
 def memory_method(source: str | None) -> str:
     """The short name of a peak_memory_source ("unlabelled" for runs that lack the tag)."""
     return MEMORY_SOURCES.get(source or "", source or "unlabelled")

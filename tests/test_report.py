@@ -11,7 +11,8 @@ from test_compare import compare_json, log_run
 
 from pipeline import plots
 from pipeline.compare import render
-from pipeline.schema import Metrics, Params, Tags
+from pipeline.compare.records import Group, RunSummary
+from pipeline.schema import MEMORY_CUDA, MEMORY_MIXED, MEMORY_VMHWM, Metrics, Params, Tags
 from pipeline.sweep.crossover import crossover_table
 
 SPEEDS = [10_000, 10_400, 9_700, 10_200, 9_600, 10_300, 7_000, 10_100, 9_800, 10_450]
@@ -95,6 +96,37 @@ def test_the_baseline_column_in_markdown_and_the_terminal():
     render.print_terminal(Console(file=screen, width=200), [table], [], {})
     assert "31,900 (0.94× [0.90, 0.98] 99.8%)" in screen.getvalue()
     assert "baseline" in screen.getvalue()
+
+
+def test_a_peak_memory_column_that_mixes_methods_names_each_figures_method():
+    """The CPU's peak RSS (the whole process) and a GPU allocator's peak are different
+    quantities: side by side, each says what it is, and a line under the table why."""
+
+    def summary(device: str, source: str) -> RunSummary:
+        return RunSummary(
+            run_id=device, name=device, experiment_id="0", start_time=1, status="FINISHED",
+            params={}, metrics={Metrics.PEAK_MEMORY_MB: 900.0 if device == "cpu" else 300.0},
+            tags={Tags.DEVICE: device, Tags.HOST: "h", Tags.PEAK_MEMORY_SOURCE: source},
+        )  # fmt: skip
+
+    def group(*runs: RunSummary) -> dict:
+        rows = [render.row([r], Group(1, {}, list(runs)), []) for r in runs]
+        return {"id": 1, "title": "g", "params": {}, "runs": rows,
+                "memory_mixed": render.memory_mixed(rows)}  # fmt: skip
+
+    cpu = summary("cpu", MEMORY_VMHWM)
+    mixed = group(cpu, summary("cuda:0", MEMORY_CUDA))
+    lines = render.markdown([mixed], [], {}, None).splitlines()
+    assert "| cpu | h | 1 | 900 (process peak RSS) |" in lines
+    assert "| cuda:0 | h | 1 | 300 (allocator peak) |" in lines
+    assert MEMORY_MIXED in lines
+    screen = io.StringIO()
+    render.print_terminal(Console(file=screen, width=300), [mixed], [], {})
+    assert "300 (allocator peak)" in screen.getvalue() and "different ways" in screen.getvalue()
+    # one way of measuring: the figures alone
+    same = group(cpu, summary("cpu:2", MEMORY_VMHWM))
+    lines = render.markdown([same], [], {}, None).splitlines()
+    assert "| cpu | h | 1 | 900 |" in lines and MEMORY_MIXED not in lines
 
 
 def test_past_the_terminal_rows_the_largest_changes_stay():

@@ -9,7 +9,7 @@ from conftest import SMALL
 from test_errors import assert_no_run
 
 from pipeline import devices
-from pipeline.schema import Params, Stages, Tags
+from pipeline.schema import MEMORY_MIXED, Params, Stages, Tags
 from pipeline.sweep import stage as sweep
 from pipeline.sweep import tables as render
 from pipeline.training import data
@@ -189,11 +189,11 @@ def test_sweep_cells_show_peak_memory_and_energy_where_measured():
     markdown = render.sweep_markdown(summary)
     assert "| 4,000 (3.64×)<br>50 MiB (allocator peak) · 900 J |" in markdown
     assert "| 1,100<br>310 MiB (process peak RSS) |" in markdown
-    assert render.MIXED in markdown and render.sweep_table(summary).caption == render.MIXED
+    assert MEMORY_MIXED in markdown and render.sweep_table(summary).caption == MEMORY_MIXED
     # One way only: the figures stand alone.
     same = sweep.crossover_table([r for r in records if r["device"] == "cpu"])
     assert "| 1,100<br>310 MiB |" in render.sweep_markdown(same)
-    assert render.MIXED not in render.sweep_markdown(same)
+    assert MEMORY_MIXED not in render.sweep_markdown(same)
 
 
 def test_a_refused_child_stops_the_sweep_and_fails_its_parent(cli, client, tmp_path):

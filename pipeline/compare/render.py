@@ -12,7 +12,7 @@ from pipeline.compare import evidence
 from pipeline.compare.records import Finding, Group, RunSummary, Selection
 from pipeline.compare.speed import speed_vs_cpu
 from pipeline.console import cell
-from pipeline.schema import Metrics, Params, Tags
+from pipeline.schema import MEMORY_MIXED, Metrics, Params, Tags, memory_method
 
 # (title, row key, format) of each column, in the terminal and in Markdown alike.
 COLUMNS = [
@@ -79,6 +79,7 @@ def row(runs: list[RunSummary], group: Group, findings: list[Finding]) -> dict:
         "test_loss": median(Metrics.TEST_LOSS),
         "parity_argmax_agreement": median(Metrics.PARITY_ARGMAX_AGREEMENT),
         "peak_memory_mb": median(Metrics.PEAK_MEMORY_MB),
+        "memory_method": memory_method(latest.tags.get(Tags.PEAK_MEMORY_SOURCE)),
         "energy_j": median(Metrics.ENERGY_J),
         "flags": ", ".join(sorted({f.kind for f in findings if f.run_id in ids})),
         **{key: group.baselines.get(latest.run_id, {}).get(key) for key in BASELINE},
@@ -110,7 +111,14 @@ def tables(selection: Selection, groups: list[Group], findings: list[Finding]) -
                     "runs": by_change([row(runs, group, findings) for runs in rows.values()]),
                 }
             )
+            out[-1]["memory_mixed"] = memory_mixed(out[-1]["runs"])
     return out
+
+
+def memory_mixed(rows: list[dict]) -> bool:
+    """Whether the rows' peak memory was measured in more than one way (pipeline's tag
+    pipeline.peak_memory_source): then each figure is shown with its method."""
+    return len({r["memory_method"] for r in rows if r["peak_memory_mb"] is not None}) > 1
 
 
 def title(group: Group, short: bool = False) -> str:
@@ -148,7 +156,7 @@ def escape(text: str) -> str:
     return " ".join(text.splitlines())
 
 
-def row_cell(r: dict, key: str, fmt: str) -> str:
+def row_cell(r: dict, key: str, fmt: str, memory_mixed: bool = False) -> str:
     """A table row's entry; repeated runs' throughput with its interval and level; the
     history baseline with the ratio to it and that ratio's interval and level."""
     if key == "samples_per_s" and r.get("samples_per_s_ci"):
@@ -157,6 +165,8 @@ def row_cell(r: dict, key: str, fmt: str) -> str:
         return f"{cell(r[key], fmt)} ({interval})"
     if key == "baseline_median" and r.get(key) is not None:
         return describe_baseline(r)
+    if key == "peak_memory_mb" and memory_mixed and r[key] is not None:
+        return f"{cell(r[key], fmt)} ({r['memory_method']})"
     return cell(r[key], fmt)
 
 
@@ -217,13 +227,16 @@ def print_terminal(
         caption = f"{hidden} more unflagged rows not shown (all are in report.md)"
         columns = shown_columns(group["runs"])
         under = identity(group) + (f"; {caption}" if hidden else "")
+        under += f"\n{MEMORY_MIXED}" if group.get("memory_mixed", False) else ""
         table = Table(
             title=heading(group), title_justify="left", caption=under, caption_justify="left"
         )
         for name, _, _ in columns:
             table.add_column(name, overflow="fold")
         for r in rows:
-            table.add_row(*(row_cell(r, key, fmt) for _, key, fmt in columns))
+            table.add_row(
+                *(row_cell(r, k, fmt, group.get("memory_mixed", False)) for _, k, fmt in columns)
+            )
         console.print(table)
     if len(shown) < len(groups) and not quiet:
         console.print(
@@ -284,11 +297,15 @@ def markdown(
         lines.append("| " + " | ".join(h for h, _, _ in columns) + " |")
         lines.append("|" + "---|" * len(columns))
         for r in group["runs"]:
-            cells = [escape(row_cell(r, k, fmt)) for _, k, fmt in columns]
+            cells = [
+                escape(row_cell(r, k, fmt, group.get("memory_mixed", False)))
+                for _, k, fmt in columns
+            ]
             if runs_url:
                 cells[0] = f"[{cells[0]}]({runs_url}{r['run_id']})"
             lines.append("| " + " | ".join(cells) + " |")
         lines += ["", f"Workload: {escape(identity(group))}", ""]
+        lines += [MEMORY_MIXED, ""] if group.get("memory_mixed", False) else []
         for plot in plots or []:
             if plot.stem in (f"group-{group['id']}", f"history-{group['id']}"):
                 lines += [f"![{plot.stem}: {heading(group)}]({plot.name})", ""]

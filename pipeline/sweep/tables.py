@@ -5,11 +5,9 @@ text out."""
 
 from rich.table import Table
 
+from pipeline.schema import MEMORY_MIXED
+
 SWEEP_KEYS = ("model", "precision", "dataset", "optimizer", "compile", "hidden", "batch_size")
-MIXED = (
-    "Peak memory was measured in different ways here (in brackets), which are different "
-    "quantities: compare it only between cells measured the same way."
-)
 HEADINGS = ("model", "precision", "data", "optimizer", "compile", "hidden", "batch")
 
 
@@ -52,7 +50,7 @@ def sweep_table(summary: dict) -> Table:
     for row in summary["rows"]:
         table.add_row(*workload_cells(row), *cells(row, summary["devices"], label=label))
     if label:
-        table.caption = MIXED
+        table.caption = MEMORY_MIXED
     return table
 
 
@@ -66,7 +64,7 @@ def sweep_markdown(summary: dict) -> str:
         entries = [*workload_cells(row), *cells(row, summary["devices"], "<br>", label)]
         lines.append("| " + " | ".join(entries) + " |")
     if label:
-        lines += ["", MIXED]
+        lines += ["", MEMORY_MIXED]
     lines += ["", "## Crossover", ""]
     lines += crossover_lines(summary) or ["No accelerator in this sweep."]
     return "\n".join(lines) + "\n"
