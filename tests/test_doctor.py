@@ -264,7 +264,7 @@ def listed(stdout: str) -> Counter:
 
 def test_doctor_lists_what_needs_a_look_and_with_verbose_every_check(cli, tmp_path, monkeypatch):
     """A device whose bool->float32 cast is broken: the short output lists the checks that
-    failed (not the passing ones) under its summary; --verbose lists every check."""
+    failed (not the passing ones) above its summary line; --verbose lists every check."""
     monkeypatch.setattr(doctor, "on", lambda device: stand_in("cast broken", DENORMAL_TRUE))
     out = tmp_path / "doctor.json"
     short = cli("doctor", "--device", "cpu", "--output-json", str(out))
