@@ -7,20 +7,24 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 
+from pipeline import command_options as o
 from pipeline import config as c
 from pipeline.console import err, out
 from pipeline.errors import UserError
 
 app = typer.Typer(
-    help="Train one PyTorch workload on each device, track it in MLflow, "
-    "flag slow or wrong devices.",
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def program(version: o.Version = False) -> None:
+    """Train one PyTorch workload on each device, track it in MLflow, flag slow or wrong devices."""
 
 
 @app.command()
@@ -53,8 +57,6 @@ def train(
     target_accuracy: c.TargetAccuracy = None,
     deterministic: c.Deterministic = False,
     allow_cpu_fallback: c.AllowCpuFallback = False,
-    system_metrics: c.SystemMetrics = True,
-    system_metrics_interval: c.SystemMetricsInterval = 10.0,
     parent_run_id: Annotated[
         str | None,
         typer.Option(
@@ -67,6 +69,8 @@ def train(
     register_model: c.RegisterModel = None,
     tracking_uri: c.TrackingUri = None,
     host: c.Host = None,
+    system_metrics_interval: c.SystemMetricsInterval = 10.0,
+    system_metrics: c.SystemMetrics = True,
     profile_batches: c.ProfileBatches = 20,
     profile_trace: c.ProfileTrace = False,
     quiet: c.Quiet = False,
@@ -84,9 +88,7 @@ def train(
 
 @app.command()
 def test(
-    model_uri: Annotated[
-        str, typer.Option(help="A model logged by train, e.g. runs:/<run id>/model")
-    ],
+    model_uri: o.ModelUri,
     device: c.Device = "auto",
     batch_size: c.BatchSize = 64,
     data_dir: c.DataDir = Path("data"),
@@ -105,49 +107,21 @@ def test(
 
 @app.command("compare")
 def compare_runs(
+    run_id: o.RunIds = None,
+    filter_string: o.Filter = "",
+    latest: o.Latest = False,
+    speed_tolerance: o.SpeedTolerance = 0.10,
+    accuracy_tolerance: o.AccuracyTolerance = 0.02,
+    history: o.History = 5,
+    fail_on: o.FailOn = "warning",
+    no_fail: o.NoFail = False,
     experiment: c.Experiment = None,
-    run_id: Annotated[
-        list[str] | None, typer.Option(help="Judge only these runs (repeat the option)")
-    ] = None,
-    filter_string: Annotated[
-        str, typer.Option("--filter", help="MLflow search filter, e.g. params.batch_size = '64'")
-    ] = "",
-    latest: Annotated[
-        bool, typer.Option(help="Judge only the latest run of each group, device and host")
-    ] = False,
-    speed_tolerance: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Allowed slowdown, a fraction")
-    ] = 0.10,
-    accuracy_tolerance: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Allowed accuracy difference, absolute")
-    ] = 0.02,
-    history: Annotated[
-        int, typer.Option(min=1, help="Earlier runs that make a run's baseline")
-    ] = 5,
-    output_json: Annotated[Path | None, typer.Option(help="Write the findings as JSON")] = None,
-    output_junit: Annotated[
-        Path | None,
-        typer.Option(help="Write JUnit XML: a test case per group and device, findings fail"),
-    ] = None,
-    output_dir: Annotated[
-        Path | None, typer.Option(help="Also write report.md and the plots here")
-    ] = None,
-    fail_on: Annotated[
-        Literal["error", "warning", "never"],
-        typer.Option(
-            help="The least severe finding that makes the command exit 1: error (confirmed "
-            "findings only), warning (any finding), never"
-        ),
-    ] = "warning",
-    no_fail: Annotated[bool, typer.Option("--no-fail", help="The same as --fail-on never")] = False,
-    plots: Annotated[
-        bool,
-        typer.Option(
-            "--plots/--no-plots", help="Draw the flagged groups (at most 6) into the report"
-        ),
-    ] = True,
     tracking_uri: c.TrackingUri = None,
     host: c.Host = None,
+    output_json: o.OutputJson = None,
+    output_junit: o.OutputJunit = None,
+    output_dir: o.OutputDir = None,
+    plots: o.Plots = True,
     quiet: c.Quiet = False,
 ) -> None:
     """Compare finished runs; flag slow devices and wrong accuracies. Exit 1 when flagged
@@ -175,62 +149,28 @@ def compare_runs(
 
 @app.command()
 def sweep(
-    devices: Annotated[
-        str, typer.Option(help="Comma-separated devices; those this machine lacks are skipped")
-    ] = "cpu,cuda,mps",
-    batch_sizes: Annotated[
-        str, typer.Option(callback=c.whole_numbers, help="Comma-separated batch sizes")
-    ] = "64,256,1024",
-    hidden: Annotated[
-        str, typer.Option(callback=c.whole_numbers, help="Comma-separated widths of the mlp")
-    ] = "512,2048",
-    models: Annotated[
-        str, typer.Option(help="Comma-separated models: mlp, cnn, vit, package.module:factory")
-    ] = "mlp",
-    precisions: Annotated[
-        str, typer.Option(callback=c.precision_list, help="Comma-separated: fp32,tf32,bf16,fp16")
-    ] = "fp32",
-    repeats: Annotated[
-        int,
-        typer.Option(
-            min=1, help="Runs of each cell, each in a fresh process (compare takes their median)"
-        ),
-    ] = 1,
+    devices: o.Devices = "cpu,cuda,mps",
+    batch_sizes: o.BatchSizes = "64,256,1024",
+    hidden: o.Widths = "512,2048",
+    models: o.Models = "mlp",
+    precisions: o.Precisions = "fp32",
+    dataset: o.Datasets = "fashion-mnist",
+    optimizer: o.Optimizers = "sgd",
+    compile: o.CompileModes = "none",
+    repeats: o.Repeats = 1,
+    strict: o.Strict = False,
     layers: c.Layers = 2,
     epochs: c.Epochs = 2,
     lr: c.Lr = 1e-3,
     seed: c.Seed = 0,
-    dataset: Annotated[
-        str,
-        typer.Option(
-            callback=c.dataset_list,
-            help="Comma-separated data sets (as train's --dataset), each in its default order",
-        ),
-    ] = "fashion-mnist",
+    weight_decay: c.WeightDecay = 0.0,
+    momentum: c.Momentum = 0.0,
     data_dir: c.DataDir = Path("data"),
     train_size: c.TrainSize = None,
     test_size: c.TestSize = None,
     input_shape: c.InputShape = None,
     classes: c.Classes = None,
-    optimizer: Annotated[
-        str, typer.Option(callback=c.optimizer_list, help="Comma-separated: sgd,adamw")
-    ] = "sgd",
-    weight_decay: c.WeightDecay = 0.0,
-    momentum: c.Momentum = 0.0,
-    compile: Annotated[
-        str,
-        typer.Option(
-            callback=c.compile_list,
-            help="Comma-separated torch.compile modes: none (eager), default, reduce-overhead, "
-            "max-autotune",
-        ),
-    ] = "none",
-    strict: Annotated[
-        bool, typer.Option("--strict", help="A listed device this machine lacks is an error")
-    ] = False,
-    resume: Annotated[
-        str | None, typer.Option(help="Parent run id of a sweep to finish; its grid is reused")
-    ] = None,
+    resume: o.Resume = None,
     experiment: c.Experiment = None,
     run_name: c.RunName = None,
     tracking_uri: c.TrackingUri = None,
@@ -284,14 +224,13 @@ def doctor(
     optimizer: c.Optimizer = "sgd",
     weight_decay: c.WeightDecay = 0.0,
     momentum: c.Momentum = 0.0,
-    output_json: Annotated[Path | None, typer.Option(help="Write the checks as JSON")] = None,
-    no_fail: Annotated[
-        bool, typer.Option("--no-fail", help="Exit 0 even when a check fails")
-    ] = False,
+    no_fail: o.DoctorNoFail = False,
     experiment: c.Experiment = None,
     run_name: c.RunName = None,
     tracking_uri: c.TrackingUri = None,
     host: c.Host = None,
+    output_json: o.ChecksJson = None,
+    verbose: o.Verbose = False,
     quiet: c.Quiet = False,
 ) -> None:
     """Check a device's operations against the CPU's: the fixed battery, then every operation
@@ -318,6 +257,7 @@ def doctor(
         quiet,
         c.data_spec(options),
         optimizing,
+        verbose,
     )
     if failed and not no_fail:
         raise typer.Exit(1)

@@ -16,6 +16,7 @@ from pipeline import console
 from pipeline.errors import UserError
 
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N, mps"
+AUTO_ORDER = ("cuda:0", "mps", "cpu")  # what --device auto tries, in order
 
 # glibc's mallopt parameters (malloc.h) and the values the training process sets
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
@@ -59,13 +60,8 @@ def resolve(spec: str) -> torch.device:
     spec = spec.strip().lower()
     have = available()
     listed = ", ".join(have)
-    if spec == "auto":  # the first usable of cuda:0, mps, cpu; a listed one that fails says so
-        for kind in [d for d in ("cuda:0", "mps") if d in have]:
-            why = unusable(torch.device(kind))
-            if why is None:
-                return torch.device(kind)
-            console.err.print(f"auto: {kind} is listed but unusable ({why}); not using it")
-        return torch.device("cpu")
+    if spec == "auto":
+        return auto_choice(have)[0]
     try:
         device = torch.device(spec)
     except RuntimeError:
@@ -88,6 +84,29 @@ def resolve(spec: str) -> torch.device:
     if why:
         raise UserError(f"device '{name}' is listed but unusable: {why}")
     return device
+
+
+def auto_choice(have: list[str]) -> tuple[torch.device, str]:
+    """`--device auto`: the first usable of cuda:0, mps, cpu among the devices this machine
+    `have`s, and why that one. A listed one that fails says so on stderr, and is passed over."""
+    for kind in [d for d in AUTO_ORDER[:-1] if d in have]:
+        why = unusable(torch.device(kind))
+        if why is None:
+            passed = "no usable cuda; " if kind == "mps" else ""
+            return torch.device(kind), f"auto: {passed}first usable of {', '.join(AUTO_ORDER)}"
+        console.err.print(f"auto: {kind} is listed but unusable ({why}); not using it")
+    return torch.device("cpu"), "auto: no usable cuda or mps"
+
+
+def choose(spec: str) -> tuple[torch.device, str]:
+    """resolve(spec), and the line train prints before its first epoch: the device, its model
+    and, for `auto`, what it chose and why ('device: cpu AMD EPYC 7B13 (auto: no usable cuda
+    or mps)')."""
+    if spec.strip().lower() == "auto":
+        device, why = auto_choice(available())
+        return device, f"device: {device} {name(device)} ({why})"
+    device = resolve(spec)
+    return device, f"device: {device} {name(device)}"
 
 
 def unusable(device: torch.device) -> str | None:

@@ -77,7 +77,7 @@ ProfileTrace = Annotated[
 SystemMetrics = Annotated[
     bool,
     typer.Option(
-        rich_help_panel=TRACKING_PANEL, help="Log MLflow's system metrics (CPU, memory, GPU)"
+        rich_help_panel=OUTPUT_PANEL, help="Log MLflow's system metrics (CPU, memory, GPU)"
     ),
 ]
 SystemMetricsInterval = Annotated[

@@ -152,6 +152,24 @@ def test_mps_0_is_mps_where_mps_exists(monkeypatch):
         devices.resolve("mps:1")
 
 
+@pytest.mark.parametrize(
+    ("listed", "broken", "chosen", "why"),
+    [
+        (["cpu", "cuda:0", "mps"], set(), "cuda:0", "auto: first usable of cuda:0, mps, cpu"),
+        (["cpu", "mps"], set(), "mps", "auto: no usable cuda; first usable of cuda:0, mps, cpu"),
+        (["cpu", "cuda:0", "mps"], {"cuda:0"}, "mps", "auto: no usable cuda; first usable of"),
+        (["cpu", "cuda:0", "mps"], {"cuda:0", "mps"}, "cpu", "auto: no usable cuda or mps"),
+        (["cpu"], set(), "cpu", "auto: no usable cuda or mps"),
+    ],
+)
+def test_auto_says_what_it_chose_and_why(monkeypatch, capsys, listed, broken, chosen, why):
+    """NOT a GPU: the devices listed, and those that fail their test operation, stood in."""
+    monkeypatch.setattr(devices, "unusable", lambda d: "broken" if str(d) in broken else None)
+    device, reason = devices.auto_choice(listed)
+    assert str(device) == chosen and reason.startswith(why)
+    assert capsys.readouterr().err.count("is listed but unusable (broken)") == len(broken)
+
+
 def test_the_mps_device_name_comes_from_torch(monkeypatch):
     """NOT an Apple GPU: torch's own functions (which must exist) answering as an M1's."""
     monkeypatch.setattr(torch.backends.mps, "get_name", lambda: "Apple M1")

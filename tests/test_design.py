@@ -20,10 +20,12 @@ MLFLOW_OUTSIDE_TRACKING = {
     "pipeline.sweep.stage": "hands its children the tracking URI and reads their runs back",
 }
 
-# What cli imports: pipeline/'s own options, console and UserError; each side's stage; devices
-# for the `devices` command; and from tracking/ what turns an outcome into an exit code.
+# What cli imports: pipeline/'s own options (shared, and each command's own), console and
+# UserError; each side's stage; devices for the `devices` command; and from tracking/ what
+# turns an outcome into an exit code.
 CLI_IMPORTS = {
     "pipeline.config",
+    "pipeline.command_options",
     "pipeline.console",
     "pipeline.errors",
     "pipeline.devices",

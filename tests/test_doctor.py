@@ -4,8 +4,10 @@ and exit codes. That one broken operation fails exactly the checks that run it:
 test_doctor_specificity.py."""
 
 import json
+import re
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Callable
 from contextlib import contextmanager
 
@@ -255,6 +257,29 @@ def test_a_device_that_lacks_every_operation_checks_nothing(cli, client, tmp_pat
     assert f"doctor run {run.info.run_id} logged" in result.stdout
 
 
+def listed(stdout: str) -> Counter:
+    """The statuses of the rows of doctor's table, as printed."""
+    return Counter(re.findall(r"^│ (\w+) +│", stdout, re.MULTILINE))
+
+
+def test_doctor_lists_what_needs_a_look_and_with_verbose_every_check(cli, tmp_path, monkeypatch):
+    """A device whose bool->float32 cast is broken: the short output lists the checks that
+    failed (not the passing ones) above its summary line; --verbose lists every check."""
+    monkeypatch.setattr(doctor, "on", lambda device: stand_in("cast broken", DENORMAL_TRUE))
+    out = tmp_path / "doctor.json"
+    short = cli("doctor", "--device", "cpu", "--output-json", str(out))
+    statuses = Counter(c["status"] for c in json.loads(out.read_text())["checks"])
+    assert short.code == 1 and statuses["fail"] and statuses["pass"]
+    assert listed(short.stdout) == {"fail": statuses["fail"]}
+    total = sum(statuses.values())
+    assert f"the {statuses['fail']} of {total} checks that failed, raised" in short.stdout
+    summary = f"cpu: {statuses['pass']} of {total} checks passed; {statuses['fail']} failed: "
+    assert summary in short.stdout
+    verbose = cli("doctor", "--device", "cpu", "--verbose")
+    assert listed(verbose.stdout) == statuses and summary in verbose.stdout
+    assert "checks that failed, raised" not in verbose.stdout
+
+
 @pytest.mark.parametrize(
     ("message", "status"),
     [
@@ -379,9 +404,13 @@ def test_the_doctor_command_logs_a_run_and_writes_json(tmp_path):
     )
     fields = {"name", "family", "shape", "dtype", "layout", "max_abs_diff", "mismatch_fraction"}
     assert fields | {"atol", "rtol", "status", "reference"} <= set(report["checks"][0])
-    assert f"{n} of {n} checks passed" in proc.stdout
     client = MlflowClient(store)
     (run,) = client.search_runs(["0"])
+    # every check passed: the summary, no table (--verbose lists them)
+    assert proc.stdout.splitlines() == [
+        f"cpu: {n} of {n} checks passed",
+        f"doctor run {run.info.run_id} logged",
+    ]
     assert run.info.status == "FINISHED" and run.data.tags[Tags.STAGE] == Stages.DOCTOR
     assert run.data.tags[Tags.DEVICE] == "cpu"
     assert {f"passed_{c['family']}" for c in report["checks"]} <= set(run.data.metrics)

@@ -146,13 +146,17 @@ def test_pipeline_journey_with_nothing_named(tmp_path, data_dir):
     env = user_env()
     data = ["--data-dir", str(data_dir)]
     started = time.time()
-    pipeline(
+    named = pipeline(
         folder, env, "train", "--device", "cpu", *options(TRAIN), *data, "--register-model", "j"
     )
     lifetime = time.time() - started
-    pipeline(folder, env, "train", "--device", "auto", *options(TRAIN), *data)
+    auto = pipeline(folder, env, "train", "--device", "auto", *options(TRAIN), *data)
     client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
-    first = min(all_runs(client), key=lambda r: r.info.start_time)
+    first, second = sorted(all_runs(client), key=lambda r: r.info.start_time)
+    # before the first epoch, one line: the device, its model, and what auto chose and why
+    said = f"device: cpu {second.data.tags[Tags.DEVICE_NAME]} (auto: no usable cuda or mps)\n"
+    assert said in auto.stderr and auto.stderr.index(said) < auto.stderr.index("epoch 1/2")
+    assert f"device: cpu {first.data.tags[Tags.DEVICE_NAME]}\n" in named.stderr  # nothing chosen
     # from the process's start (as the OS records it) to the last metric logged
     assert first.data.metrics[Metrics.WALL_TIME_S] >= 0.9 * lifetime
     assert first.data.metrics[Metrics.WALL_TIME_S] <= lifetime

@@ -1,6 +1,7 @@
 """The doctor stage: run the fixed battery and the operations of your own workload on a
-device against the CPU, print them failures first (the table and its summary line are
-drawn here), and log them as a run of stage `doctor`."""
+device against the CPU, print a summary line and the checks that failed, raised or are
+unsupported (all of them with --verbose; the table and the line are drawn here), and log
+them as a run of stage `doctor`."""
 
 import json
 from dataclasses import asdict, replace
@@ -45,12 +46,13 @@ def run(
     quiet: bool = False,
     data_spec: DataSpec | None = None,
     optimizer: dict | None = None,
+    verbose: bool = False,
 ) -> int:
     """Check the device's operations against the CPU's, print and log them; return the number
     of checks that failed or raised (an `error` is a failure), or 1 when nothing could be
     checked (no check passed or failed: every one unsupported, skipped or raising). The
     model's step is recorded on the data set's input shape (`data_spec`), with its
-    optimizer."""
+    optimizer. The table lists what needs a look (LISTED), or every check when `verbose`."""
     device = devices.resolve(device_spec)
     devices.precision(precision, device)  # one line when the device cannot run it
     if model_config is not None:
@@ -61,8 +63,9 @@ def run(
     results = checks.run_all(checks.on(device), checks_for(model_config, precision, optimizer))
     rows = [asdict(r) for r in results]
     failures = [checks.describe_failure(r) for r in results if r.status in checks.FAILURES]
-    if not quiet:
-        out.print(checks_table(rows, str(device)))
+    listed = rows if verbose else [r for r in rows if r["status"] in LISTED]
+    if listed and not quiet:
+        out.print(checks_table(listed, str(device), len(rows)))
     out.print(summary_line(rows, str(device)))
     if output_json:
         output_json.write_text(json.dumps({"device": str(device), "checks": rows}, indent=2))
@@ -118,11 +121,18 @@ def note(device: str, device_name: str, counts: dict[str, int], failures: list[s
 
 
 COLUMNS = ("status", "family", "name", "shape", "dtype", "layout")
+# What doctor lists without --verbose: the checks that need a look.
+LISTED = (checks.FAIL, checks.ERROR, checks.UNSUPPORTED)
 
 
-def checks_table(rows: list[dict], device: str) -> Table:
-    """One row a check, failures first (as given)."""
-    table = Table(title=f"doctor: {device} against the CPU", title_justify="left")
+def checks_table(rows: list[dict], device: str, of: int) -> Table:
+    """One row a check, failures first (as given); the title says when `rows` are some of
+    the `of` checks."""
+    title = f"doctor: {device} against the CPU"
+    if len(rows) < of:
+        title += f": the {len(rows)} of {of} checks that failed, raised or are unsupported"
+        title += " (--verbose lists all)"
+    table = Table(title=title, title_justify="left")
     for heading in (*COLUMNS, "max abs diff", "mismatch", "tolerance", "what"):
         table.add_column(heading, overflow="fold")
     colour = {"fail": "red", "error": "red", "unsupported": "yellow", "skipped": "dim"}

@@ -79,7 +79,7 @@ def train(cfg: TrainConfig, target: RunTarget, quiet: bool = False) -> str:
     Raises UserError before anything is logged when the device, the tracking store or the
     data is not usable. Once the run exists it always ends FINISHED, FAILED or KILLED.
     """
-    device = devices.resolve(cfg.device)
+    device, device_line = devices.choose(cfg.device)
     precision = devices.precision(cfg.precision, device)
     devices.set_deterministic(cfg.deterministic)
     allocator = devices.keep_freed_host_memory()
@@ -113,6 +113,8 @@ def train(cfg: TrainConfig, target: RunTarget, quiet: bool = False) -> str:
         client, experiment_id, default_run_name(cfg, device)
     )
     costs = Costs(device)
+    if not quiet:  # what runs, once nothing can stop it as a usage error
+        err.print(device_line, markup=False, highlight=False)
     with interrupts_requested() as stop:
         run = tracking.Run.start(client, experiment_id, name, tags, join=not target.parent_run_id)
         with run_closed(run, stop, before_kill=lambda: _flush_losses(run, losses)):
