@@ -157,13 +157,24 @@ def test_the_training_loop_never_reads_a_value_back_to_the_host(monkeypatch):
     assert first_step == 0 and len(losses) == 4 and buffer.next_step == 4
 
 
-def test_test_stage_evaluates_a_logged_model(cli, client):
+def test_test_stage_evaluates_a_logged_model(cli, client, monkeypatch):
     assert cli("train", "--device", "cpu", "--epochs", "2", *SMALL).code == 0
     source = only_run(client)
-    result = cli("test", "--model-uri", f"runs:/{source.info.run_id}/model", "--device", "cpu")
+    testing = ("test", "--model-uri", f"runs:/{source.info.run_id}/model", "--device", "cpu")
+    result = cli(*testing)
     assert result.code == 0, result.stderr
-    runs = client.search_runs(["0"], filter_string=f"tags.`{Tags.STAGE}` = 'test'")
-    assert len(runs) == 1
+    with monkeypatch.context() as patched:  # a test split too large to hold on the device
+        patched.setattr(data, "free_memory", lambda device: 1000)
+        refused = cli(*testing)
+        assert refused.code == 2 and "; use --loader dataloader" in refused.stderr
+        fed = cli(*testing, "--loader", "dataloader")  # what the line says works
+    assert fed.code == 0, fed.stderr
+    runs = client.search_runs(
+        ["0"], filter_string=f"tags.`{Tags.STAGE}` = 'test'", order_by=["start_time ASC"]
+    )
+    assert len(runs) == 2 and runs[1].data.params[Params.LOADER] == "dataloader"
+    for key in (Metrics.TEST_ACCURACY, Metrics.TEST_LOSS):  # the same values either way
+        assert runs[1].data.metrics[key] == pytest.approx(runs[0].data.metrics[key], abs=1e-6)
     test_run = runs[0]
     assert test_run.info.status == "FINISHED"
     assert test_run.data.tags[Tags.SOURCE_RUN_ID] == source.info.run_id

@@ -328,8 +328,10 @@ def test(
     batch_size: int,
     target: RunTarget,
     quiet: bool = False,
+    loader: str = "tensors",
 ) -> str:
-    """Evaluate a logged model on a device; log a run of stage `test` pointing at its source."""
+    """Evaluate a logged model on a device, its test split fed the way `loader` says; log a
+    run of stage `test` pointing at its source."""
     device = devices.resolve(device_spec)
     allocator = devices.keep_freed_host_memory()
     client, experiment_id = tracking.open_experiment(target.tracking_uri, target.experiment)
@@ -339,13 +341,13 @@ def test(
     if recorded.get("input_shape"):
         recorded["input_shape"] = tuple(recorded["input_shape"])
     spec = data.DataSpec(**recorded)
-    test_batches = data.batches(spec, False, "tensors", batch_size, device)
+    test_batches = data.batches(spec, False, loader, batch_size, device)
     test_input = fingerprint.dataset_input(spec.name, spec.data_dir, test_batches, "test")
 
     source_id = config["run_id"]
     # the source run may be in another store: its config says enough then
     params, source_tags = tracking.recorded(client, source_id)
-    params[Params.DEVICE] = str(device)
+    params[Params.DEVICE], params[Params.LOADER] = str(device), loader
     tags = device_tags(device, Stages.TEST, target.host, allocator)
     tags |= math_tags(devices.Precision("fp32", device))
     tags[Tags.SOURCE_RUN_ID] = source_id
