@@ -102,7 +102,7 @@ class Metrics:
     EPOCH_TIME_S = "epoch_time_s"  # training + test pass of one epoch, step = epoch
     EPOCH_SAMPLES_PER_S = "epoch_samples_per_s"  # the epoch's training throughput, step = epoch
     FIRST_EPOCH_TIME_S = "first_epoch_time_s"
-    COMPILE_TIME_S = "compile_time_s"  # compiled runs: the first step and evaluation batch
+    COMPILE_TIME_S = "compile_time_s"  # compiled runs: compiling every batch shape, first
     TRAIN_TIME_S = "train_time_s"  # total of the training passes
     EVAL_TIME_S = "eval_time_s"  # total of the test passes, each warm
     EVAL_WARM_UP_S = "eval_warm_up_s"  # the untimed evaluation batch before the first

@@ -203,7 +203,6 @@ def _train_loop(
                 stop.check()
                 bar.advance(batch_task)
 
-        costs.resume()
         for ep in loops.fit(
             net,
             train_batches,
@@ -216,6 +215,7 @@ def _train_loop(
             precision,
             {"name": cfg.optimizer, "weight_decay": cfg.weight_decay, "momentum": cfg.momentum},
             cfg.compile,
+            costs.resume,  # compilation, before the first epoch, is not an epoch's cost
         ):
             costs.pause()
             first_step = losses.next_step
@@ -260,8 +260,6 @@ def _train_loop(
             if ep.epoch == 1:
                 trace = costs.trace_path if cfg.profile_trace else None
                 costs.profile(net, train_batches, cfg.lr, precision, cfg.profile_batches, trace)
-            if ep.epoch < cfg.epochs:
-                costs.resume()
     return _summary(epochs, train_batches.num_samples, time_to_target), epochs, all_losses
 
 
