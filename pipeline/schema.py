@@ -66,6 +66,7 @@ class Tags:
     PEAK_MEMORY_SOURCE = "pipeline.peak_memory_source"  # train: what peak_memory_mb measures
     ENERGY_SOURCE = "pipeline.energy_source"  # cuda train runs with an energy counter
     PROFILE_NOTE = "pipeline.profile_note"  # train: what the operation table's times are
+    PROFILE_STEP = "pipeline.profile_step"  # train: the step the window ran (eager, optimizer)
     HOST_ALLOCATOR = "pipeline.host_allocator"  # train/test: whether freed memory is kept
     PYTHON_VERSION = "pipeline.python_version"
     PLATFORM = "pipeline.platform"

@@ -193,6 +193,7 @@ def _train_loop(
     epochs: list[loops.Epoch] = []
     all_losses: list[float] = []
     time_to_target = None
+    optimizing = {"name": cfg.optimizer, "weight_decay": cfg.weight_decay, "momentum": cfg.momentum}
     with progress_bar(not quiet and err.is_terminal) as bar:
         on_batch = stop.check
         if bar is not None:
@@ -213,7 +214,7 @@ def _train_loop(
             losses,
             on_batch,
             precision,
-            {"name": cfg.optimizer, "weight_decay": cfg.weight_decay, "momentum": cfg.momentum},
+            optimizing,
             cfg.compile,
             costs.resume,  # compilation, before the first epoch, is not an epoch's cost
         ):
@@ -259,7 +260,10 @@ def _train_loop(
                 )
             if ep.epoch == 1:
                 trace = costs.trace_path if cfg.profile_trace else None
-                costs.profile(net, train_batches, cfg.lr, precision, cfg.profile_batches, trace)
+                costs.profile(
+                    net, train_batches, cfg.lr, precision, cfg.profile_batches, trace,
+                    optimizing, cfg.compile,
+                )  # fmt: skip
     return _summary(epochs, train_batches.num_samples, time_to_target), epochs, all_losses
 
 
