@@ -69,22 +69,25 @@ def bare_batches(split, scale_per_batch: bool):
     return [(x[i : i + BATCH], y[i : i + BATCH]) for i in range(0, len(y), BATCH)]
 
 
-def bare_epochs(train_batches, test_batches, epochs: int, quickstart: bool = False) -> list:
-    """The quickstart's MLP, trained from the seed: seconds of each epoch (training + test
-    pass). With `quickstart`, the loss printed every 100 batches and .item() per test batch,
-    as the quickstart does."""
+def bare_epochs(
+    train_batches, test_batches, epochs: int, quickstart: bool = False, net=None
+) -> list:
+    """The quickstart's MLP (or `net`), trained from the seed: seconds of each epoch (training
+    + test pass). With `quickstart`, the loss printed every 100 batches and .item() per test
+    batch, as the quickstart does."""
     import torch
     from torch import nn
 
     torch.manual_seed(SEED)
-    net = nn.Sequential(
-        nn.Flatten(),
-        nn.Linear(784, 512),
-        nn.ReLU(),
-        nn.Linear(512, 512),
-        nn.ReLU(),
-        nn.Linear(512, 10),
-    )
+    if net is None:
+        net = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(784, 512),
+            nn.ReLU(),
+            nn.Linear(512, 512),
+            nn.ReLU(),
+            nn.Linear(512, 10),
+        )
     loss_fn = nn.CrossEntropyLoss()
     opt = torch.optim.SGD(net.parameters(), lr=LR)
     times = []

@@ -92,6 +92,7 @@ def test(
     device: c.Device = "auto",
     batch_size: c.BatchSize = 64,
     data_dir: c.DataDir = Path("data"),
+    loader: c.Loader = "tensors",
     experiment: c.Experiment = None,
     run_name: c.RunName = None,
     tracking_uri: c.TrackingUri = None,
@@ -102,7 +103,7 @@ def test(
     from pipeline.training import stage as training
 
     target = c.RunTarget(experiment, tracking_uri, run_name, host)
-    training.test(model_uri, device, data_dir, batch_size, target, quiet)
+    training.test(model_uri, device, data_dir, batch_size, target, quiet, loader)
 
 
 @app.command("compare")
@@ -192,17 +193,8 @@ def sweep(
         c.split(optimizer),
         c.split(compile),
     )
-    base = c.TrainConfig(
-        data=c.data_spec(locals() | {"dataset": c.split(dataset)[0]}),
-        weight_decay=weight_decay,
-        momentum=momentum,
-        layers=layers,
-        epochs=epochs,
-        lr=lr,
-        seed=seed,
-    )
     target = c.RunTarget(experiment, tracking_uri, run_name, host)
-    failed = sweeping.sweep(grid, base, target, strict, resume, quiet)
+    failed = sweeping.sweep(grid, sweeping.base_config(locals()), target, strict, resume, quiet)
     if failed:
         err.print(f"error: {failed} of the sweep's runs failed (lines above)")
         raise typer.Exit(1)

@@ -2,7 +2,7 @@
 shape and classes, the training order, and how batches reach the device; and the DataSpec the
 stages build from them."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -150,20 +150,42 @@ class DataSpec:
     shuffle: bool = False  # the training batches in a seeded order (train_config's default)
 
 
-def data_spec(o: dict) -> DataSpec:
-    """The data set from the options (a command's locals): --shuffle's default resolved."""
-    shuffle, name = o.get("shuffle"), o["dataset"]
-    if o.get("classes") is not None and name != "synthetic":
+def takes_shape(name: str) -> bool:
+    """Whether --input-shape means something for the data set: synthetic's shape, an image
+    folder's resize. --classes means something for synthetic alone."""
+    return name == "synthetic" or name.startswith("imagefolder:")
+
+
+def data_spec(o: dict, names: tuple[str, ...] = ()) -> DataSpec:
+    """The data set from the options (a command's locals): --shuffle's default resolved. A
+    sweep's data sets (`names`): the first, --classes and --input-shape refused only when
+    none of them takes it (for_dataset gives each its own)."""
+    shuffle, names = o.get("shuffle"), names or (o["dataset"],)
+    name = ", ".join(names)
+    if o.get("classes") is not None and "synthetic" not in names:
         raise UserError(f"--classes applies to --dataset synthetic, not {name}")
-    if o.get("input_shape") is not None and not name.startswith(("synthetic", "imagefolder:")):
+    if o.get("input_shape") is not None and not any(map(takes_shape, names)):
         raise UserError(f"--input-shape applies to synthetic and imagefolder:, not {name}")
     return DataSpec(
-        o["dataset"],
+        names[0],
         o["data_dir"],
         o["seed"],
         o["train_size"],
         o["test_size"],
         as_shape(o.get("input_shape")),
         o.get("classes"),
-        shuffles_by_default(o["dataset"]) if shuffle is None else shuffle,
+        shuffles_by_default(names[0]) if shuffle is None else shuffle,
+    )
+
+
+def for_dataset(spec: DataSpec, name: str) -> DataSpec:
+    """The spec for one of a sweep's data sets, in its default order, with --input-shape and
+    --classes where they apply to it: every other data set's shape and classes are read from
+    its data."""
+    return replace(
+        spec,
+        name=name,
+        shuffle=shuffles_by_default(name),
+        input_shape=spec.input_shape if takes_shape(name) else None,
+        num_classes=spec.num_classes if name == "synthetic" else None,
     )

@@ -66,6 +66,7 @@ class Tags:
     PEAK_MEMORY_SOURCE = "pipeline.peak_memory_source"  # train: what peak_memory_mb measures
     ENERGY_SOURCE = "pipeline.energy_source"  # cuda train runs with an energy counter
     PROFILE_NOTE = "pipeline.profile_note"  # train: what the operation table's times are
+    PROFILE_STEP = "pipeline.profile_step"  # train: the step the window ran (eager, optimizer)
     HOST_ALLOCATOR = "pipeline.host_allocator"  # train/test: whether freed memory is kept
     PYTHON_VERSION = "pipeline.python_version"
     PLATFORM = "pipeline.platform"
@@ -127,7 +128,7 @@ class Metrics:
     EPOCH_TIME_S = "epoch_time_s"  # training + test pass of one epoch, step = epoch
     EPOCH_SAMPLES_PER_S = "epoch_samples_per_s"  # the epoch's training throughput, step = epoch
     FIRST_EPOCH_TIME_S = "first_epoch_time_s"
-    COMPILE_TIME_S = "compile_time_s"  # compiled runs: the first step and evaluation batch
+    COMPILE_TIME_S = "compile_time_s"  # compiled runs: compiling every batch shape, first
     TRAIN_TIME_S = "train_time_s"  # total of the training passes
     EVAL_TIME_S = "eval_time_s"  # total of the test passes, each warm
     EVAL_WARM_UP_S = "eval_warm_up_s"  # the untimed evaluation batch before the first

@@ -44,12 +44,34 @@ def test_a_train_run_logs_its_operations_without_changing_its_training(tmp_path,
     assert sum(r["share"] for r in rows) == pytest.approx(1.0)
     assert profiled.data.metrics[Metrics.PROFILE_BATCHES] == 5
     assert profiled.data.tags[Tags.PROFILE_NOTE] == "cpu: self time on the host"
+    assert profiled.data.tags[Tags.PROFILE_STEP] == "eager, sgd"
     assert "operations.json" not in {a.path for a in client.list_artifacts(plain.info.run_id)}
     # the window trains a copy: the run's own losses and results are those of an unprofiled run
     for key in (Metrics.TRAIN_LOSS, Metrics.TEST_ACCURACY, Metrics.TEST_LOSS):
         a = [m.value for m in client.get_metric_history(profiled.info.run_id, key)]
         b = [m.value for m in client.get_metric_history(plain.info.run_id, key)]
         assert a == b, key
+
+
+def test_the_profiled_window_runs_the_runs_own_optimizer_and_says_it_is_eager():
+    from pipeline.training import model, profiling
+
+    cpu = torch.device("cpu")
+    batches = [(torch.rand(16, 1, 28, 28), torch.arange(16) % 10)] * 2
+    net, fp32 = model.build(hidden=8, layers=1), devices.Precision("fp32", cpu)
+
+    def operations(optimizing):
+        window = profiling.profile_window(net, batches, 0.1, cpu, fp32, 2, None, optimizing)
+        return {row["operation"] for row in window}
+
+    adamw = {"name": "adamw", "weight_decay": 0.01, "momentum": 0.0}
+    sgd = operations({"name": "sgd", "weight_decay": 0.0, "momentum": 0.0})
+    assert {"aten::lerp_", "aten::addcdiv_"} <= operations(adamw) - sgd  # AdamW's update
+    assert profiling.describe_step(adamw) == "eager, adamw (weight_decay 0.01)"
+    assert profiling.describe_step(adamw, "default").startswith(
+        "eager, adamw (weight_decay 0.01); the run is compiled (default): the window profiles "
+        "the step's eager operations, not torch.compile's kernels"
+    )
 
 
 def test_peak_memory_is_measured_and_plausible(tmp_path, data_dir):

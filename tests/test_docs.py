@@ -38,13 +38,19 @@ def command_lines(path) -> list[str]:
     return lines
 
 
+def fill(line: str, env: dict[str, str]) -> str:
+    """A shell line with the workflow's env variables ($NAME) filled in."""
+    return re.sub(r"\$(\w+)", lambda m: env.get(m[1], m[0]), line)
+
+
 def example_lines(path) -> list[str]:
-    """The command lines of an example CI file: a workflow's `run:` steps (GitHub's ${{ }}
-    expressions filled in), a Kubernetes container's command."""
+    """The command lines of an example CI file: a workflow's `run:` steps (its env variables
+    and GitHub's ${{ }} expressions filled in), a Kubernetes container's command."""
     lines = []
     for doc in yaml.safe_load_all(path.read_text()):
+        env = {k: str(v) for k, v in (doc.get("env") or {}).items()}
         for job in (doc.get("jobs") or {}).values():
-            lines += [step["run"] for step in job.get("steps", []) if "run" in step]
+            lines += [fill(step["run"], env) for step in job.get("steps", []) if "run" in step]
         if doc.get("kind") == "Job":
             lines += [
                 shlex.join(c["command"]) for c in doc["spec"]["template"]["spec"]["containers"]

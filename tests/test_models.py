@@ -144,6 +144,37 @@ def test_precision_accuracy_loss(cli, client, tmp_path):
     assert len(report["groups"]) == 3  # precision is part of what groups runs
 
 
+def test_compiled_accuracy_unlike_eager_on_the_same_device(cli, client, tmp_path):
+    eager = log_run(client, "cpu", accuracy=[0.80])  # no compile param: eager
+    wrong = log_run(client, "cpu", accuracy=[0.70], params={Params.COMPILE: "default"})
+    fine = log_run(client, "cpu", accuracy=[0.79], params={Params.COMPILE: "max-autotune"})
+    better = log_run(client, "cpu", accuracy=[0.90], params={Params.COMPILE: "reduce-overhead"})
+    alone = log_run(client, "cpu", host="other", accuracy=[0.5], params={Params.COMPILE: "default"})
+    result, report = compare_json(cli, tmp_path)
+    assert result.code == 1
+    assert kinds(report, wrong) == kinds(report, better) == ["compiled-accuracy-mismatch"]
+    assert kinds(report, fine) == kinds(report, eager) == kinds(report, alone) == []
+    (finding, *_) = [f for f in report["findings"] if f["run_id"] == wrong]
+    assert finding["values"]["eager_run_id"] == eager and finding["values"]["compile"] == "default"
+    assert "compiled (default) reaches 70.0% test accuracy, 10.0% below" in finding["message"]
+    _, report = compare_json(cli, tmp_path, "--run-id", wrong)  # its eager twin read for it
+    assert kinds(report) == ["compiled-accuracy-mismatch"]
+
+
+def test_a_selected_compiled_run_reads_back_to_its_eager_twin():
+    from pipeline.compare.baselines import needs_met
+    from pipeline.compare.records import RunSummary
+
+    def run(start, compile_mode):
+        params = {Params.MODEL: "mlp", Params.COMPILE: compile_mode}
+        tags = {"pipeline.stage": "train", "pipeline.device": "cpu", "pipeline.host": "box"}
+        return RunSummary(str(start), "r", "0", start, "FINISHED", params, {}, tags)
+
+    eager, earlier, selected = run(1, "none"), run(2, "default"), run(3, "default")
+    assert not needs_met([selected], [selected, earlier], 1, {})
+    assert needs_met([selected], [selected, earlier, eager], 1, {})
+
+
 @pytest.mark.parametrize(
     ("name", "shape", "classes"),
     [

@@ -75,6 +75,7 @@ def test_your_factory_model_on_your_factory_data_through_every_command(tmp_path)
     assert set(children) == {"none", "default"}  # eager beside compiled, on one device
     assert children["default"].data.metrics[Metrics.COMPILE_TIME_S] > 0
     assert Metrics.COMPILE_TIME_S not in children["none"].data.metrics
+    assert "the run is compiled (default)" in children["default"].data.tags[Tags.PROFILE_STEP]
     groups = json.loads((tmp_path / "findings.json").read_text())["groups"]
     eager, compiled = sorted(groups, key=lambda g: g["params"].get(Params.COMPILE, "none"))[::-1]
     assert len(eager["runs"]) == 2  # the train run and the sweep's eager child: one workload

@@ -247,3 +247,32 @@ def test_data_sets_optimizers_and_compile_modes_are_axes_of_the_grid():
     assert "| mlp | fp32 |  | sgd | default | 32 | 64 | 1,500 |" in render.sweep_markdown(
         sweep.crossover_table(records)
     )
+
+
+def test_shape_and_classes_apply_only_to_the_data_sets_that_take_them(cli, client):
+    """--input-shape goes to synthetic and image folders, --classes to synthetic: each other
+    data set's child gets neither, so that it reads its own shape and classes from its data."""
+    from pipeline.config import RunTarget
+
+    names = ("fashion-mnist", "synthetic", "imagefolder:pets")  # the first takes neither
+    options = {"dataset": ",".join(names), "data_dir": "data", "seed": 0, "train_size": 64}
+    options |= {"test_size": 64, "input_shape": "3x8x8", "classes": 5, "layers": 1}
+    options |= {"weight_decay": 0.0, "momentum": 0.0, "epochs": 1, "lr": 0.1}
+    base = sweep.base_config(options)
+    grid = sweep.Grid(("cpu",), (64,), (32,), datasets=names)
+    given = {}
+    for cell in grid.workloads(base):
+        args = sweep.child_command(cell, RunTarget(), "parent")
+        given[cell.data.name] = {
+            a: v for a, v in itertools.pairwise(args) if a in ("--input-shape", "--classes")
+        }
+    assert given == {
+        "fashion-mnist": {},
+        "synthetic": {"--input-shape": "3x8x8", "--classes": "5"},
+        "imagefolder:pets": {"--input-shape": "3x8x8"},
+    }
+    for option, value in (("--classes", "5"), ("--input-shape", "3x8x8")):
+        result = cli("sweep", "--devices", "cpu", "--dataset", "mnist,cifar10", option, value)
+        assert result.code == 2 and "applies to" in result.stderr
+        assert "not mnist, cifar10" in result.stderr
+    assert_no_run(client)

@@ -157,13 +157,24 @@ def test_the_training_loop_never_reads_a_value_back_to_the_host(monkeypatch):
     assert first_step == 0 and len(losses) == 4 and buffer.next_step == 4
 
 
-def test_test_stage_evaluates_a_logged_model(cli, client):
+def test_test_stage_evaluates_a_logged_model(cli, client, monkeypatch):
     assert cli("train", "--device", "cpu", "--epochs", "2", *SMALL).code == 0
     source = only_run(client)
-    result = cli("test", "--model-uri", f"runs:/{source.info.run_id}/model", "--device", "cpu")
+    testing = ("test", "--model-uri", f"runs:/{source.info.run_id}/model", "--device", "cpu")
+    result = cli(*testing)
     assert result.code == 0, result.stderr
-    runs = client.search_runs(["0"], filter_string=f"tags.`{Tags.STAGE}` = 'test'")
-    assert len(runs) == 1
+    with monkeypatch.context() as patched:  # a test split too large to hold on the device
+        patched.setattr(data, "free_memory", lambda device: 1000)
+        refused = cli(*testing)
+        assert refused.code == 2 and "; use --loader dataloader" in refused.stderr
+        fed = cli(*testing, "--loader", "dataloader")  # what the line says works
+    assert fed.code == 0, fed.stderr
+    runs = client.search_runs(
+        ["0"], filter_string=f"tags.`{Tags.STAGE}` = 'test'", order_by=["start_time ASC"]
+    )
+    assert len(runs) == 2 and runs[1].data.params[Params.LOADER] == "dataloader"
+    for key in (Metrics.TEST_ACCURACY, Metrics.TEST_LOSS):  # the same values either way
+        assert runs[1].data.metrics[key] == pytest.approx(runs[0].data.metrics[key], abs=1e-6)
     test_run = runs[0]
     assert test_run.info.status == "FINISHED"
     assert test_run.data.tags[Tags.SOURCE_RUN_ID] == source.info.run_id
@@ -306,20 +317,44 @@ def test_compile_where_torch_cannot_is_one_line_and_no_run(cli, client, monkeypa
     assert client.get_experiment_by_name("Default") is None or not client.search_runs(["0"])
 
 
-def test_compile_time_is_the_first_step_and_evaluation_batch(monkeypatch):
-    """Timed apart (FirstStep and the warm-up batch), inside the first epoch only."""
-    clock = iter(range(0, 1000, 1))
-    monkeypatch.setattr(loops.time, "perf_counter", lambda: next(clock))
-    batches = [(torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 2, 3]))] * 3
-    net, cpu = model.build(hidden=4, layers=1), torch.device("cpu")
-    monkeypatch.setattr(loops, "compiled", lambda net, mode: net)  # no real compilation here
-    epochs = list(
-        loops.fit(
-            net, batches, batches, 2, 0.1, cpu, loops.LossBuffer(6, cpu), compile_mode="default"
-        )
-    )
-    assert epochs[0].compile_s == 2  # one tick for the first step, one for the warm-up batch
-    assert epochs[1].compile_s == 0
+def test_compilation_of_every_batch_shape_comes_before_the_timed_epochs(monkeypatch):
+    """10 training images at batch 4 (batches of 4, 4, 2) and 6 test images (4, 2): every
+    graph torch.compile makes, the partial batches' included, is made before the first epoch
+    starts, and the run then trains exactly as an eager run does. The observable: a compiler
+    backend of the test's own (torch.compile's public `backend`), called once per graph."""
+    made, phase = [], ["compile"]
+
+    def backend(graph, example_inputs):
+        made.append(phase[0])
+        return graph.forward  # the graph run eagerly: the same arithmetic as eager
+
+    def compiled(net, mode):
+        return net if mode == "none" else torch.compile(net, backend=backend)
+
+    monkeypatch.setattr(loops, "compiled", compiled)
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.rand(16, 1, 28, 28, generator=generator), torch.arange(16) % 10
+    train = data.TensorBatches(x[:10], y[:10], 4)
+    test = data.TensorBatches(x[10:], y[10:], 4)
+    cpu, adamw = torch.device("cpu"), {"name": "adamw", "weight_decay": 0.1}
+    trained = {}
+    for mode in ("none", "default"):
+        torch.compiler.reset()
+        net = model.initialised({"model": "mlp", "hidden": 8, "layers": 1}, 0, cpu)
+
+        def epoch_starts():
+            phase[0] = "epoch"
+
+        run = loops.fit(net, train, test, 2, 0.01, cpu, loops.LossBuffer(6, cpu), lambda: None,
+                        None, adamw, mode, epoch_starts)  # fmt: skip
+        trained[mode] = (list(run), net.state_dict())
+        phase[0] = "compile"
+    (eager, eager_weights), (compiled, compiled_weights) = trained["none"], trained["default"]
+    assert len(made) >= 3 and set(made) == {"compile"}  # train and eval graphs, no epoch's
+    assert compiled[0].compile_s > 0 and compiled[1].compile_s == eager[0].compile_s == 0
+    for key, value in eager_weights.items():  # the warm-up steps left no trace
+        assert torch.equal(compiled_weights[key], value), key
+    assert [e.test_loss for e in compiled] == [e.test_loss for e in eager]
 
 
 def test_dataloader_workers_and_pinned_memory_are_used_and_recorded(cli, client, monkeypatch):

@@ -3,20 +3,21 @@ not the history: plain data in, a yes or no out (reading.py reads).
 
 A selected finished train run is judged against its group: the last --history earlier runs of
 its device and host, the group's latest CPU run on its host and on any host, the latest fp32
-run of its workload in another precision, and a sweep cell's repeats. compare reads the
-experiment's runs by what every run carries, its start time: newest first, until each need
-is met or LOOKBACK runs older than the selection have been read, and groups them as a full
-read does (by workload tag, else params). Newest first means every run newer than the
-selection is read, so the latest CPU and fp32 runs are those a full read finds; a need that
-lies further back than the window (a run with fewer earlier runs than --history on its
-device and host, a group without a CPU run) is judged with what the window holds.
+run of its workload in another precision, the latest eager run of a compiled workload, and a
+sweep cell's repeats. compare reads the experiment's runs by what every run carries, its start
+time: newest first, until each need is met or LOOKBACK runs older than the selection have been
+read, and groups them as a full read does (by workload tag, else params). Newest first means
+every run newer than the selection is read, so the latest CPU, fp32 and eager runs are those a
+full read finds; a need that lies further back than the window (a run with fewer earlier runs
+than --history on its device and host, a group without a CPU run) is judged with what the
+window holds.
 """
 
 from collections import defaultdict
 
+from pipeline.compare import twins
 from pipeline.compare.records import RunSummary
-from pipeline.compare.rules import twin_key
-from pipeline.schema import Params, Stages
+from pipeline.schema import Stages
 
 # Runs of one workload older than the selection that compare reads at most for its
 # baselines; and the newest runs of an experiment --latest picks from.
@@ -29,19 +30,20 @@ def needs_met(
     """Whether the runs read (newest first, none skipped) hold everything the needy runs are
     judged against: for each, `history` earlier runs of its group, device and host (its own
     repeats not counted), a CPU run of its group on its host and on any, its fp32 twin when it
-    ran in another precision, and every run since its sweep parent started (`parents`: parent
-    run id -> start time)."""
+    ran in another precision, its eager twin when compiled, and every run since its sweep
+    parent started (`parents`: parent run id -> start time)."""
     oldest = min((r.start_time for r in read), default=None)
     series: dict[tuple, list[RunSummary]] = defaultdict(list)
-    cpus, fp32 = set(), set()
+    cpus, references = set(), set()
     for r in read:  # what groups hold: finished train runs (reading.py)
         if r.stage != Stages.TRAIN or r.status != "FINISHED":
             continue
         series[(r.group_key, r.device, r.host)].append(r)
         if r.device_type == "cpu":
             cpus |= {(r.group_key, r.host), (r.group_key, None)}
-        if r.params.get(Params.PRECISION, "fp32") == "fp32":
-            fp32.add(twin_key(r))
+        for setting in twins.REFERENCE:
+            if twins.value(r, setting) == twins.REFERENCE[setting]:
+                references.add((setting, twins.key(r, setting)))
     for run in needy:
         if oldest is None or oldest > run.start_time:
             return False  # not even the run itself yet
@@ -49,8 +51,10 @@ def needs_met(
             return False
         if {(run.group_key, run.host), (run.group_key, None)} - cpus:
             return False
-        if run.params.get(Params.PRECISION, "fp32") != "fp32" and twin_key(run) not in fp32:
-            return False
+        for setting, reference in twins.REFERENCE.items():
+            wanted = (setting, twins.key(run, setting))
+            if twins.value(run, setting) != reference and wanted not in references:
+                return False
         earlier = [
             r
             for r in series[(run.group_key, run.device, run.host)]

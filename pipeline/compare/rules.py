@@ -33,6 +33,8 @@ Rules (tolerances are options of `pipeline compare`):
 - evaluation-mismatch: a test run scores differently from the run whose weights it evaluated.
 - precision-accuracy-loss: a tf32/bf16/fp16 run's final accuracy is more than the accuracy
   tolerance below the fp32 run of the same model, data, device and host.
+- compiled-accuracy-mismatch: a compiled run's final accuracy differs by more than the
+  accuracy tolerance from the eager run of the same workload, device and host.
 - cpu-fallback: an accelerator run some of whose operations its back end ran on the CPU.
 - run-failed, run-killed: a selected run of any stage that did not finish.
 - doctor-failed: a selected doctor run some of whose checks failed or raised on the device.
@@ -42,7 +44,7 @@ accuracy-inconsistent-with-loss, device-numerics, and evaluation-mismatch when t
 run is among those read.
 """
 
-from pipeline.compare import evidence, sanity, speed
+from pipeline.compare import evidence, sanity, speed, twins
 from pipeline.compare.changes import changed, describe_changes
 from pipeline.compare.records import (
     ACCURACY,
@@ -81,7 +83,7 @@ def judge(
                 f.message += doctor_note(run, selection.doctors)
             findings.append(f)
 
-    fp32 = fp32_twins(selection.runs)
+    references = twins.references(selection.runs)
     compared: list[speed.Comparison] = []
     for group in groups:
         for run in group.runs:
@@ -89,7 +91,7 @@ def judge(
                 if _latest_judged_repeat(run, group, selection.judged):
                     compared += speed.comparisons(run, group, tol, history)
                 found = _check_run(run, group, tol, history)
-                found += _precision_loss(run, fp32.get(twin_key(run)), tol)
+                found += twins.findings(run, references, tol)
                 add(run, found, group.id)
     k = sum(c.test is not None for c in compared)
     alpha = evidence.family_alpha(k)
@@ -144,52 +146,6 @@ def doctor_note(run: RunSummary, doctors: dict[tuple[str, str], RunSummary]) -> 
         if missing:
             verdict += f" ({missing:.0f} unsupported there)"
     return f"; doctor run {doctor.run_id[:8]} on this host {verdict}"
-
-
-def twin_key(run: RunSummary) -> tuple:
-    """What a run shares with its fp32 twin: every grouping param but the precision, the
-    device that ran, and the host."""
-    return (
-        tuple(kv for kv in run.group_key if kv[0] != Params.PRECISION),
-        run.device,
-        run.host,
-    )
-
-
-def fp32_twins(runs: list[RunSummary]) -> dict[tuple, RunSummary]:
-    """The latest fp32 run of each twin key (runs without a precision param are fp32)."""
-    return {twin_key(r): r for r in runs if r.params.get(Params.PRECISION, "fp32") == "fp32"}
-
-
-def _precision_loss(run: RunSummary, twin: RunSummary | None, tol: Tolerances) -> list[Finding]:
-    """A tf32/bf16/fp16 run whose final accuracy is more than the tolerance below its fp32
-    twin's: the same model and data on the same device, in full precision."""
-    precision = run.params.get(Params.PRECISION, "fp32")
-    acc = run.metrics.get(Metrics.TEST_ACCURACY)
-    if precision == "fp32" or twin is None or acc is None:
-        return []
-    fp32_acc = twin.metrics.get(Metrics.TEST_ACCURACY)
-    if fp32_acc is None or acc >= fp32_acc - tol.accuracy:
-        return []
-    diff = changed(run, [twin], same_by_design=("fp32_matmul", "fp32_conv"))
-    return [
-        Finding(
-            run.run_id,
-            ACCURACY,
-            "precision-accuracy-loss",
-            ERROR,
-            f"{run.device} in {precision} reaches {acc:.1%} test accuracy, {fp32_acc - acc:.1%} "
-            f"below the same workload in fp32 on it ({fp32_acc:.1%}; tolerance "
-            f"{tol.accuracy:.1%})" + describe_changes(diff),
-            values={
-                "test_accuracy": acc,
-                "fp32_test_accuracy": fp32_acc,
-                "fp32_run_id": twin.run_id,
-                "precision": precision,
-                "changed": diff,
-            },
-        )
-    ]
 
 
 def _unfinished(run: RunSummary) -> list[Finding]:

@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 
 from pipeline import config, console, devices, plots
 from pipeline.config import RunTarget, TrainConfig
-from pipeline.data_options import as_shape
+from pipeline.data_options import as_shape, data_spec, for_dataset, split
 from pipeline.errors import UserError
 from pipeline.schema import Metrics, Params, Stages, Tags, memory_method
 from pipeline.sweep import tables
@@ -68,10 +68,9 @@ class Grid:
 
     def workloads(self, base: TrainConfig) -> list[TrainConfig]:
         """Every (data set, model, precision, optimizer, compile mode, width, batch size) as a
-        configuration, device unset; each data set in its default order."""
-        datasets = [
-            replace(base.data, name=d, shuffle=config.shuffles_by_default(d)) for d in self.datasets
-        ] or [base.data]
+        configuration, device unset; each data set in its default order, with --input-shape
+        and --classes only where they apply (for_dataset)."""
+        datasets = [for_dataset(base.data, d) for d in self.datasets] or [base.data]
         return [
             replace(
                 base, data=d, model=m, precision=p, optimizer=o, compile=c, hidden=h, batch_size=b
@@ -84,6 +83,19 @@ class Grid:
             for h in (self.hidden if m == "mlp" else self.hidden[:1])
             for b in self.batch_sizes
         ]
+
+
+def base_config(o: dict) -> TrainConfig:
+    """What every child shares, from the sweep command's options (its locals)."""
+    return TrainConfig(
+        data=data_spec(o, split(o["dataset"])),
+        weight_decay=o["weight_decay"],
+        momentum=o["momentum"],
+        layers=o["layers"],
+        epochs=o["epochs"],
+        lr=o["lr"],
+        seed=o["seed"],
+    )
 
 
 def workload_of(params: dict[str, str]) -> tuple:

@@ -28,6 +28,7 @@ class Costs:
         self.counter = energy_counter(device)
         self.energy_j, self._mark = 0.0, None
         self.operations: list[dict] = []
+        self.step = ""  # what the profiled window ran (profiling.describe_step)
         self.trace_path = Path(tempfile.mkdtemp(prefix="pipeline-trace-")) / "trace.json"
 
     def resume(self) -> None:
@@ -41,13 +42,24 @@ class Costs:
             self._mark = None
         self.memory.pause()
 
-    def profile(self, net, batches, lr: float, precision, num_batches: int, trace: Path | None):
-        """A window of `num_batches` training batches on a copy of the model (between two
-        epochs: paused)."""
+    def profile(
+        self,
+        net,
+        batches,
+        lr: float,
+        precision,
+        num_batches: int,
+        trace: Path | None,
+        optimizing: dict | None = None,
+        compile_mode: str = "none",
+    ):
+        """A window of `num_batches` training batches on a copy of the model, with the run's
+        optimizer, eager (between two epochs: paused)."""
         if num_batches:
             self.operations = profiling.profile_window(
-                net, batches, lr, self.device, precision, num_batches, trace
+                net, batches, lr, self.device, precision, num_batches, trace, optimizing
             )
+            self.step = profiling.describe_step(optimizing, compile_mode)
             self.memory.after_window()
 
     def metrics(self, samples: int) -> dict[str, float]:
@@ -72,6 +84,7 @@ class Costs:
             tags[Tags.ENERGY_SOURCE] = ENERGY_SOURCE
         if self.operations:
             tags[Tags.PROFILE_NOTE] = profiling.NOTES.get(self.device.type, "")
+            tags[Tags.PROFILE_STEP] = self.step
         return tags
 
     def log(self, run) -> None:

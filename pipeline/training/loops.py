@@ -1,6 +1,7 @@
 """The train and test loops, with honest timers and no host synchronisation per batch."""
 
 import contextlib
+import copy
 import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -105,7 +106,7 @@ class Epoch:
     test_loss: float
     test_accuracy: float
     warm_up_s: float = 0.0  # the first epoch's untimed evaluation batch
-    compile_s: float = 0.0  # compiled: the first step and the first evaluation batch
+    compile_s: float = 0.0  # compiled, the first epoch: the compilation before it (warm_compiled)
 
     @property
     def time_s(self) -> float:
@@ -149,22 +150,54 @@ def check_compile(mode: str, device: torch.device) -> None:
         ) from None
 
 
-class FirstStep:
-    """Batches, timing the first step: the seconds from handing out the first batch to being
-    asked for the next, between device synchronisations (where torch.compile compiles)."""
+def shapes_of(batches: Iterable) -> list:
+    """One batch of each shape a split gives: its first batch and, when the last batch is
+    smaller, the first cut to that size (the shape, dtype and layout the last one has)."""
+    first = next(iter(batches), None)
+    if first is None:
+        return []
+    x, y = first
+    total = getattr(batches, "num_samples", None)
+    if total is None:
+        total = sum(len(labels) for _, labels in batches)
+    last = total % len(y) if total > len(y) else 0
+    return [first] + ([(x[:last], y[:last])] if last else [])
 
-    def __init__(self, batches: Iterable, device: torch.device):
-        self.batches, self.device, self.seconds = batches, device, 0.0
 
-    def __iter__(self) -> Iterator:
-        it = iter(self.batches)
-        for first in itertools.islice(it, 1):
-            devices.synchronize(self.device)
-            t0 = time.perf_counter()
-            yield first
-            devices.synchronize(self.device)
-            self.seconds = time.perf_counter() - t0
-        yield from it
+def warm_compiled(
+    runner: nn.Module,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    train_batches: Iterable,
+    test_batches: Iterable,
+    device: torch.device,
+    precision: Precision | None = None,
+) -> float:
+    """Compile before the first epoch, timed on its own between device synchronisations: a
+    training step on each batch shape of the training split (a full batch and the last,
+    partial one) and an evaluation batch of each shape of the test split, so that no
+    compilation, the partial batch's recompile included, falls inside an epoch. The weights,
+    buffers, optimizer and gradient-scaler state and random state are then put back: the run
+    trains from where an eager run starts. Returns the seconds."""
+    precision = precision or Precision("fp32", torch.device("cpu"))
+    saved = copy.deepcopy((model.state_dict(), opt.state_dict()))
+    scaler = precision.scaler.state_dict() if precision.scaler is not None else None
+    forked = [] if device.type == "cpu" else [device.index or 0]
+    devices.synchronize(device)
+    t0 = time.perf_counter()
+    with torch.random.fork_rng(forked, device_type=device.type if forked else None):
+        train_epoch(
+            runner, shapes_of(train_batches), opt, LossBuffer(2, device), precision=precision
+        )
+        evaluate(runner, shapes_of(test_batches), precision)
+    devices.synchronize(device)
+    seconds = time.perf_counter() - t0
+    model.load_state_dict(saved[0])
+    opt.load_state_dict(saved[1])
+    opt.zero_grad(set_to_none=True)
+    if scaler is not None:
+        precision.scaler.load_state_dict(scaler)
+    return seconds
 
 
 def fit(
@@ -179,30 +212,36 @@ def fit(
     precision: Precision | None = None,
     optimizer_options: dict | None = None,
     compile_mode: str = "none",
+    on_epoch_start: Callable[[], None] = lambda: None,
 ) -> Iterator[Epoch]:
     """Train for `epochs`, testing after each; yield each epoch's figures.
 
     The device is synchronised before every clock read, so times include all queued work.
     Per-batch losses go into `losses`; the caller drains them (after each epoch, or when
-    interrupted). Shuffled batches are told their epoch (set_epoch). Compiled, the first
-    epoch's first step and first evaluation batch are its compile_s.
+    interrupted). Shuffled batches are told their epoch (set_epoch). Compiled, compilation
+    comes first, timed apart (warm_compiled): the first epoch's compile_s. `on_epoch_start`
+    is called just before each epoch's clock starts.
     """
     opt = optimizer(model.parameters(), lr, device, **(optimizer_options or {}))
     runner = compiled(model, compile_mode)
+    compile_s = 0.0
+    if compile_mode != "none":
+        compile_s = warm_compiled(
+            runner, model, opt, train_batches, test_batches, device, precision
+        )
     for epoch in range(1, epochs + 1):
         if hasattr(train_batches, "set_epoch"):
             train_batches.set_epoch(epoch)
-        batches = FirstStep(train_batches, device) if epoch == 1 else train_batches
+        on_epoch_start()
         devices.synchronize(device)
         t0 = time.perf_counter()
-        train_epoch(runner, batches, opt, losses, on_batch, precision)
+        train_epoch(runner, train_batches, opt, losses, on_batch, precision)
         devices.synchronize(device)
         t1 = time.perf_counter()
         if epoch == 1:  # the cold costs stay in the first epoch's time, not eval_time_s
             loss, accuracy, warm, evaluation = timed_evaluation(
                 runner, test_batches, device, precision
             )
-            compile_s = batches.seconds + warm if compile_mode != "none" else 0.0
             yield Epoch(epoch, t1 - t0, evaluation, loss, accuracy, warm, compile_s)
             continue
         loss, accuracy = evaluate(runner, test_batches, precision)

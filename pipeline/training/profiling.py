@@ -1,6 +1,8 @@
 """Where a training step's time goes: a short window of training batches under torch.profiler,
 after the first epoch and outside every timed epoch, on a copy of the model (the run's own
-weights and trajectory are untouched).
+weights and trajectory are untouched), with a fresh optimizer of the run's kind and options.
+The window runs the step eagerly: for a compiled run it shows the operations the model asks
+for, not torch.compile's kernels, and the run says so in `pipeline.profile_step`.
 
 The table has one row an ATen operation: calls, self time on the host, self time on the
 device where the profiler has it (CUDA), and its share of the window. On `mps` torch.profiler
@@ -54,11 +56,14 @@ def profile_window(
     precision: devices.Precision,
     num_batches: int = DEFAULT_BATCHES,
     trace: Path | None = None,
+    optimizing: dict | None = None,
 ) -> list[dict]:
-    """Train `num_batches` batches on a copy of the model under the profiler; return the
-    operation table (and write a Chrome/Perfetto trace to `trace` when given)."""
+    """Train `num_batches` batches on a copy of the model under the profiler, with the
+    optimizer `optimizing` names (loops.optimizer's name, weight_decay, momentum; SGD when
+    None); return the operation table (and write a Chrome/Perfetto trace to `trace`)."""
     net = copy.deepcopy(model)
-    optimizer = loops.optimizer(net.parameters(), lr, device)
+    optimizer = loops.optimizer(net.parameters(), lr, device, **(optimizing or {}))
+    precision = devices.Precision(precision.name, device)  # a gradient scaler of its own
     window = list(itertools.islice(batches, num_batches))
     activities = [ProfilerActivity.CPU]
     if device.type == "cuda":
@@ -76,6 +81,21 @@ def profile_window(
     if trace is not None:
         prof.export_chrome_trace(str(trace))
     return table(prof.key_averages(), len(window), device.type == "cuda")
+
+
+def describe_step(optimizing: dict | None, compile_mode: str = "none") -> str:
+    """What the window ran: 'eager, sgd', 'eager, adamw (weight_decay 0.01); the run is
+    compiled (default): ...'."""
+    options = dict(optimizing or {"name": "sgd"})
+    name = options.pop("name", "sgd")
+    given = ", ".join(f"{k} {v}" for k, v in options.items() if v)
+    step = f"eager, {name}" + (f" ({given})" if given else "")
+    if compile_mode != "none":
+        step += (
+            f"; the run is compiled ({compile_mode}): the window profiles the step's eager "
+            "operations, not torch.compile's kernels"
+        )
+    return step
 
 
 def table(averages, batches: int, on_device: bool) -> list[dict]:

@@ -200,6 +200,7 @@ def _train_loop(
     epochs: list[loops.Epoch] = []
     all_losses: list[float] = []
     time_to_target = None
+    optimizing = {"name": cfg.optimizer, "weight_decay": cfg.weight_decay, "momentum": cfg.momentum}
     with progress_bar(not quiet and err.is_terminal) as bar:
         on_batch = stop.check
         if bar is not None:
@@ -210,7 +211,6 @@ def _train_loop(
                 stop.check()
                 bar.advance(batch_task)
 
-        costs.resume()
         for ep in loops.fit(
             net,
             train_batches,
@@ -221,8 +221,9 @@ def _train_loop(
             losses,
             on_batch,
             precision,
-            {"name": cfg.optimizer, "weight_decay": cfg.weight_decay, "momentum": cfg.momentum},
+            optimizing,
             cfg.compile,
+            costs.resume,  # compilation, before the first epoch, is not an epoch's cost
         ):
             costs.pause()
             first_step = losses.next_step
@@ -266,9 +267,10 @@ def _train_loop(
                 )
             if ep.epoch == 1:
                 trace = costs.trace_path if cfg.profile_trace else None
-                costs.profile(net, train_batches, cfg.lr, precision, cfg.profile_batches, trace)
-            if ep.epoch < cfg.epochs:
-                costs.resume()
+                costs.profile(
+                    net, train_batches, cfg.lr, precision, cfg.profile_batches, trace,
+                    optimizing, cfg.compile,
+                )  # fmt: skip
     return _summary(epochs, train_batches.num_samples, time_to_target), epochs, all_losses
 
 
@@ -335,8 +337,10 @@ def test(
     batch_size: int,
     target: RunTarget,
     quiet: bool = False,
+    loader: str = "tensors",
 ) -> str:
-    """Evaluate a logged model on a device; log a run of stage `test` pointing at its source."""
+    """Evaluate a logged model on a device, its test split fed the way `loader` says; log a
+    run of stage `test` pointing at its source."""
     device = devices.resolve(device_spec)
     allocator = devices.keep_freed_host_memory()
     client, experiment_id = tracking.open_experiment(target.tracking_uri, target.experiment)
@@ -346,13 +350,13 @@ def test(
     if recorded.get("input_shape"):
         recorded["input_shape"] = tuple(recorded["input_shape"])
     spec = data.DataSpec(**recorded)
-    test_batches = data.batches(spec, False, "tensors", batch_size, device)
+    test_batches = data.batches(spec, False, loader, batch_size, device)
     test_input = fingerprint.dataset_input(spec.name, spec.data_dir, test_batches, "test")
 
     source_id = config["run_id"]
     # the source run may be in another store: its config says enough then
     params, source_tags = tracking.recorded(client, source_id)
-    params[Params.DEVICE] = str(device)
+    params[Params.DEVICE], params[Params.LOADER] = str(device), loader
     tags = device_tags(device, Stages.TEST, target.host, allocator)
     tags |= math_tags(devices.Precision("fp32", device))
     tags[Tags.SOURCE_RUN_ID] = source_id
