@@ -60,7 +60,6 @@ class Costs:
                 net, batches, lr, self.device, precision, num_batches, trace, optimizing
             )
             self.step = profiling.describe_step(optimizing, compile_mode)
-            self.memory.after_window()
 
     def metrics(self, samples: int) -> dict[str, float]:
         """Peak memory; energy over the epochs where a counter exists, and `samples` (those
@@ -132,17 +131,16 @@ class Sampler:
 
 class PeakMemory:
     """The peak memory of the timed epochs, labelled by what measures it: on CUDA the caching
-    allocator's peak (max_memory_allocated and what it reserved), kept before the profiled
-    window and reset after it; on mps current_allocated_memory (never the driver's pool) and
-    on a CPU without VmHWM (macOS) the resident set, both sampled during the epochs; on Linux
-    the process's peak resident set (VmHWM), which covers the whole process."""
+    allocator's peak (max_memory_allocated and what it reserved), reset when each epoch starts
+    and kept when it ends, so that neither compilation before the first epoch nor the
+    profiled window between epochs counts; on mps current_allocated_memory (never the
+    driver's pool) and on a CPU without VmHWM (macOS) the resident set, both sampled during
+    the epochs; on Linux the process's peak resident set (VmHWM), the whole process's."""
 
     def __init__(self, device: torch.device):
         self.device, self.kept = device, (0, 0)
         self.sampler = None
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        elif device.type == "mps":
+        if device.type == "mps":
             self.sampler = Sampler(torch.mps.current_allocated_memory)
         elif vm_hwm() is None:
             self.sampler = Sampler(lambda: psutil.Process().memory_info().rss)
@@ -156,23 +154,21 @@ class PeakMemory:
         return schema.MEMORY_RSS_SAMPLED if self.sampler is not None else schema.MEMORY_VMHWM
 
     def resume(self) -> None:
-        """An epoch starts."""
+        """An epoch starts: on CUDA the allocator's peak starts again from here."""
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
         if self.sampler is not None:
             self.sampler.start()
 
     def pause(self) -> None:
         """An epoch ended: what it reached is kept before anything else (the profiled window)
-        runs; on CUDA the allocator's peak starts again from here."""
+        runs."""
         if self.sampler is not None:
             self.sampler.stop()
         if self.device.type == "cuda":
             peak = torch.cuda.max_memory_allocated(self.device)
             reserved = torch.cuda.max_memory_reserved(self.device)
             self.kept = (max(self.kept[0], peak), max(self.kept[1], reserved))
-
-    def after_window(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
 
     def metrics(self) -> dict[str, float]:
         mib = 1 << 20
