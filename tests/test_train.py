@@ -318,10 +318,12 @@ def test_compile_where_torch_cannot_is_one_line_and_no_run(cli, client, monkeypa
 
 
 def test_compilation_of_every_batch_shape_comes_before_the_timed_epochs(monkeypatch):
-    """10 training images at batch 4 (batches of 4, 4, 2) and 6 test images (4, 2): every
-    graph torch.compile makes, the partial batches' included, is made before the first epoch
-    starts, and the run then trains exactly as an eager run does. The observable: a compiler
-    backend of the test's own (torch.compile's public `backend`), called once per graph."""
+    """10 training images at batch 4 (batches of 4, 4, 2), shuffled, and 6 test images (4, 2):
+    every graph torch.compile makes, the partial batches' included, is made before the first
+    epoch starts, and the run then trains exactly as an eager run does: the cnn's dropout
+    draws the same masks, so the warm-up left the random state, the order, the weights and
+    the optimizer as they were. The observable: a compiler backend of the test's own
+    (torch.compile's public `backend`), called once per graph."""
     made, phase = [], ["compile"]
 
     def backend(graph, example_inputs):
@@ -334,13 +336,14 @@ def test_compilation_of_every_batch_shape_comes_before_the_timed_epochs(monkeypa
     monkeypatch.setattr(loops, "compiled", compiled)
     generator = torch.Generator().manual_seed(0)
     x, y = torch.rand(16, 1, 28, 28, generator=generator), torch.arange(16) % 10
-    train = data.TensorBatches(x[:10], y[:10], 4)
+    train = data.TensorBatches(x[:10], y[:10], 4, data.Order(10, True, 0))
     test = data.TensorBatches(x[10:], y[10:], 4)
     cpu, adamw = torch.device("cpu"), {"name": "adamw", "weight_decay": 0.1}
     trained = {}
     for mode in ("none", "default"):
         torch.compiler.reset()
-        net = model.initialised({"model": "mlp", "hidden": 8, "layers": 1}, 0, cpu)
+        cnn = {"model": "cnn", "input_shape": [1, 28, 28], "num_classes": 10}
+        net = model.initialised(cnn, 0, cpu)
 
         def epoch_starts():
             phase[0] = "epoch"
