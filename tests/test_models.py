@@ -150,10 +150,20 @@ def test_compiled_accuracy_unlike_eager_on_the_same_device(cli, client, tmp_path
     fine = log_run(client, "cpu", accuracy=[0.79], params={Params.COMPILE: "max-autotune"})
     better = log_run(client, "cpu", accuracy=[0.90], params={Params.COMPILE: "reduce-overhead"})
     alone = log_run(client, "cpu", host="other", accuracy=[0.5], params={Params.COMPILE: "default"})
+    # 128 test images: 10 points apart is within their sampling noise (3·√(2·0.8·0.2/128), 15
+    # points); 10,000 images: far past it (1.7 points), as past the 2-point tolerance
+    small = {Params.TEST_SIZE: "128"}
+    log_run(client, "cpu", accuracy=[0.80], params=small)
+    noisy = log_run(client, "cpu", accuracy=[0.70], params={**small, Params.COMPILE: "default"})
+    large = {Params.TEST_SIZE: "10000"}
+    log_run(client, "cpu", accuracy=[0.80], params=large)
+    sure = log_run(client, "cpu", accuracy=[0.77], params={**large, Params.COMPILE: "default"})
     result, report = compare_json(cli, tmp_path)
     assert result.code == 1
     assert kinds(report, wrong) == kinds(report, better) == ["compiled-accuracy-mismatch"]
+    assert kinds(report, sure) == ["compiled-accuracy-mismatch"]
     assert kinds(report, fine) == kinds(report, eager) == kinds(report, alone) == []
+    assert kinds(report, noisy) == []
     (finding, *_) = [f for f in report["findings"] if f["run_id"] == wrong]
     assert finding["values"]["eager_run_id"] == eager and finding["values"]["compile"] == "default"
     assert "compiled (default) reaches 70.0% test accuracy, 10.0% below" in finding["message"]
