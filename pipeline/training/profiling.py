@@ -1,6 +1,6 @@
 """Where a training step's time goes: a short window of training batches under torch.profiler,
 after the first epoch and outside every timed epoch, on a copy of the model (the run's own
-weights and trajectory are untouched), with a fresh optimizer of the run's kind and options.
+weights and trajectory are untouched), with an optimizer of the run's kind and options.
 The window runs the step eagerly: for a compiled run it shows the operations the model asks
 for, not torch.compile's kernels, and the run says so in `pipeline.profile_step`.
 
@@ -60,11 +60,20 @@ def profile_window(
 ) -> list[dict]:
     """Train `num_batches` batches on a copy of the model under the profiler, with the
     optimizer `optimizing` names (loops.optimizer's name, weight_decay, momentum; SGD when
-    None); return the operation table (and write a Chrome/Perfetto trace to `trace`)."""
+    None); return the operation table (and write a Chrome/Perfetto trace to `trace`).
+
+    The copy's gradient scaler starts from the run's scale, and one step before the window
+    (unprofiled) makes the optimizer's state (momentum, AdamW's moments): the window shows
+    steady steps, not the first one's set-up."""
     net = copy.deepcopy(model)
     optimizer = loops.optimizer(net.parameters(), lr, device, **(optimizing or {}))
-    precision = devices.Precision(precision.name, device)  # a gradient scaler of its own
-    window = list(itertools.islice(batches, num_batches))
+    own = devices.Precision(precision.name, device)  # a gradient scaler of its own ...
+    if own.scaler is not None and precision.scaler is not None:
+        own.scaler.load_state_dict(precision.scaler.state_dict())  # ... at the run's scale
+    window = list(itertools.islice(batches, num_batches + 1))
+    if len(window) > 1:  # data of one batch: that one is the window
+        first, *window = window
+        loops.train_epoch(net, [first], optimizer, loops.LossBuffer(1, device), precision=own)
     activities = [ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
@@ -73,7 +82,7 @@ def profile_window(
         prof = profile(activities=activities)
         prof.start()
     try:
-        loops.train_epoch(net, window, optimizer, losses, precision=precision)
+        loops.train_epoch(net, window, optimizer, losses, precision=own)
         devices.synchronize(device)
     finally:
         with _quiet_stderr():
@@ -88,6 +97,8 @@ def describe_step(optimizing: dict | None, compile_mode: str = "none") -> str:
     compiled (default): ...'."""
     options = dict(optimizing or {"name": "sgd"})
     name = options.pop("name", "sgd")
+    if name != "sgd":
+        options.pop("momentum", None)  # SGD's alone
     given = ", ".join(f"{k} {v}" for k, v in options.items() if v)
     step = f"eager, {name}" + (f" ({given})" if given else "")
     if compile_mode != "none":
