@@ -2,12 +2,12 @@
 judging and reports, sweep's grid, doctor's report; and the program's --version. The options
 several commands share are pipeline.config's."""
 
-from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
 
+import pipeline
 from pipeline.config import (
     WORKLOAD_PANEL,
     compile_list,
@@ -19,14 +19,14 @@ from pipeline.config import (
 from pipeline.console import out
 from pipeline.run_options import OUTPUT_PANEL, TRACKING_PANEL
 
-DISTRIBUTION = "device-comparison-pipeline"  # pyproject.toml's project name
 SELECTION_PANEL, JUDGING_PANEL, GRID_PANEL = "Selection", "Judging", "Grid"
 
 
 def print_version(asked: bool) -> None:
-    """--version: the installed package's version, then exit 0."""
+    """--version: the package's version (what runs record as pipeline.version), then exit 0;
+    also from a checkout that is not installed."""
     if asked:
-        out.print(f"pipeline {metadata.version(DISTRIBUTION)}", markup=False, highlight=False)
+        out.print(f"pipeline {pipeline.__version__}", markup=False, highlight=False)
         raise typer.Exit()
 
 

@@ -11,6 +11,7 @@ import pytest
 import typer
 from conftest import pipeline_process, run_process
 
+import pipeline
 from pipeline.cli import app
 
 COMMANDS = typer.main.get_command(app).commands
@@ -105,7 +106,9 @@ def test_the_defaults_that_are_no_value_say_what_happens(cli, monkeypatch):
 
 
 def test_version_prints_the_installed_version_and_exits_0():
-    expected = f"pipeline {metadata.version('device-comparison-pipeline')}\n"
+    """The version runs record (pipeline.version), which is the one pyproject installs."""
+    assert metadata.version("device-comparison-pipeline") == pipeline.__version__
+    expected = f"pipeline {pipeline.__version__}\n"
     script = Path(sys.executable).with_name("pipeline")  # the installed console script
     for result in (
         pipeline_process("--version"),
