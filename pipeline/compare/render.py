@@ -222,21 +222,20 @@ def print_terminal(
     if quiet:
         shown = []
     for group in shown:
+        mixed = group.get("memory_mixed", False)  # tables() sets it
         rows = terminal_rows(group["runs"])
         hidden = len(group["runs"]) - len(rows)
         caption = f"{hidden} more unflagged rows not shown (all are in report.md)"
         columns = shown_columns(group["runs"])
         under = identity(group) + (f"; {caption}" if hidden else "")
-        under += f"\n{MEMORY_MIXED}" if group.get("memory_mixed", False) else ""
+        under += f"\n{MEMORY_MIXED}" if mixed else ""
         table = Table(
             title=heading(group), title_justify="left", caption=under, caption_justify="left"
         )
         for name, _, _ in columns:
             table.add_column(name, overflow="fold")
         for r in rows:
-            table.add_row(
-                *(row_cell(r, k, fmt, group.get("memory_mixed", False)) for _, k, fmt in columns)
-            )
+            table.add_row(*(row_cell(r, k, fmt, mixed) for _, k, fmt in columns))
         console.print(table)
     if len(shown) < len(groups) and not quiet:
         console.print(
@@ -292,20 +291,18 @@ def markdown(
             )
         lines.append("")
     for group in groups:
+        mixed = group.get("memory_mixed", False)
         columns = shown_columns(group["runs"])
         lines += [f"## {heading(group)}", ""]
         lines.append("| " + " | ".join(h for h, _, _ in columns) + " |")
         lines.append("|" + "---|" * len(columns))
         for r in group["runs"]:
-            cells = [
-                escape(row_cell(r, k, fmt, group.get("memory_mixed", False)))
-                for _, k, fmt in columns
-            ]
+            cells = [escape(row_cell(r, k, fmt, mixed)) for _, k, fmt in columns]
             if runs_url:
                 cells[0] = f"[{cells[0]}]({runs_url}{r['run_id']})"
             lines.append("| " + " | ".join(cells) + " |")
         lines += ["", f"Workload: {escape(identity(group))}", ""]
-        lines += [MEMORY_MIXED, ""] if group.get("memory_mixed", False) else []
+        lines += [MEMORY_MIXED, ""] if mixed else []
         for plot in plots or []:
             if plot.stem in (f"group-{group['id']}", f"history-{group['id']}"):
                 lines += [f"![{plot.stem}: {heading(group)}]({plot.name})", ""]
