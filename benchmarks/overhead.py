@@ -261,21 +261,25 @@ def run_pipeline(epochs: int, data_dir: str, env: dict, extra: list[str], store:
 
 
 def watch_peak(proc: subprocess.Popen) -> float:
-    """The peak RSS of a process and of any programs it has started, summed. VmHWM never
-    falls, so the last reading of each process is its peak. A child still running the
-    parent's program (forked, not yet exec'd: `git` between vfork and exec) reports the
-    parent's pages as its own, so it is counted only once it runs a program of its own."""
+    """The peak memory of a process and of the processes it has started, summed. VmHWM never
+    falls, so the last reading of each process that runs a program of its own is its peak. A
+    child still running the parent's program (forked: a DataLoader worker, or `git` between
+    vfork and exec) shares the parent's pages, which its VmHWM would count again: for it,
+    the most memory it held alone (USS) is taken instead."""
     import psutil
 
     peaks: dict[int, float] = {}
     while proc.poll() is None:
         # Gone, or a zombie (no VmHWM line): the last reading stands.
-        with contextlib.suppress(FileNotFoundError, IndexError, psutil.NoSuchProcess):
+        with contextlib.suppress(FileNotFoundError, IndexError, psutil.Error):
             parent = psutil.Process(proc.pid)
             peaks[parent.pid] = peak_rss_mib(parent.pid)
             for p in parent.children(True):
                 if p.cmdline() != parent.cmdline():
                     peaks[p.pid] = peak_rss_mib(p.pid)
+                else:
+                    uss = p.memory_full_info().uss / 2**20
+                    peaks[p.pid] = max(peaks.get(p.pid, 0.0), uss)
         time.sleep(0.05)
     proc.stdout_text, stderr = proc.communicate()
     if proc.returncode != 0:
