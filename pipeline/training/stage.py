@@ -113,8 +113,6 @@ def train(cfg: TrainConfig, target: RunTarget, quiet: bool = False) -> str:
         client, experiment_id, default_run_name(cfg, device)
     )
     costs = Costs(device)
-    if not quiet:  # what runs, once nothing can stop it as a usage error
-        err.print(device_line, markup=False, highlight=False)
     with interrupts_requested() as stop:
         run = tracking.Run.start(client, experiment_id, name, tags, join=not target.parent_run_id)
         with run_closed(run, stop, before_kill=lambda: _flush_losses(run, losses)):
@@ -122,6 +120,8 @@ def train(cfg: TrainConfig, target: RunTarget, quiet: bool = False) -> str:
                 run.start_system_metrics(cfg.system_metrics)
             run.log_params(params)
             run.log_datasets(inputs)
+            if not quiet:  # what runs, once the store has taken the run
+                err.print(device_line, markup=False, highlight=False)
             # Everything made so far lives to the end: out of the collector's way, so that
             # its passes during training scan only what training makes.
             gc.freeze()
