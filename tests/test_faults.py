@@ -168,6 +168,41 @@ def test_four_concurrent_writers_on_one_new_sqlite_store(tmp_path, data_dir):
     assert not list(tmp_path.glob(".*.creating"))  # each process's scratch store is gone
 
 
+def test_a_run_that_loses_the_race_to_insert_a_data_set_logs_it_again(cli, client, monkeypatch):
+    """Two runs logging the same new data set at once can both find it missing in MLflow's
+    store; the second insert then breaks the store's uniqueness constraint (seen with four
+    concurrent writers above). NOT the race itself: the store's refusal, as sqlite words it,
+    on the first attempt; the second attempt is MLflow's real log_inputs."""
+    from mlflow.exceptions import MlflowException
+
+    real, calls = MlflowClient.log_inputs, []
+
+    def racing(self, run_id, datasets=None, models=None):
+        calls.append(run_id)
+        if len(calls) == 1:
+            raise MlflowException(
+                "(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, "
+                "datasets.name, datasets.digest"
+            )
+        return real(self, run_id, datasets=datasets, models=models)
+
+    monkeypatch.setattr(MlflowClient, "log_inputs", racing)
+    assert cli("train", "--device", "cpu", "--epochs", "1", *SMALL, "--quiet").code == 0
+    run = only_run(client)
+    assert len(calls) == 2 and run.info.status == "FINISHED"
+    assert sorted(i.tags[0].value for i in run.inputs.dataset_inputs) == ["test", "train"]
+
+    # any other refusal is not retried: the run fails with it
+    def failing(self, run_id, datasets=None, models=None):
+        calls.append(run_id)
+        raise MlflowException("(sqlite3.OperationalError) disk I/O error")
+
+    calls.clear()
+    monkeypatch.setattr(MlflowClient, "log_inputs", failing)
+    assert cli("train", "--device", "cpu", "--epochs", "1", *SMALL, "--quiet").code != 0
+    assert len(calls) == 1
+
+
 def test_a_new_sqlite_store_appears_complete(tmp_path):
     """MLflow migrates a new sqlite store where it lies, and another program that opens it
     meanwhile migrates it too: both fail (a known MLflow bug). Ours links a finished store into

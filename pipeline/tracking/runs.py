@@ -30,6 +30,7 @@ os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
 
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100  # log_batch's limits per call
 DATASET_CONTEXT = "mlflow.data.context"  # an input's role, as mlflow.log_input records it
+DATASET_ATTEMPTS = 3
 
 
 def matching(field: str, value: str) -> str:
@@ -167,23 +168,32 @@ class Run:
 
     def log_datasets(self, inputs: list[dict]) -> None:
         """Data sets as the run's inputs (the UI's Datasets column): each a dict of name,
-        digest, source (a folder), rows and context (the split: train or test)."""
-        self.client.log_inputs(
-            self.run_id,
-            datasets=[
-                DatasetInput(
-                    Dataset(
-                        name=d["name"],
-                        digest=d["digest"],
-                        source_type="local",
-                        source=json.dumps({"uri": d["source"]}),
-                        profile=json.dumps({"num_rows": d["rows"]}),
-                    ),
-                    tags=[InputTag(DATASET_CONTEXT, d["context"])],
-                )
-                for d in inputs
-            ],
-        )
+        digest, source (a folder), rows and context (the split: train or test).
+
+        MLflow's store looks a data set up and inserts it when missing, in one transaction:
+        two runs logging the same new data set at once can both miss it, and the second
+        insert fails on the store's uniqueness constraint. Logging inputs reuses what exists,
+        so the loser logs again and finds it."""
+        datasets = [
+            DatasetInput(
+                Dataset(
+                    name=d["name"],
+                    digest=d["digest"],
+                    source_type="local",
+                    source=json.dumps({"uri": d["source"]}),
+                    profile=json.dumps({"num_rows": d["rows"]}),
+                ),
+                tags=[InputTag(DATASET_CONTEXT, d["context"])],
+            )
+            for d in inputs
+        ]
+        for attempt in range(DATASET_ATTEMPTS):
+            try:
+                return self.client.log_inputs(self.run_id, datasets=datasets)
+            except MlflowException as e:
+                if attempt == DATASET_ATTEMPTS - 1 or not store.lost_insert_race(e):
+                    raise
+                time.sleep(0.05 * (attempt + 1))
 
     def log_artifacts(self, local_dir: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)

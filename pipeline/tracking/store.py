@@ -120,6 +120,15 @@ def _create_sqlite_store(uri: str) -> None:
             tmp.unlink()
 
 
+# How each database (and a server passing its error on) words a row that already exists.
+UNIQUE_VIOLATION = ("UNIQUE constraint failed", "duplicate key value", "Duplicate entry")
+
+
+def lost_insert_race(e: BaseException) -> bool:
+    """Whether the store refused a row because another writer inserted it first."""
+    return any(words in str(e) for words in UNIQUE_VIOLATION)
+
+
 def refusal(e: BaseException) -> str | None:
     """What the tracking server refused, in words, when it answered 401 or 403; else None.
     Names the account, never its password."""
