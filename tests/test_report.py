@@ -232,3 +232,15 @@ def test_a_sweep_cells_bar_is_its_rows_median_with_its_interval():
     assert figure == Metrics.SAMPLES_PER_S
     assert lines == {"cpu @ box": [(i, "", s) for i, s in ((0, 900.0), (1, 1000.0), (2, 1100.0),
                                                          (9, 1050.0))]}  # fmt: skip
+
+
+def test_a_group_title_names_what_makes_it_another_workload_than_the_plain_one():
+    plain = {"dataset": "synthetic", "model": "mlp", "batch_size": "64", "lr": "0.001",
+             "epochs": "2", "precision": "fp32", "optimizer": "sgd", "seed": "0"}  # fmt: skip
+    assert render.heading({"id": 1, "params": plain}) == (
+        "group 1: dataset=synthetic model=mlp batch_size=64 lr=0.001 epochs=2"
+    )
+    other = plain | {"precision": "bf16", "optimizer": "adamw", "compile": "default"}
+    assert render.heading({"id": 2, "params": other}).endswith(
+        "epochs=2 precision=bf16 optimizer=adamw compile=default"
+    )

@@ -34,6 +34,7 @@ COLUMNS = [
     ("flags", "flags", "{}"),
 ]
 TITLE_PARAMS = (Params.DATASET, Params.MODEL, Params.BATCH_SIZE, Params.LR, Params.EPOCHS)
+UNUSUAL = {Params.PRECISION: "fp32", Params.OPTIMIZER: "sgd", Params.COMPILE: "none"}
 MAX_TERMINAL_GROUPS = 20
 MAX_TERMINAL_ROWS = 20  # a group's rows in the terminal, flagged ones always
 MAX_PLOTTED_GROUPS = 6
@@ -123,10 +124,11 @@ def memory_mixed(rows: list[dict]) -> bool:
 
 def title(group: Group, short: bool = False) -> str:
     """'group 3: dataset=... model=... batch_size=...', every param, or (short) the main ones."""
+    if short:
+        return heading({"id": group.id, "params": group.params})
     p = group.params
     parts = [f"{k}={p[k]}" for k in TITLE_PARAMS if k in p]
-    if not short:
-        parts += [f"{k}={v}" for k, v in p.items() if k not in TITLE_PARAMS]
+    parts += [f"{k}={v}" for k, v in p.items() if k not in TITLE_PARAMS]
     return f"group {group.id}: " + " ".join(parts)
 
 
@@ -140,9 +142,13 @@ def shown_columns(rows: list[dict]) -> list[tuple[str, str, str]]:
 
 
 def heading(table: dict) -> str:
-    """A group's short title: its number and main params (dataset, model, batch size, ...)."""
+    """A group's short title: its number and main params (dataset, model, batch size, ...),
+    then the settings that make it another workload than the plain one (a precision other
+    than fp32, an optimizer other than SGD, a compile mode)."""
     p = table["params"]
-    return f"group {table['id']}: " + " ".join(f"{k}={p[k]}" for k in TITLE_PARAMS if k in p)
+    main = [f"{k}={p[k]}" for k in TITLE_PARAMS if k in p]
+    main += [f"{k}={p[k]}" for k, plain in UNUSUAL.items() if p.get(k, plain) != plain]
+    return f"group {table['id']}: " + " ".join(main)
 
 
 def identity(table: dict) -> str:
