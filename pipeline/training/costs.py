@@ -142,7 +142,7 @@ class PeakMemory:
         self.sampler = None
         if device.type == "mps":
             self.sampler = Sampler(torch.mps.current_allocated_memory)
-        elif vm_hwm() is None:
+        elif device.type == "cpu" and vm_hwm() is None:
             self.sampler = Sampler(lambda: psutil.Process().memory_info().rss)
 
     @property
