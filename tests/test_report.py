@@ -11,7 +11,7 @@ from test_compare import compare_json, log_run
 
 from pipeline import plots
 from pipeline.compare import render
-from pipeline.compare.records import Group, RunSummary
+from pipeline.compare.records import Group, RunSummary, Selection
 from pipeline.schema import MEMORY_CUDA, MEMORY_MIXED, MEMORY_VMHWM, Metrics, Params, Tags
 from pipeline.sweep.crossover import crossover_table
 
@@ -109,10 +109,10 @@ def test_a_peak_memory_column_that_mixes_methods_names_each_figures_method():
             tags={Tags.DEVICE: device, Tags.HOST: "h", Tags.PEAK_MEMORY_SOURCE: source},
         )  # fmt: skip
 
-    def group(*runs: RunSummary) -> dict:
-        rows = [render.row([r], Group(1, {}, list(runs)), []) for r in runs]
-        return {"id": 1, "title": "g", "params": {}, "runs": rows,
-                "memory_mixed": render.memory_mixed(rows)}  # fmt: skip
+    def group(*runs: RunSummary) -> dict:  # as compare's tables() makes it
+        selection = Selection(list(runs), {r.run_id for r in runs}, {}, [], ["0"])
+        (table,) = render.tables(selection, [Group(1, {}, list(runs))], [])
+        return table
 
     cpu = summary("cpu", MEMORY_VMHWM)
     mixed = group(cpu, summary("cuda:0", MEMORY_CUDA))
