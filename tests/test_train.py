@@ -321,9 +321,9 @@ def test_compilation_of_every_batch_shape_comes_before_the_timed_epochs(monkeypa
     """10 training images at batch 4 (batches of 4, 4, 2), shuffled, and 6 test images (4, 2):
     every graph torch.compile makes, the partial batches' included, is made before the first
     epoch starts, and the run then trains exactly as an eager run does: the cnn's dropout
-    draws the same masks, so the warm-up left the random state, the order, the weights and
-    the optimizer as they were. The observable: a compiler backend of the test's own
-    (torch.compile's public `backend`), called once per graph."""
+    draws the same masks, so the warm-up (its reading of the batches included) left the
+    random state, the weights and the optimizer as they were. The observable: a compiler
+    backend of the test's own (torch.compile's public `backend`), called once per graph."""
     made, phase = [], ["compile"]
 
     def backend(graph, example_inputs):
@@ -336,7 +336,13 @@ def test_compilation_of_every_batch_shape_comes_before_the_timed_epochs(monkeypa
     monkeypatch.setattr(loops, "compiled", compiled)
     generator = torch.Generator().manual_seed(0)
     x, y = torch.rand(16, 1, 28, 28, generator=generator), torch.arange(16) % 10
-    train = data.TensorBatches(x[:10], y[:10], 4, data.Order(10, True, 0))
+
+    class Drawing(data.TensorBatches):  # draws from the global generator, as a DataLoader's
+        def __iter__(self):  # iterator does for its workers' base seed
+            torch.rand(1)
+            return super().__iter__()
+
+    train = Drawing(x[:10], y[:10], 4, data.Order(10, True, 0))
     test = data.TensorBatches(x[10:], y[10:], 4)
     cpu, adamw = torch.device("cpu"), {"name": "adamw", "weight_decay": 0.1}
     trained = {}
