@@ -1,9 +1,11 @@
 """A shared tracking server, for real: `mlflow server` on 127.0.0.1 with sqlite or PostgreSQL."""
 
+import contextlib
 import glob
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -67,26 +69,32 @@ def start_server(backend: str, artifacts: Path):
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        start_new_session=True,  # its uvicorn and job workers stopped with it: see stop()
     )
     proc.log = log
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_healthy(url, proc, seconds=180)  # a busy 2-core machine starts it slowly
     except TimeoutError as e:
-        proc.kill()
-        raise TimeoutError(f"{e}; the server said: {said(proc)}") from None
+        message = f"{e}; the server said: {said(proc)}"
+        stop(proc)
+        raise TimeoutError(message) from None
     except Exception:
-        proc.kill()
+        stop(proc)
         raise
     return proc, port
 
 
 def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
+    """The server and every process it started (uvicorn, MLflow's job workers): its whole
+    session, which killing the `mlflow server` process alone would leave running."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # whatever of it is left
+    proc.wait()
     if hasattr(proc, "log"):
         proc.log.close()
 
