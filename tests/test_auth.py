@@ -44,7 +44,13 @@ def server(tmp_path_factory):
     cmd += ["--backend-store-uri", f"sqlite:///{folder / 'runs.db'}"]
     cmd += ["--artifacts-destination", str(folder / "artifacts")]
     proc = subprocess.Popen(
-        cmd, cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        cmd,
+        cwd=folder,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # stop() ends its whole session
     )
     url = f"http://127.0.0.1:{port}"
     try:

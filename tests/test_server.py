@@ -94,6 +94,7 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=20)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)  # whatever of it is left
+    proc.kill()  # started in no session of its own: the process itself
     proc.wait()
     if hasattr(proc, "log"):
         proc.log.close()
