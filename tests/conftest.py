@@ -1,6 +1,9 @@
 """Shared fixtures: a real sqlite tracking store per test, small synthetic data, a CLI runner."""
 
+import contextlib
 import os
+import shutil
+import sqlite3
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -23,6 +26,25 @@ class Result:
     code: int
     stdout: str
     stderr: str
+
+
+# The modules whose tests drive many real processes, the longest first (from `--durations`):
+# they start first, so that the two test processes end together rather than one of them
+# running a minute-long test alone at the end (pyproject: `--dist worksteal`, an idle process
+# takes over the other's waiting tests). The live measurement marked `alone` starts before
+# everything: while it runs the other process must wait, and at the start it waits least.
+SLOW_FIRST = ("test_browser", "test_journeys", "test_trust", "test_auth", "test_faults",
+              "test_sweep", "test_own_workload", "test_server")  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+
+    def order(item: pytest.Item) -> tuple[bool, int]:
+        alone = item.get_closest_marker("alone") is None
+        return alone, rank.get(item.module.__name__, len(rank))
+
+    items.sort(key=order)  # stable: each module's own order is kept
 
 
 @pytest.fixture(autouse=True)
@@ -58,10 +80,27 @@ def data_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("data")
 
 
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory) -> Path:
+    """An empty sqlite store as MLflow creates one, made once a session: MLflow takes a second
+    or more to create a store (its schema's migrations), a copy takes milliseconds."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
 @pytest.fixture
-def store(tmp_path) -> str:
-    """A fresh sqlite tracking store."""
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+def store(tmp_path, empty_store) -> str:
+    """A fresh sqlite tracking store: a copy of the empty one, whose Default experiment keeps
+    its artifacts in this test's folder, where MLflow would have put them (./mlruns/0)."""
+    path = tmp_path / "mlflow.db"
+    shutil.copyfile(empty_store, path)
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        where = str(tmp_path / "mlruns" / "0")
+        db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", (where,))
+    return f"sqlite:///{path}"
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from conftest import SMALL, pipeline_in, user_env
 from mlflow import MlflowClient
 from test_faults import free_port
 from test_fleet import flagged_store
-from test_server import stop, wait_until_healthy
+from test_server import server_env, stop, wait_until_healthy
 
 from pipeline.schema import Stages, Tags
 
@@ -33,12 +33,10 @@ def as_user(user: tuple[str, str] | None):
 def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("auth-server")
     port = free_port()
-    env = {
-        **os.environ,
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN[1],  # MLflow ships none: read at the first start
-        "MLFLOW_FLASK_SERVER_SECRET_KEY": "a-csrf-key-for-tests",
-    }
+    env = server_env(
+        MLFLOW_AUTH_ADMIN_PASSWORD=ADMIN[1],  # MLflow ships none: read at the first start
+        MLFLOW_FLASK_SERVER_SECRET_KEY="a-csrf-key-for-tests",
+    )
     cmd = [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth"]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     cmd += ["--backend-store-uri", f"sqlite:///{folder / 'runs.db'}"]

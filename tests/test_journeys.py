@@ -193,7 +193,12 @@ def test_a_named_experiment_holds_the_whole_journey(tmp_path, data_dir, how):
     assert {r.info.experiment_id for r in runs} == {nightly}
     (compare_run,) = by_stage(runs, Stages.COMPARE)
     assert compare_run.info.status == "FINISHED"
-    assert compare_run.data.metrics["runs_compared"] == (2 if named == [] else 1)
+    trains = {r.info.run_id for r in by_stage(runs, Stages.TRAIN)}
+    assert compare_run.data.metrics["runs_compared"] == len(trains) == (2 if named == [] else 1)
+    # mlflow run's train and `pipeline train`'s, one workload: one group, whoever launched it
+    local = client.download_artifacts(compare_run.info.run_id, "findings.json", str(tmp_path))
+    (group,) = json.loads(Path(local).read_text())["groups"]
+    assert {r["run_id"] for r in group["runs"]} == trains
 
 
 def test_a_flagged_compare_under_mlflow_run_is_a_finished_comparison(tmp_path):

@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import SMALL
+from conftest import SMALL, user_env
 from mlflow import MlflowClient
 from test_faults import free_port
 
@@ -43,6 +43,16 @@ def said(proc: subprocess.Popen) -> str:
     return proc.log.read()[-2000:]
 
 
+def server_env(**extra: str) -> dict[str, str]:
+    """The environment of a test's `mlflow server`: nothing of MLFLOW_* or PIPELINE_* from
+    this process (mlflow.set_tracking_uri, called by the commands run in it, leaves an
+    MLFLOW_TRACKING_URI behind), no telemetry, and no job execution: MLflow 3 starts eight
+    job-queue processes beside a server for its GenAI jobs, which nothing here uses, and on
+    this 2-core machine they cost 16 s of CPU a server (21 s in its first 15 s with them, 5 s
+    without, measured), taken from the tests running beside it."""
+    return user_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **extra)
+
+
 def start_server(backend: str, artifacts: Path):
     """`mlflow server` on a free port, its output to a file (a pipe nobody reads fills up and
     stops the server); (process, port) once it answers /health."""
@@ -68,7 +78,7 @@ def start_server(backend: str, artifacts: Path):
         stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        env=server_env(),
         start_new_session=True,  # its uvicorn and job workers stopped with it: see stop()
     )
     proc.log = log

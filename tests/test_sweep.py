@@ -2,12 +2,14 @@
 
 import itertools
 import json
+import os
 from dataclasses import replace
 
 import pytest
 import torch
 from conftest import SMALL
 from test_errors import assert_no_run
+from test_trust import dead_process
 
 from pipeline import devices
 from pipeline.schema import MEMORY_MIXED, Params, Stages, Tags, memory_method
@@ -34,20 +36,22 @@ def sweep_runs(client):
     return parents, kids
 
 
-def test_sweep_runs_children_under_one_parent(cli, client, tmp_path):
+def test_sweep_runs_children_under_one_parent_and_resume_reruns_what_did_not_finish(
+    cli, client, tmp_path
+):
     result = cli(*SWEEP)
     assert result.code == 0, result.stderr
     assert "skipping cuda:3" in result.stderr and "skipping mps" in result.stderr
     (parent,), kids = sweep_runs(client)
     assert parent.info.status == "FINISHED"
     assert {k.data.tags[Tags.PARENT] for k in kids} == {parent.info.run_id}
-    assert sorted(
-        (k.data.params[Params.BATCH_SIZE], k.data.params[Params.HIDDEN]) for k in kids
-    ) == [("32", "16"), ("32", "32"), ("64", "16"), ("64", "32")]
+    every = [("32", "16"), ("32", "32"), ("64", "16"), ("64", "32")]
+    assert sorted(combo(k) for k in kids) == every
     assert all(k.info.status == "FINISHED" and k.data.params[Params.DEVICE] == "cpu" for k in kids)
-    # children run one at a time: each starts after the previous one ended
+    # children run one at a time, each in a process of its own, after the previous one ended
     ordered = sorted(kids, key=lambda k: k.info.start_time)
     assert all(a.info.end_time <= b.info.start_time for a, b in itertools.pairwise(ordered))
+    assert len({k.data.tags[Tags.PID] for k in kids} | {str(os.getpid())}) == 5
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert artifacts == {"sweep.md", "sweep.json", "throughput.png"}
     local = client.download_artifacts(parent.info.run_id, "sweep.json", str(tmp_path))
@@ -60,32 +64,37 @@ def test_sweep_runs_children_under_one_parent(cli, client, tmp_path):
     assert all(row["memory_method"] == {"cpu": method} for row in summary["rows"])
     assert "samples/s" in result.stdout and "no accelerator in this sweep" in result.stdout
 
+    # Killed outright: one child interrupted, the parent left RUNNING with its dead process's
+    # tags. Resumed, the parent records the process resuming it and drops the failure reason
+    # its death left; only the child that did not finish runs again.
+    victim = kids[0]
+    client.set_terminated(victim.info.run_id, "KILLED")
+    parent_id = parent.info.run_id
+    dead_pid, dead_token = dead_process()
+    client.update_run(parent_id, status="RUNNING")
+    client.set_tag(parent_id, Tags.PID, str(dead_pid))
+    client.set_tag(parent_id, Tags.PROCESS_START, dead_token)
+    result = cli("sweep", "--resume", parent_id)
+    assert result.code == 0, result.stderr
+    assert result.stderr.count("already done") == 3
+    assert f"sweep run {parent_id} (to resume it: --resume " in result.stderr
+    (resumed,), kids = sweep_runs(client)
+    assert resumed.info.status == "FINISHED"
+    assert Tags.FAILURE_REASON not in resumed.data.tags
+    assert resumed.data.tags[Tags.PID] == str(os.getpid())  # the process that resumed it
+    assert sorted(combo(k) for k in kids if k.info.status == "FINISHED") == every
+    killed = [combo(k) for k in kids if k.info.status == "KILLED"]
+    assert killed == [combo(victim)]  # re-run once, the rest left alone
+
+
+def combo(run) -> tuple[str, str]:
+    return run.data.params[Params.BATCH_SIZE], run.data.params[Params.HIDDEN]
+
 
 def test_strict_makes_a_missing_device_an_error(cli, client):
     result = cli(*SWEEP, "--strict")
     assert result.code == 2 and "cuda:3" in result.stderr
     assert_no_run(client)  # nothing half-logged
-
-
-def test_resume_reruns_only_what_did_not_finish(cli, client):
-    assert cli(*SWEEP).code == 0
-    (parent,), kids = sweep_runs(client)
-    victim = kids[0]
-    client.set_terminated(victim.info.run_id, "KILLED")  # as if interrupted there
-    result = cli("sweep", "--resume", parent.info.run_id)
-    assert result.code == 0, result.stderr
-    assert result.stderr.count("already done") == 3
-    assert f"sweep run {parent.info.run_id} (to resume it: --resume " in result.stderr
-    (parent_again,), kids = sweep_runs(client)
-    assert parent_again.info.status == "FINISHED"
-
-    def combo(run):
-        return run.data.params[Params.BATCH_SIZE], run.data.params[Params.HIDDEN]
-
-    finished = sorted(combo(k) for k in kids if k.info.status == "FINISHED")
-    assert finished == [("32", "16"), ("32", "32"), ("64", "16"), ("64", "32")]
-    killed = [combo(k) for k in kids if k.info.status == "KILLED"]
-    assert killed == [combo(victim)]  # re-run once, the rest left alone
 
 
 def record(model, hidden, batch, device, speed, flops, precision="fp32"):
