@@ -80,10 +80,12 @@ def test_time_to_target_is_absent_when_never_reached(cli, client):
 @pytest.mark.skipif(not GLIBC, reason="glibc's allocator only")
 def test_a_training_epoch_reuses_freed_host_memory(tmp_path):
     """Each batch frees and allocates the same megabytes; kept by the allocator, an epoch takes
-    almost no page faults, whatever else the process has loaded (300 batches here)."""
+    almost no page faults, whatever else the process has loaded: under 10 a batch (300 batches
+    here), where glibc's default thresholds give 80,000-100,000 an epoch. Not under 1 a batch:
+    a busy machine reclaiming memory (DAMON here) faults a few hundred pages back in."""
     script = [sys.executable, "-c", EPOCH_FAULTS, "kept", str(tmp_path / "mlflow.db")]
     done = subprocess.run(script, capture_output=True, text=True, check=True)
-    assert int(done.stdout) < 300
+    assert int(done.stdout) < 10 * 300
 
 
 @pytest.mark.skipif(not GLIBC, reason="glibc's allocator only")
