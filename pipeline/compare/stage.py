@@ -30,7 +30,6 @@ from pipeline.compare.records import (
     WARNING,
     Finding,
     Group,
-    History,
     Operations,
     Selection,
     Tolerances,
@@ -75,8 +74,9 @@ def run_compare(
         opts.latest_only,
         opts.tolerances.history,
     )
+    history = HistoryReader(client)
     findings, groups, notes = rules.judge(
-        selection, opts.tolerances, history_reader(client), operations_reader(client)
+        selection, opts.tolerances, history, operations_reader(client)
     )
     tables = render.tables(selection, groups, findings)
     unsourced = render.describe_unsourced(selection.unsourced)
@@ -85,7 +85,7 @@ def run_compare(
     as_json = render.to_json(tables, findings, selection.left_out, notes)
     with interrupts_requested() as stop, tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        pictures = draw_groups(client, groups, tables, findings, folder) if opts.plots else []
+        pictures = draw_groups(history, groups, tables, findings, folder) if opts.plots else []
         header = report_header(opts, selection)
         runs_url = ui_runs_url(uri, selection.experiment_ids[0])
         (folder / "report.md").write_text(
@@ -253,13 +253,25 @@ def operations_reader(client: MlflowClient) -> Operations:
     return lambda run_id: tracking.table(client, run_id, "operations.json")
 
 
-def history_reader(client: MlflowClient) -> History:
-    """A metric's history as (step, value) pairs, read from the store when a rule asks."""
-    return lambda run_id, key: tracking.history(client, run_id, key)
+class HistoryReader:
+    """A metric's history as (step, value) pairs, each read from the store once: when a rule
+    first asks for it, or beforehand, several at once (the pictures')."""
+
+    def __init__(self, client: MlflowClient) -> None:
+        self.client = client
+        self.read: dict[tuple[str, str], list[tuple[int, float]]] = {}
+
+    def __call__(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        if (run_id, key) not in self.read:
+            self.read[(run_id, key)] = tracking.history(self.client, run_id, key)
+        return self.read[(run_id, key)]
+
+    def read_ahead(self, wanted: list[tuple[str, str]]) -> None:
+        self.read |= tracking.histories(self.client, [w for w in wanted if w not in self.read])
 
 
 def draw_groups(
-    client: MlflowClient,
+    history: HistoryReader,
     groups: list[Group],
     tables: list[dict],
     findings: list[Finding],
@@ -268,13 +280,18 @@ def draw_groups(
     """The pictures of the groups worth one (pictures.drawn): group-N.png, the latest run of
     each device and host with its per-batch train_loss, its test_accuracy per epoch and its
     speed, each host's CPU a reference line; and history-N.png, the group's speed over
-    commits, when it has history. Histories are read only for the runs drawn."""
+    commits, when it has history. Histories are read only for the runs drawn, all at once
+    before drawing (those a rule read already, not again)."""
     from pipeline import plots  # matplotlib, only when drawing
 
-    history = history_reader(client)
+    drawn = pictures.drawn(groups, tables, findings)
+    curves = (Metrics.TRAIN_LOSS, Metrics.TEST_ACCURACY)
+    history.read_ahead(
+        [(r.run_id, key) for g in drawn for r in pictures.latest_of_series(g) for key in curves]
+    )
     by_id = {t["id"]: t for t in tables}
     paths = []
-    for group in pictures.drawn(groups, tables, findings):
+    for group in drawn:
         shown = pictures.latest_of_series(group)
         key = speed.speed_figure(shown)
         series = []
