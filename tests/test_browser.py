@@ -41,6 +41,17 @@ def browser_of(playwright, height: int):
             browser.close()
 
 
+@contextmanager
+def new_page(browser, height: int):
+    """A page of the browser, 1400 pixels wide, closed when done."""
+    page = browser.new_page()
+    page.set_viewport_size({"width": 1400, "height": height})
+    try:
+        yield page
+    finally:
+        page.close()
+
+
 def shown(value: float) -> set[str]:
     """The ways the UI may print a metric."""
     fixed = f"{value:.3f}"
@@ -74,6 +85,7 @@ def test_the_ui_compares_runs(cli, tmp_path):
             f"{uri}/#/compare-runs?runs={urllib.parse.quote(json.dumps(ids))}"
             f"&experiments={urllib.parse.quote(json.dumps([exp_id]))}"
         )
+        # one browser, one page at a time: two at once time each other out here
         with browser_of(playwright, height=1800) as browser:
             page = browser.new_page()
             page.goto(url)
@@ -83,10 +95,10 @@ def test_the_ui_compares_runs(cli, tmp_path):
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=ARTIFACTS / "compare-runs.png", full_page=True)
             text = page.inner_text("body")
-        # the same server, one browser at a time: two at once time each other out here
-        check_the_m1_replay(playwright, uri)
-        user_run = next(r for r in runs if r.data.params["lr"] == "0.05")
-        check_the_run_page(playwright, uri, exp_id, user_run)
+            page.close()
+            check_the_m1_replay(browser, uri)
+            user_run = next(r for r in runs if r.data.params["lr"] == "0.05")
+            check_the_run_page(browser, uri, exp_id, user_run)
     finally:
         stop(proc)
     for r in runs:
@@ -131,14 +143,13 @@ def log_m1_replay(client: MlflowClient) -> list[str]:
     return ids
 
 
-def check_the_m1_replay(playwright, uri: str) -> None:
+def check_the_m1_replay(browser, uri: str) -> None:
     """The README's picture: the M1 replay's CPU and mps runs compared, the MLflow Assistant
     closed, their train_loss on one chart (docs/compare-runs.png is this screenshot)."""
     ids = log_m1_replay(MlflowClient(uri))
     runs, experiments = (urllib.parse.quote(json.dumps(x)) for x in (ids, ["0"]))
     url = f"{uri}/#/compare-runs?runs={runs}&experiments={experiments}"
-    with browser_of(playwright, height=900) as browser:
-        page = browser.new_page()
+    with new_page(browser, height=900) as page:
         page.goto(url)
         page.get_by_text("M1 replay: mps").first.wait_for(timeout=60_000)
         close = page.get_by_role("button", name="Close")  # the MLflow Assistant's panel
@@ -155,13 +166,12 @@ def check_the_m1_replay(playwright, uri: str) -> None:
     assert (ARTIFACTS / "m1-replay-train-loss.png").stat().st_size > 10_000
 
 
-def check_the_run_page(playwright, uri: str, exp_id: str, run) -> None:
+def check_the_run_page(browser, uri: str, exp_id: str, run) -> None:
     """A `python -m pipeline train` run's page shows what MLflow's users look for: who ran it,
     its source and commit, its data sets, its logged and registered model."""
     tags = run.data.tags
     url = f"{uri}/#/experiments/{exp_id}/runs/{run.info.run_id}"
-    with browser_of(playwright, height=2400) as browser:
-        page = browser.new_page()
+    with new_page(browser, height=2400) as page:
         page.goto(url)
         page.get_by_text("About this run").first.wait_for(timeout=60_000)
         page.get_by_text("Logged models").first.wait_for(timeout=60_000)

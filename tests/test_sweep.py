@@ -17,7 +17,8 @@ from pipeline.sweep import stage as sweep
 from pipeline.sweep import tables as render
 from pipeline.training import costs, data
 
-GRID = ["--devices", "cpu,cuda:3,mps", "--batch-sizes", "32,64", "--hidden", "16,32"]
+# Two children on this machine: the product of axes is test_models_and_precisions_are_axes_...
+GRID = ["--devices", "cpu,cuda:3,mps", "--batch-sizes", "32,64", "--hidden", "16"]
 SWEEP = ["sweep", *GRID, "--epochs", "1", *[a for a in SMALL if a != "--lr" and a != "0.05"]]
 
 
@@ -45,19 +46,19 @@ def test_sweep_runs_children_under_one_parent_and_resume_reruns_what_did_not_fin
     (parent,), kids = sweep_runs(client)
     assert parent.info.status == "FINISHED"
     assert {k.data.tags[Tags.PARENT] for k in kids} == {parent.info.run_id}
-    every = [("32", "16"), ("32", "32"), ("64", "16"), ("64", "32")]
+    every = [("32", "16"), ("64", "16")]
     assert sorted(combo(k) for k in kids) == every
     assert all(k.info.status == "FINISHED" and k.data.params[Params.DEVICE] == "cpu" for k in kids)
     # children run one at a time, each in a process of its own, after the previous one ended
     ordered = sorted(kids, key=lambda k: k.info.start_time)
     assert all(a.info.end_time <= b.info.start_time for a, b in itertools.pairwise(ordered))
-    assert len({k.data.tags[Tags.PID] for k in kids} | {str(os.getpid())}) == 5
+    assert len({k.data.tags[Tags.PID] for k in kids} | {str(os.getpid())}) == 3
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert artifacts == {"sweep.md", "sweep.json", "throughput.png"}
     local = client.download_artifacts(parent.info.run_id, "sweep.json", str(tmp_path))
     with open(local) as f:
         summary = json.load(f)
-    assert summary["devices"] == ["cpu"] and len(summary["rows"]) == 4
+    assert summary["devices"] == ["cpu"] and len(summary["rows"]) == 2
     assert all(row["peak_memory_mb"]["cpu"] > 0 for row in summary["rows"])  # each child's
     # ... labelled with how it was measured (on Linux the process's VmHWM, "process peak RSS")
     method = memory_method(costs.PeakMemory(torch.device("cpu")).source)
@@ -76,7 +77,7 @@ def test_sweep_runs_children_under_one_parent_and_resume_reruns_what_did_not_fin
     client.set_tag(parent_id, Tags.PROCESS_START, dead_token)
     result = cli("sweep", "--resume", parent_id)
     assert result.code == 0, result.stderr
-    assert result.stderr.count("already done") == 3
+    assert result.stderr.count("already done") == 1
     assert f"sweep run {parent_id} (to resume it: --resume " in result.stderr
     (resumed,), kids = sweep_runs(client)
     assert resumed.info.status == "FINISHED"
