@@ -28,11 +28,12 @@ class Result:
     stderr: str
 
 
-# The modules whose tests drive many real processes, the longest first (from `--durations`):
-# they start first, so that the two test processes end together rather than one of them
-# running a minute-long test alone at the end (pyproject: `--dist worksteal`, an idle process
-# takes over the other's waiting tests). The live measurement marked `alone` starts before
-# everything: while it runs the other process must wait, and at the start it waits least.
+# The modules whose tests drive many real processes, the longest first (from `--durations`),
+# ahead of the rest: xdist's worksteal hands each test process half of the list and lets an
+# idle one take over the other's waiting tests, so the long tests are spread out early
+# instead of one of them running alone at the end. The live measurement marked `alone` comes
+# before everything: while it runs the other process must wait, and at the start it waits
+# least.
 SLOW_FIRST = ("test_browser", "test_journeys", "test_trust", "test_auth", "test_faults",
               "test_sweep", "test_own_workload", "test_server")  # fmt: skip
 
@@ -41,8 +42,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: i for i, name in enumerate(SLOW_FIRST)}
 
     def order(item: pytest.Item) -> tuple[bool, int]:
-        alone = item.get_closest_marker("alone") is None
-        return alone, rank.get(item.module.__name__, len(rank))
+        shares_the_machine = item.get_closest_marker("alone") is None
+        return shares_the_machine, rank.get(item.path.stem, len(rank))
 
     items.sort(key=order)  # stable: each module's own order is kept
 
@@ -99,7 +100,10 @@ def store(tmp_path, empty_store) -> str:
     shutil.copyfile(empty_store, path)
     with contextlib.closing(sqlite3.connect(path)) as db, db:
         where = str(tmp_path / "mlruns" / "0")
-        db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", (where,))
+        moved = db.execute(
+            "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0", (where,)
+        )
+        assert moved.rowcount == 1, "MLflow's empty store no longer has experiment 0"
     return f"sqlite:///{path}"
 
 

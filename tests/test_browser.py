@@ -87,15 +87,14 @@ def test_the_ui_compares_runs(cli, tmp_path):
         )
         # one browser, one page at a time: two at once time each other out here
         with browser_of(playwright, height=1800) as browser:
-            page = browser.new_page()
-            page.goto(url)
-            for r in runs:
-                page.get_by_text(r.info.run_name, exact=True).first.wait_for(timeout=60_000)
-            page.get_by_text("test_accuracy", exact=True).first.wait_for(timeout=60_000)
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=ARTIFACTS / "compare-runs.png", full_page=True)
-            text = page.inner_text("body")
-            page.close()
+            with new_page(browser, height=1800) as page:
+                page.goto(url)
+                for r in runs:
+                    page.get_by_text(r.info.run_name, exact=True).first.wait_for(timeout=60_000)
+                page.get_by_text("test_accuracy", exact=True).first.wait_for(timeout=60_000)
+                ARTIFACTS.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=ARTIFACTS / "compare-runs.png", full_page=True)
+                text = page.inner_text("body")
             check_the_m1_replay(browser, uri)
             user_run = next(r for r in runs if r.data.params["lr"] == "0.05")
             check_the_run_page(browser, uri, exp_id, user_run)

@@ -9,6 +9,7 @@ from conftest import ROOT, SMALL, pipeline_in
 from mlflow.entities import Metric, Param, RunTag
 
 from pipeline.compare import render
+from pipeline.compare import stage as compare_stage
 from pipeline.schema import Metrics, Tags
 
 REFERENCE = ROOT / "tests" / "fixtures" / "m1-quickstart-2022.json"
@@ -461,3 +462,26 @@ def test_run_links_only_for_a_server_and_never_with_credentials():
         stage.ui_runs_url("https://ci:secret@mlflow.example:5000/", "7")
         == "https://mlflow.example:5000/#/experiments/7/runs/"
     )
+
+
+def test_each_history_is_read_once_whoever_asks(client, monkeypatch):
+    """The rules and the pictures share one reader: a history a rule read is not read again for
+    a picture; the pictures' are read beforehand, at once, each under its own pair."""
+    run_ids = [client.create_run("0").info.run_id for _ in range(3)]
+    for n, run_id in enumerate(run_ids):
+        for step in range(4):
+            client.log_metric(run_id, Metrics.TRAIN_LOSS, 10 * n + step, step=step)
+    asked = []
+    reads = client.get_metric_history
+    monkeypatch.setattr(
+        client, "get_metric_history", lambda r, k: asked.append((r, k)) or reads(r, k)
+    )
+    history = compare_stage.HistoryReader(client)
+    assert history(run_ids[0], Metrics.TRAIN_LOSS) == [(s, float(s)) for s in range(4)]
+    wanted = [(r, Metrics.TRAIN_LOSS) for r in run_ids]
+    history.read_ahead(wanted)
+    history(run_ids[0], Metrics.TRAIN_LOSS).clear()  # a caller's copy
+    assert [history(*w) for w in wanted] == [
+        [(s, float(10 * n + s)) for s in range(4)] for n in range(3)
+    ]
+    assert sorted(asked) == sorted(wanted)  # each once

@@ -79,7 +79,7 @@ def start_server(backend: str, artifacts: Path):
         stderr=subprocess.STDOUT,
         text=True,
         env=server_env(),
-        start_new_session=True,  # its uvicorn and job workers stopped with it: see stop()
+        start_new_session=True,  # its uvicorn workers stopped with it: see stop()
     )
     proc.log = log
     url = f"http://127.0.0.1:{port}"
@@ -96,8 +96,8 @@ def start_server(backend: str, artifacts: Path):
 
 
 def stop(proc: subprocess.Popen) -> None:
-    """The server and every process it started (uvicorn, MLflow's job workers): its whole
-    session, which killing the `mlflow server` process alone would leave running."""
+    """The server and every process it started (uvicorn's): its whole session, which killing
+    the `mlflow server` process alone would leave running."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):

@@ -17,7 +17,8 @@ from pipeline.sweep import stage as sweep
 from pipeline.sweep import tables as render
 from pipeline.training import costs, data
 
-# Two children on this machine: the product of axes is test_models_and_precisions_are_axes_...
+# Two children on this machine; the product of the grid's axes is checked on the Grid itself
+# (test_models_and_precisions_are_axes_of_the_grid).
 GRID = ["--devices", "cpu,cuda:3,mps", "--batch-sizes", "32,64", "--hidden", "16"]
 SWEEP = ["sweep", *GRID, "--epochs", "1", *[a for a in SMALL if a != "--lr" and a != "0.05"]]
 

@@ -259,15 +259,17 @@ class HistoryReader:
 
     def __init__(self, client: MlflowClient) -> None:
         self.client = client
-        self.read: dict[tuple[str, str], list[tuple[int, float]]] = {}
+        self._read: dict[tuple[str, str], list[tuple[int, float]]] = {}
 
     def __call__(self, run_id: str, key: str) -> list[tuple[int, float]]:
-        if (run_id, key) not in self.read:
-            self.read[(run_id, key)] = tracking.history(self.client, run_id, key)
-        return self.read[(run_id, key)]
+        if (run_id, key) not in self._read:
+            self._read[(run_id, key)] = tracking.history(self.client, run_id, key)
+        return list(self._read[(run_id, key)])  # a copy: what a caller does stays its own
 
     def read_ahead(self, wanted: list[tuple[str, str]]) -> None:
-        self.read |= tracking.histories(self.client, [w for w in wanted if w not in self.read])
+        """Read the histories not read yet, at once (tracking.histories)."""
+        missing = [w for w in wanted if w not in self._read]
+        self._read |= tracking.histories(self.client, missing)
 
 
 def draw_groups(

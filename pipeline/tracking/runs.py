@@ -222,14 +222,22 @@ def download(model_uri: str, dst: Path) -> Path:
         raise UserError(f"no model logged by `pipeline train` at {model_uri}: {reason}") from None
 
 
-def _parallel(client: MlflowClient, reads: bool = False) -> int:
+def _parallel(client: MlflowClient) -> int:
     """Requests to have in flight at once: several to a server, where each waits on the
-    network; to a local store one write, or two reads: a database scans outside Python's
-    lock (for one run's history, sqlite scans that metric's rows of every run, as its key
-    leads MLflow's index), so two reads overlap on two cores."""
-    if client.tracking_uri.startswith(("http:", "https:")):
-        return PARALLEL_REQUESTS
-    return LOCAL_READS if reads else 1
+    network; one to a local store."""
+    return PARALLEL_REQUESTS if _remote(client) else 1
+
+
+def _parallel_reads(client: MlflowClient) -> int:
+    """Reads to have in flight at once: as many requests to a server; two from a local store,
+    whose database scans outside Python's lock (for one run's history, sqlite scans that
+    metric's rows of every run, as its key leads MLflow's index): two reads overlap on two
+    cores."""
+    return PARALLEL_REQUESTS if _remote(client) else LOCAL_READS
+
+
+def _remote(client: MlflowClient) -> bool:
+    return client.tracking_uri.startswith(("http:", "https:"))
 
 
 PARALLEL_REQUESTS = 8
@@ -258,8 +266,8 @@ def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, floa
 def histories(
     client: MlflowClient, wanted: list[tuple[str, str]]
 ) -> dict[tuple[str, str], list[tuple[int, float]]]:
-    """The histories of several (run id, metric) pairs, read at once (_parallel)."""
-    with ThreadPoolExecutor(_parallel(client, reads=True)) as pool:
+    """The histories of several (run id, metric) pairs, read at once (_parallel_reads)."""
+    with ThreadPoolExecutor(_parallel_reads(client)) as pool:
         read = pool.map(lambda pair: history(client, *pair), wanted)
         return dict(zip(wanted, read, strict=True))
 
