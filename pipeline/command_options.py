@@ -59,6 +59,7 @@ Filter = Annotated[
 Latest = Annotated[
     bool,
     typer.Option(
+        "--latest",
         rich_help_panel=SELECTION_PANEL,
         help="Judge only the latest run of each group, device and host",
     ),

@@ -192,6 +192,7 @@ TargetAccuracy = Annotated[
 Deterministic = Annotated[
     bool,
     typer.Option(
+        "--deterministic",
         rich_help_panel=WORKLOAD_PANEL,
         help="cuDNN's deterministic kernels and torch's deterministic algorithms (no "
         "autotuning): runs repeat exactly, some convolutions run slower",
@@ -200,6 +201,7 @@ Deterministic = Annotated[
 AllowCpuFallback = Annotated[
     bool,
     typer.Option(
+        "--allow-cpu-fallback",
         rich_help_panel=WORKLOAD_PANEL,
         help="mps: run operations the MPS back end lacks on the CPU "
         "(PYTORCH_ENABLE_MPS_FALLBACK=1) instead of failing; compare flags them",

@@ -133,7 +133,9 @@ Workers = Annotated[
 PinMemory = Annotated[
     bool,
     typer.Option(
-        rich_help_panel=DATA_PANEL, help="--loader dataloader: copy batches from pinned host memory"
+        "--pin-memory",
+        rich_help_panel=DATA_PANEL,
+        help="--loader dataloader: copy batches from pinned host memory",
     ),
 ]
 

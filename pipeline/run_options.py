@@ -70,6 +70,7 @@ ProfileBatches = Annotated[
 ProfileTrace = Annotated[
     bool,
     typer.Option(
+        "--profile-trace",
         rich_help_panel=OUTPUT_PANEL,
         help="Also log the profiled window as trace.json (Perfetto, chrome://tracing)",
     ),

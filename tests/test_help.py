@@ -115,3 +115,12 @@ def test_version_prints_the_installed_version_and_exits_0():
         *([run_process(str(script), "--version")] if script.exists() else []),
     ):
         assert (result.code, result.stdout, result.stderr) == (0, expected, "")
+
+
+def test_a_flag_off_by_default_has_no_form_that_turns_it_off():
+    """`--no-deterministic` did nothing and took a column of its own, cutting option names
+    and help at 80 columns: only flags that are on by default have a `--no-` form."""
+    for command in COMMANDS.values():
+        for option in command.params:
+            if getattr(option, "is_flag", False) and option.default is False:
+                assert not option.secondary_opts, f"{command.name} {option.opts}"
