@@ -2,6 +2,7 @@
 
 import json
 import math
+import threading
 import time
 
 import pytest
@@ -466,22 +467,29 @@ def test_run_links_only_for_a_server_and_never_with_credentials():
 
 def test_each_history_is_read_once_whoever_asks(client, monkeypatch):
     """The rules and the pictures share one reader: a history a rule read is not read again for
-    a picture; the pictures' are read beforehand, at once, each under its own pair."""
+    a picture; the pictures' are read beforehand, in the background, each under its own pair,
+    and one asked for while it is being read is waited for, not read again."""
     run_ids = [client.create_run("0").info.run_id for _ in range(3)]
     for n, run_id in enumerate(run_ids):
         for step in range(4):
             client.log_metric(run_id, Metrics.TRAIN_LOSS, 10 * n + step, step=step)
-    asked = []
-    reads = client.get_metric_history
-    monkeypatch.setattr(
-        client, "get_metric_history", lambda r, k: asked.append((r, k)) or reads(r, k)
-    )
-    history = compare_stage.HistoryReader(client)
-    assert history(run_ids[0], Metrics.TRAIN_LOSS) == [(s, float(s)) for s in range(4)]
-    wanted = [(r, Metrics.TRAIN_LOSS) for r in run_ids]
-    history.read_ahead(wanted)
-    history(run_ids[0], Metrics.TRAIN_LOSS).clear()  # a caller's copy
-    assert [history(*w) for w in wanted] == [
-        [(s, float(10 * n + s)) for s in range(4)] for n in range(3)
-    ]
+    asked, reads, release = [], client.get_metric_history, threading.Event()
+
+    def read(run_id, key):
+        asked.append((run_id, key))
+        if run_id != run_ids[0]:
+            assert release.wait(10), "never released"  # still being read when asked for
+        return reads(run_id, key)
+
+    monkeypatch.setattr(client, "get_metric_history", read)
+    with compare_stage.HistoryReader(client) as history:
+        assert history(run_ids[0], Metrics.TRAIN_LOSS) == [(s, float(s)) for s in range(4)]
+        wanted = [(r, Metrics.TRAIN_LOSS) for r in run_ids]
+        history.read_ahead(wanted)
+        history.read_ahead(wanted)  # asked again while they are being read
+        history(run_ids[0], Metrics.TRAIN_LOSS).clear()  # a caller's copy
+        threading.Timer(0.2, release.set).start()
+        assert [history(*w) for w in wanted] == [
+            [(s, float(10 * n + s)) for s in range(4)] for n in range(3)
+        ]
     assert sorted(asked) == sorted(wanted)  # each once

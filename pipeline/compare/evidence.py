@@ -53,6 +53,7 @@ coverage shown; below six samples even the range [min, max] covers less (3 runs:
 that level is what is shown.
 """
 
+import functools
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -125,10 +126,8 @@ def slow_outliers(base: list[float]) -> tuple[int, ...]:
     n = len(base)
     if n < MIN_SET_ASIDE:
         return ()
-    from scipy import stats
-
     y = logs(base)
-    t = stats.t.ppf(SET_ASIDE_LEVEL, n - 2)
+    t = t_quantile(SET_ASIDE_LEVEL, n - 2)
     out = []
     for i, v in enumerate(y):
         others = y[:i] + y[i + 1 :]
@@ -136,6 +135,15 @@ def slow_outliers(base: list[float]) -> tuple[int, ...]:
         if v < bound:
             out.append(i)
     return tuple(out) if len(out) <= n // 5 else ()
+
+
+@functools.cache
+def t_quantile(p: float, df: float) -> float:
+    """Student's t quantile (scipy's), kept: a command asks for the same few pairs of level and
+    degrees of freedom thousands of times."""
+    from scipy import stats
+
+    return float(stats.t.ppf(p, df))
 
 
 def family_alpha(comparisons: int) -> float:
@@ -146,18 +154,14 @@ def family_alpha(comparisons: int) -> float:
 
 def upper_bound(test: Test, alpha: float) -> float:
     """The one-sided (1 - α) upper bound of the true speed ratio."""
-    from scipy import stats
-
-    log_bound = test.log_ratio + stats.t.ppf(1 - alpha, test.df) * test.se
+    log_bound = test.log_ratio + t_quantile(1 - alpha, test.df) * test.se
     return math.exp(log_bound) if log_bound < MAX_LOG else math.inf
 
 
 def ratio_interval(test: Test, alpha: float) -> tuple[float, float, float]:
     """(low, high, level): the two-sided interval of the true speed ratio whose upper end is
     the verdict's one-sided (1 - α) bound (`upper_bound`), so its level is 1 - 2α."""
-    from scipy import stats
-
-    t = stats.t.ppf(1 - alpha, test.df) * test.se
+    t = t_quantile(1 - alpha, test.df) * test.se
     low = math.exp(max(test.log_ratio - t, -MAX_LOG))
     return low, upper_bound(test, alpha), 1 - 2 * alpha
 
@@ -216,9 +220,7 @@ def describe(test: Test | None, alpha: float, comparisons: int, sizes: dict) -> 
 
 def threshold(test: Test, alpha: float) -> float:
     """The ratio below which this comparison's noise would let a drop through: exp(-t · se)."""
-    from scipy import stats
-
-    return math.exp(-stats.t.ppf(1 - alpha, test.df) * test.se)
+    return math.exp(-t_quantile(1 - alpha, test.df) * test.se)
 
 
 def noise_threshold(history: list[float], floor: float, relative: bool) -> tuple[float, float]:

@@ -22,6 +22,15 @@ def drawn(groups: list[Group], tables: list[dict], findings: list[Finding]) -> l
     return candidates[: render.MAX_PLOTTED_GROUPS]
 
 
+def surely_drawn(groups: list[Group], judged: set[str]) -> list[Group]:
+    """The groups drawn whatever the findings turn out to be: with no more groups to report
+    (those holding a judged run) than pictures, each one with several devices."""
+    reported = [g for g in groups if any(r.run_id in judged for r in g.runs)]
+    if len(reported) > render.MAX_PLOTTED_GROUPS:
+        return []
+    return [g for g in reported if len({r.device_type for r in g.runs}) > 1]
+
+
 def latest_of_series(group: Group) -> list[RunSummary]:
     """The latest run of each device and host, by device and host."""
     return [runs[-1] for _, runs in sorted(group.series.items())]

@@ -68,6 +68,50 @@ def select(
         if given[-1].info.experiment_id not in experiment_ids:
             experiment_ids.append(given[-1].info.experiment_id)
     tracking.close_orphans(client, experiment_ids)
+    # The doctor runs' search scans the store's tags (in sqlite outside Python's lock): it
+    # runs beside the searches for the selection and its baselines.
+    with tracking.read_pool(client) as pool:
+        doctor_runs = pool.submit(search_all, client, experiment_ids, DOCTOR_RUNS)
+        chosen, judged, left_out, found = _picked(
+            client, experiment_ids, run_ids, given, filter_string, latest_only, history
+        )
+        doctors = {
+            (r.device, r.host): r  # oldest first: the latest wins
+            for r in map(summarize, doctor_runs.result())
+        }
+    finished = [r for r in found if r.stage == Stages.TRAIN and r.status == "FINISHED"]
+    tests = [r for r in chosen if r.stage == Stages.TEST and r.status == "FINISHED"]
+    tests = [r for r in tests if r.run_id in judged]
+    sources = {r.run_id for r in finished}
+    checked = [
+        r
+        for r in chosen
+        if r.stage == Stages.DOCTOR and r.status == "FINISHED" and r.run_id in judged
+    ]
+    return Selection(
+        runs=finished,
+        judged=judged,
+        left_out=dict(left_out),
+        unfinished=[r for r in chosen if r.run_id in judged and r.status != "FINISHED"],
+        experiment_ids=experiment_ids,
+        tests=tests,
+        unsourced=[t for t in tests if t.tags.get(Tags.SOURCE_RUN_ID) not in sources],
+        doctors=doctors,
+        checked=checked,
+    )
+
+
+def _picked(
+    client: MlflowClient,
+    experiment_ids: list[str],
+    run_ids: list[str],
+    given: list,
+    filter_string: str,
+    latest_only: bool,
+    history: int,
+) -> tuple[list[RunSummary], set[str], Counter, list[RunSummary]]:
+    """The runs chosen, the ids of those judged, the statuses of those left out, and the chosen
+    with their baselines, oldest first; UserError when none can be judged."""
     selecting = bool(run_ids or filter_string or latest_only)
     try:
         if filter_string:
@@ -98,30 +142,7 @@ def select(
         extra = f" ({render.describe_left_out(left_out)} left out)" if left_out else ""
         raise UserError(f"no finished train runs to compare in {where}{extra}")
     found = with_baselines(client, experiment_ids, chosen, judged, history) if selecting else chosen
-    finished = [r for r in found if r.stage == Stages.TRAIN and r.status == "FINISHED"]
-    tests = [r for r in chosen if r.stage == Stages.TEST and r.status == "FINISHED"]
-    tests = [r for r in tests if r.run_id in judged]
-    sources = {r.run_id for r in finished}
-    doctors = {
-        (r.device, r.host): r  # oldest first: the latest wins
-        for r in map(summarize, search_all(client, experiment_ids, DOCTOR_RUNS))
-    }
-    checked = [
-        r
-        for r in chosen
-        if r.stage == Stages.DOCTOR and r.status == "FINISHED" and r.run_id in judged
-    ]
-    return Selection(
-        runs=finished,
-        judged=judged,
-        left_out=dict(left_out),
-        unfinished=[r for r in chosen if r.run_id in judged and r.status != "FINISHED"],
-        experiment_ids=experiment_ids,
-        tests=tests,
-        unsourced=[t for t in tests if t.tags.get(Tags.SOURCE_RUN_ID) not in sources],
-        doctors=doctors,
-        checked=checked,
-    )
+    return chosen, judged, left_out, found
 
 
 def search_newest(

@@ -51,6 +51,7 @@ from pipeline.compare.records import (
     ERROR,
     RUN,
     Finding,
+    Group,
     History,
     Operations,
     RunSummary,
@@ -69,11 +70,13 @@ def judge(
     tol: Tolerances,
     history: History | None = None,
     operations: Operations | None = None,
+    groups: list[Group] | None = None,
 ) -> tuple[list[Finding], list, list[str]]:
-    """All findings on the judged runs, the groups of the finished train runs, and the notes:
-    speed drops past the tolerance that the evidence cannot call. The speed comparisons of
-    the whole command are tested together, at one family-wise level."""
-    groups = groups_of(selection.runs)
+    """All findings on the judged runs, the groups of the finished train runs (`groups`: made
+    beforehand by groups_of), and the notes: speed drops past the tolerance that the evidence
+    cannot call. The speed comparisons of the whole command are tested together, at one
+    family-wise level."""
+    groups = groups_of(selection.runs) if groups is None else groups
     findings: list[Finding] = []
 
     def add(run: RunSummary, found: list[Finding], group: int | None = None) -> None:

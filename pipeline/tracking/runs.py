@@ -263,13 +263,10 @@ def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, floa
     return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
 
 
-def histories(
-    client: MlflowClient, wanted: list[tuple[str, str]]
-) -> dict[tuple[str, str], list[tuple[int, float]]]:
-    """The histories of several (run id, metric) pairs, read at once (_parallel_reads)."""
-    with ThreadPoolExecutor(_parallel_reads(client)) as pool:
-        read = pool.map(lambda pair: history(client, *pair), wanted)
-        return dict(zip(wanted, read, strict=True))
+def read_pool(client: MlflowClient) -> ThreadPoolExecutor:
+    """Threads for reads in the background, as many as have a point at once
+    (_parallel_reads)."""
+    return ThreadPoolExecutor(_parallel_reads(client))
 
 
 def set_tags_of(client: MlflowClient, tags: dict[str, dict[str, str]]) -> None:
