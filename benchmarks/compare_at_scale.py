@@ -277,9 +277,11 @@ def main() -> None:
     parser.add_argument("--server", action="store_true", help="compare through mlflow server")
     parser.add_argument("--profile", action="store_true", help="print cProfile's top entries")
     parser.add_argument("--fast", action="store_true", help="write the store's tables directly")
-    parser.add_argument("--store", type=Path, help="a store made by an earlier --keep run")
-    parser.add_argument("--keep", type=Path, help="keep the populated store here")
-    parser.add_argument("--findings", type=Path, help="write the last repeat's findings here")
+    # Paths from the folder it is run in (it works in a temporary folder of its own).
+    here = lambda path: Path(path).resolve()  # noqa: E731
+    parser.add_argument("--store", type=here, help="a store made by an earlier --keep run")
+    parser.add_argument("--keep", type=here, help="keep the populated store here")
+    parser.add_argument("--findings", type=here, help="write the last repeat's findings here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -109,9 +109,8 @@ optimizer_list = choices(("sgd", "adamw"))
 precision_list = choices(PRECISIONS)
 
 
-WORKLOAD_PANEL = "Workload"  # the --help panel of the workload's options
-
 # --- the workload ----------------------------------------------------------------------------
+WORKLOAD_PANEL = "Workload"  # the --help panel of the workload's options
 
 Device = Annotated[
     str, typer.Option(rich_help_panel=WORKLOAD_PANEL, help="auto, cpu, cuda, cuda:N or mps")

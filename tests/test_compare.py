@@ -12,6 +12,7 @@ from mlflow.entities import Metric, Param, RunTag
 from pipeline.compare import render
 from pipeline.compare import stage as compare_stage
 from pipeline.schema import Metrics, Tags
+from pipeline.tracking import runs as tracking
 
 REFERENCE = ROOT / "tests" / "fixtures" / "m1-quickstart-2022.json"
 EXPERIMENT = "Default"
@@ -467,29 +468,33 @@ def test_run_links_only_for_a_server_and_never_with_credentials():
 
 def test_each_history_is_read_once_whoever_asks(client, monkeypatch):
     """The rules and the pictures share one reader: a history a rule read is not read again for
-    a picture; the pictures' are read beforehand, in the background, each under its own pair,
-    and one asked for while it is being read is waited for, not read again."""
-    run_ids = [client.create_run("0").info.run_id for _ in range(3)]
+    a picture; the pictures' are read beforehand, in the background, each under its own pair;
+    one asked for while it is being read is waited for, one not begun yet is read at once by
+    the caller (not after the others queued before it)."""
+    run_ids = [client.create_run("0").info.run_id for _ in range(4)]
     for n, run_id in enumerate(run_ids):
         for step in range(4):
             client.log_metric(run_id, Metrics.TRAIN_LOSS, 10 * n + step, step=step)
     asked, reads, release = [], client.get_metric_history, threading.Event()
 
     def read(run_id, key):
-        asked.append((run_id, key))
+        asked.append((run_id, key, threading.current_thread() is threading.main_thread()))
         if run_id != run_ids[0]:
             assert release.wait(10), "never released"  # still being read when asked for
         return reads(run_id, key)
 
     monkeypatch.setattr(client, "get_metric_history", read)
+    monkeypatch.setattr(tracking, "LOCAL_READS", 2)
     with compare_stage.HistoryReader(client) as history:
         assert history(run_ids[0], Metrics.TRAIN_LOSS) == [(s, float(s)) for s in range(4)]
         wanted = [(r, Metrics.TRAIN_LOSS) for r in run_ids]
-        history.read_ahead(wanted)
+        history.read_ahead(wanted)  # runs 1 and 2 are being read, 3 waits for a thread
         history.read_ahead(wanted)  # asked again while they are being read
         history(run_ids[0], Metrics.TRAIN_LOSS).clear()  # a caller's copy
         threading.Timer(0.2, release.set).start()
+        assert history(*wanted[3]) == [(s, float(30 + s)) for s in range(4)]  # read here
         assert [history(*w) for w in wanted] == [
-            [(s, float(10 * n + s)) for s in range(4)] for n in range(3)
+            [(s, float(10 * n + s)) for s in range(4)] for n in range(4)
         ]
-    assert sorted(asked) == sorted(wanted)  # each once
+    assert sorted(a[:2] for a in asked) == sorted(wanted)  # each once
+    assert [a[:2] for a in asked if a[2]] == [wanted[0], wanted[3]]  # by the caller

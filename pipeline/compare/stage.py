@@ -281,10 +281,11 @@ class HistoryReader:
 
     def __call__(self, run_id: str, key: str) -> list[tuple[int, float]]:
         pair = (run_id, key)
-        if pair not in self._read:
+        pending = self._read.get(pair)
+        if isinstance(pending, Future) and not pending.cancel():  # being read: wait for it
+            self._read[pair] = pending.result()
+        elif pair not in self._read or isinstance(pending, Future):  # or not begun: read now
             self._read[pair] = tracking.history(self.client, run_id, key)
-        if isinstance(self._read[pair], Future):
-            self._read[pair] = self._read[pair].result()
         return list(self._read[pair])  # a copy: what a caller does stays its own
 
     def read_ahead(self, wanted: list[tuple[str, str]]) -> None:
