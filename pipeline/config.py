@@ -202,8 +202,8 @@ AllowCpuFallback = Annotated[
     typer.Option(
         "--allow-cpu-fallback",
         rich_help_panel=WORKLOAD_PANEL,
-        help="mps: run operations the MPS back end lacks on the CPU "
-        "(PYTORCH_ENABLE_MPS_FALLBACK=1) instead of failing; compare flags them",
+        help="mps: run operations the MPS back end lacks on the CPU (torch's MPS fallback) "
+        "instead of failing; compare flags them",
     ),
 ]
 

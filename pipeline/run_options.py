@@ -27,7 +27,7 @@ Experiment = Annotated[
         envvar="MLFLOW_EXPERIMENT_NAME",
         show_envvar=True,
         help="MLflow experiment",
-        show_default="the one `mlflow run` chose (MLFLOW_EXPERIMENT_ID), else MLflow's Default",
+        show_default="the one `mlflow run` chose, else MLflow's Default",
     ),
 ]
 Host = Annotated[
@@ -72,7 +72,7 @@ ProfileTrace = Annotated[
     typer.Option(
         "--profile-trace",
         rich_help_panel=OUTPUT_PANEL,
-        help="Also log the profiled window as trace.json (Perfetto, chrome://tracing)",
+        help="Also log the profiled window as trace.json (for Perfetto or Chrome's tracing)",
     ),
 ]
 SystemMetrics = Annotated[

@@ -93,7 +93,7 @@ def test_the_defaults_that_are_no_value_say_what_happens(cli, monkeypatch):
     text = help_text(cli, monkeypatch, "train", 400)
     for default in (
         "[default: (MLflow's own, sqlite:///mlflow.db in this folder)]",
-        "[default: (the one `mlflow run` chose (MLFLOW_EXPERIMENT_ID), else MLflow's Default)]",
+        "[default: (the one `mlflow run` chose, else MLflow's Default)]",
         "[default: (hostname)]",
         "[default: (what the run is)]",
         "[default: (all; synthetic: 60000)]",
