@@ -277,8 +277,11 @@ def main() -> None:
     parser.add_argument("--server", action="store_true", help="compare through mlflow server")
     parser.add_argument("--profile", action="store_true", help="print cProfile's top entries")
     parser.add_argument("--fast", action="store_true", help="write the store's tables directly")
-    # Paths from the folder it is run in (it works in a temporary folder of its own).
-    here = lambda path: Path(path).resolve()  # noqa: E731
+
+    def here(path: str) -> Path:
+        """A path from the folder this is run in (it works in a temporary folder of its own)."""
+        return Path(path).resolve()
+
     parser.add_argument("--store", type=here, help="a store made by an earlier --keep run")
     parser.add_argument("--keep", type=here, help="keep the populated store here")
     parser.add_argument("--findings", type=here, help="write the last repeat's findings here")

@@ -475,12 +475,15 @@ def test_each_history_is_read_once_whoever_asks(client, monkeypatch):
     for n, run_id in enumerate(run_ids):
         for step in range(4):
             client.log_metric(run_id, Metrics.TRAIN_LOSS, 10 * n + step, step=step)
-    asked, reads, release = [], client.get_metric_history, threading.Event()
+    asked, reads = [], client.get_metric_history
+    reading, release = threading.Semaphore(0), threading.Event()
 
     def read(run_id, key):
-        asked.append((run_id, key, threading.current_thread() is threading.main_thread()))
-        if run_id != run_ids[0]:
-            assert release.wait(10), "never released"  # still being read when asked for
+        by_caller = threading.current_thread() is threading.main_thread()
+        asked.append((run_id, key, by_caller))
+        if not by_caller:  # a background read: held until released
+            reading.release()
+            assert release.wait(10), "never released"
         return reads(run_id, key)
 
     monkeypatch.setattr(client, "get_metric_history", read)
@@ -488,11 +491,13 @@ def test_each_history_is_read_once_whoever_asks(client, monkeypatch):
     with compare_stage.HistoryReader(client) as history:
         assert history(run_ids[0], Metrics.TRAIN_LOSS) == [(s, float(s)) for s in range(4)]
         wanted = [(r, Metrics.TRAIN_LOSS) for r in run_ids]
-        history.read_ahead(wanted)  # runs 1 and 2 are being read, 3 waits for a thread
+        history.read_ahead(wanted)
         history.read_ahead(wanted)  # asked again while they are being read
-        history(run_ids[0], Metrics.TRAIN_LOSS).clear()  # a caller's copy
-        threading.Timer(0.2, release.set).start()
+        assert reading.acquire(timeout=10) and reading.acquire(timeout=10)
+        # runs 1 and 2 are being read by the two threads; run 3 waits for one of them
         assert history(*wanted[3]) == [(s, float(30 + s)) for s in range(4)]  # read here
+        history(run_ids[0], Metrics.TRAIN_LOSS).clear()  # a caller's copy
+        release.set()
         assert [history(*w) for w in wanted] == [
             [(s, float(10 * n + s)) for s in range(4)] for n in range(4)
         ]

@@ -244,3 +244,34 @@ def test_a_group_title_names_what_makes_it_another_workload_than_the_plain_one()
     assert render.heading({"id": 2, "params": other}).endswith(
         "epochs=2 precision=bf16 optimizer=adamw compile=default"
     )
+
+
+def test_the_groups_read_ahead_are_drawn_whatever_the_findings():
+    """compare reads the histories of pictures.surely_drawn's groups before it judges: each of
+    them is drawn, whichever groups the findings flag (all subsets tried, 1 to 8 groups, one
+    of them without a judged run)."""
+    from itertools import combinations
+
+    from pipeline.compare import pictures
+    from pipeline.compare.records import Finding
+
+    def run(run_id: str, device: str) -> RunSummary:
+        tags = {Tags.DEVICE: device, Tags.HOST: "h"}
+        return RunSummary(run_id, run_id, "0", 1, "FINISHED", {}, {}, tags)
+
+    for size in range(1, 9):
+        groups = [
+            Group(i, {}, [run(f"{i}a", "cpu"), run(f"{i}b", "cuda:0" if i % 3 else "cpu")])
+            for i in range(1, size + 1)
+        ]
+        runs = [r for g in groups for r in g.runs]
+        judged = {r.run_id for r in runs if not r.run_id.startswith("2")}  # group 2: history
+        selection = Selection(runs, judged, {}, [], ["0"])
+        surely = {g.id for g in pictures.surely_drawn(groups, judged)}
+        reported = size - (size >= 2)  # the groups holding a judged run
+        assert bool(surely) == (reported <= render.MAX_PLOTTED_GROUPS)  # not vacuous
+        for flagged in (c for k in range(size + 1) for c in combinations(groups, k)):
+            findings = [Finding(g.runs[0].run_id, "speed", "x", "error", "", group=g.id)
+                        for g in flagged]  # fmt: skip
+            tables = render.tables(selection, groups, findings)
+            assert surely <= {g.id for g in pictures.drawn(groups, tables, findings)}

@@ -137,7 +137,7 @@ def slow_outliers(base: list[float]) -> tuple[int, ...]:
     return tuple(out) if len(out) <= n // 5 else ()
 
 
-@functools.cache
+@functools.lru_cache(maxsize=1024)  # Welch's df are fractions: bounded
 def t_quantile(p: float, df: float) -> float:
     """Student's t quantile (scipy's), kept: a command asks for the same few pairs of level and
     degrees of freedom thousands of times."""

@@ -70,7 +70,8 @@ def select(
     tracking.close_orphans(client, experiment_ids)
     # The doctor runs' search scans the store's tags (in sqlite outside Python's lock): it
     # runs beside the searches for the selection and its baselines.
-    with tracking.read_pool(client) as pool:
+    pool = tracking.read_pool(client)
+    try:
         doctor_runs = pool.submit(search_all, client, experiment_ids, DOCTOR_RUNS)
         chosen, judged, left_out, found = _picked(
             client, experiment_ids, run_ids, given, filter_string, latest_only, history
@@ -79,6 +80,8 @@ def select(
             (r.device, r.host): r  # oldest first: the latest wins
             for r in map(summarize, doctor_runs.result())
         }
+    finally:  # an error or Ctrl-C does not wait for the search
+        pool.shutdown(wait=False, cancel_futures=True)
     finished = [r for r in found if r.stage == Stages.TRAIN and r.status == "FINISHED"]
     tests = [r for r in chosen if r.stage == Stages.TEST and r.status == "FINISHED"]
     tests = [r for r in tests if r.run_id in judged]

@@ -72,10 +72,10 @@ def judge(
     operations: Operations | None = None,
     groups: list[Group] | None = None,
 ) -> tuple[list[Finding], list, list[str]]:
-    """All findings on the judged runs, the groups of the finished train runs (`groups`: made
-    beforehand by groups_of), and the notes: speed drops past the tolerance that the evidence
-    cannot call. The speed comparisons of the whole command are tested together, at one
-    family-wise level."""
+    """All findings on the judged runs, the groups of the finished train runs, and the notes:
+    speed drops past the tolerance that the evidence cannot call. The speed comparisons of
+    the whole command are tested together, at one family-wise level. `groups`, when given,
+    must be groups_of(selection.runs) made for this call: judge writes their baselines."""
     groups = groups_of(selection.runs) if groups is None else groups
     findings: list[Finding] = []
 

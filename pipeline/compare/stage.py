@@ -99,7 +99,7 @@ def run_compare(
                     tables, findings, selection.left_out, drawings, notes, header, runs_url
                 )
             )
-            # compact: indented took 3x as long (0.34 s at 10,000 runs); the UI indents it
+            # compact: indenting is 3x slower (0.34 s at 10,000 runs); the MLflow UI indents it
             (folder / "findings.json").write_text(json.dumps(as_json))
             _write_outputs(opts, folder, tables, findings)
             if ci.on_github_actions():  # the job summary carries no pictures
@@ -276,8 +276,9 @@ class HistoryReader:
     def __enter__(self) -> "HistoryReader":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self._pool.shutdown(cancel_futures=True)
+    def __exit__(self, exc_type, *_) -> None:
+        # On an error or Ctrl-C, leave at once: a read in flight ends on its own.
+        self._pool.shutdown(wait=exc_type is None, cancel_futures=True)
 
     def __call__(self, run_id: str, key: str) -> list[tuple[int, float]]:
         pair = (run_id, key)
