@@ -503,3 +503,24 @@ def test_each_history_is_read_once_whoever_asks(client, monkeypatch):
         ]
     assert sorted(a[:2] for a in asked) == sorted(wanted)  # each once
     assert [a[:2] for a in asked if a[2]] == [wanted[0], wanted[3]]  # by the caller
+
+
+def test_an_error_leaves_the_reader_without_waiting_for_its_reads(client, monkeypatch):
+    """Ctrl-C or an error while a background read hangs (a slow server): compare stops at
+    once; the read ends on its own."""
+    run_id = client.create_run("0").info.run_id
+    reading, release = threading.Event(), threading.Event()
+
+    def read(run_id, key):
+        reading.set()
+        release.wait(30)
+        return []
+
+    monkeypatch.setattr(client, "get_metric_history", read)
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt), compare_stage.HistoryReader(client) as history:
+        history.read_ahead([(run_id, Metrics.TRAIN_LOSS)])
+        assert reading.wait(10)
+        raise KeyboardInterrupt
+    assert time.monotonic() - start < 10  # not the 30 s the read hangs
+    release.set()
