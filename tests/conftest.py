@@ -48,16 +48,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=order)  # stable: each module's own order is kept
 
 
-@pytest.fixture(autouse=True)
-def machine_share(request, tmp_path_factory):
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
     """A test marked `alone` runs while no other test does: the suite's two processes share
     the machine, and a live speed measurement must not share it. Every other test holds a
     shared lock; an `alone` test takes it exclusively, holding a turnstile meanwhile so that
-    no new test starts while it waits."""
+    no new test starts while it waits. Held around the whole test, its fixtures' set-up and
+    tear-down included: the other process's module and session fixtures (a server, a
+    browser, a store) start only once the `alone` test is over."""
     import fcntl
 
-    shared = tmp_path_factory.getbasetemp().parent  # one folder for both xdist workers
-    alone = request.node.get_closest_marker("alone") is not None
+    shared = item.config.cache.mkdir("machine-share")  # the same folder for both processes
+    alone = item.get_closest_marker("alone") is not None
     with open(shared / "turnstile.lock", "w") as gate, open(shared / "machine.lock", "w") as lock:
         fcntl.flock(gate, fcntl.LOCK_EX)
         if not alone:
@@ -65,7 +67,7 @@ def machine_share(request, tmp_path_factory):
         fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
         if alone:
             fcntl.flock(gate, fcntl.LOCK_UN)
-        yield
+        return (yield)
 
 
 @pytest.fixture(autouse=True)
