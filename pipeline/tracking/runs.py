@@ -228,14 +228,6 @@ def _parallel(client: MlflowClient) -> int:
     return PARALLEL_REQUESTS if _remote(client) else 1
 
 
-def _parallel_reads(client: MlflowClient) -> int:
-    """Reads to have in flight at once: as many requests to a server; two from a local store,
-    whose database scans outside Python's lock (for one run's history, sqlite scans that
-    metric's rows of every run, as its key leads MLflow's index): two reads overlap on two
-    cores."""
-    return PARALLEL_REQUESTS if _remote(client) else LOCAL_READS
-
-
 def _remote(client: MlflowClient) -> bool:
     return client.tracking_uri.startswith(("http:", "https:"))
 
@@ -264,9 +256,11 @@ def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, floa
 
 
 def read_pool(client: MlflowClient) -> ThreadPoolExecutor:
-    """Threads for reads in the background, as many as have a point at once
-    (_parallel_reads)."""
-    return ThreadPoolExecutor(_parallel_reads(client))
+    """Threads for reads in the background: as many as requests to a server; two for a local
+    store, whose database scans run outside Python's lock (for one run's history, sqlite scans
+    that metric's rows of every run, as its key leads MLflow's index): two overlap on two
+    cores."""
+    return ThreadPoolExecutor(PARALLEL_REQUESTS if _remote(client) else LOCAL_READS)
 
 
 def set_tags_of(client: MlflowClient, tags: dict[str, dict[str, str]]) -> None:
